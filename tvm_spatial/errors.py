@@ -1,0 +1,44 @@
+"""Every exception the project raises on purpose, in one place.
+
+Why one module: users catch ``tvm_spatial.SpatialError`` (or a precise subclass) and
+the CLI turns any of them into one clear line. Each message names the culprit (the
+operator, buffer, kernel, device or path) and says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SpatialError(Exception):
+    """Base class of all tvm-spatial errors."""
+
+
+class UnsupportedOperatorError(SpatialError):
+    """An operator cannot be mapped to an HLS kernel."""
+
+
+class DynamicShapeError(SpatialError):
+    """A tensor dimension is symbolic; spatial designs need static shapes."""
+
+
+class UnknownDeviceError(SpatialError):
+    """The requested FPGA card is not in the device data file."""
+
+
+class OutputDirError(SpatialError):
+    """The output directory is unwritable, or not empty and ``force`` was not given."""
+
+
+class ToolchainError(SpatialError):
+    """A host tool (C++ compiler, Xilinx headers, XRT) is missing or failed."""
+
+
+class EmulationError(SpatialError):
+    """The emulated kernel was called with arguments that do not match its interface."""
+
+
+class DesignNotFoundError(SpatialError):
+    """A built module or library carries no vitis_spatial design."""
+
+
+class CodegenError(SpatialError):
+    """The TIR of an offloaded function contains a construct the HLS printer cannot express."""
