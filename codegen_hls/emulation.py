@@ -1,0 +1,277 @@
+"""Emulation: the design's HLS C++, compiled by the host compiler, as a TVM module.
+
+Why an object file: ``relax.VirtualMachine`` compiles C *source* modules itself with a
+bare ``g++ -shared`` (no ``-O2``, no include path for the Xilinx headers). We compile the
+kernels here, once, with ``-O2 -isystem <ap_types>``, and hand TVM a ``static_library``
+module: ``jit`` and ``export_library`` then only link it. The translation unit
+``#include``s the very kernel files written to the Vitis project, followed by thin
+TVM-FFI entry points (argument checks, then the kernel call) and one function that
+returns the design manifest, so an exported library can still write its project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+
+from tvm_spatial.errors import CodegenError, ToolchainError
+
+from .c_types import c_type, needs_ap_types
+from .code_writer import CodeWriter
+from .design import Design, Kernel, Port
+
+MANIFEST_SYMBOL = "vitis_spatial_design"
+
+# Warnings the Xilinx headers trigger on their own (DESIGN.md); kernel code stays clean.
+HEADER_WARNING_EXCEPTIONS = ("-Wno-unknown-pragmas", "-Wno-uninitialized", "-Wno-maybe-uninitialized")
+STRICT_FLAGS = ("-Wall", "-Wextra", "-Werror", *HEADER_WARNING_EXCEPTIONS)
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
+
+_DL_CODES = {"int": 0, "uint": 1, "float": 2, "bool": 6}
+
+
+@lru_cache(maxsize=1)
+def xilinx_include_dir() -> Path:
+    """Xilinx's ap_int/ap_fixed/hls_stream headers, shipped inside the hls4ml wheel."""
+    try:
+        root = resources.files("hls4ml").joinpath("templates/vivado/ap_types")
+    except ModuleNotFoundError:
+        root = None
+    path = Path(str(root)) if root is not None else None
+    if path is None or not (path / "ap_int.h").is_file():
+        raise ToolchainError(
+            "Xilinx HLS headers (ap_int.h, hls_stream.h) not found: install the 'hls4ml' "
+            "package (pip install hls4ml), which ships them"
+        )
+    return path
+
+
+@lru_cache(maxsize=1)
+def host_compiler() -> str:
+    for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    raise ToolchainError(
+        "no C++ compiler found (tried $CXX, g++, c++, clang++): install one, e.g. "
+        "'apt-get install g++'"
+    )
+
+
+@lru_cache(maxsize=1)
+def _compiler_identity() -> str:
+    out = subprocess.run([host_compiler(), "--version"], capture_output=True, text=True)
+    return out.stdout
+
+
+def base_flags() -> list[str]:
+    return [
+        "-std=c++17",
+        "-fPIC",
+        "-isystem",
+        str(xilinx_include_dir()),
+        "-isystem",
+        tvm_ffi.libinfo.find_include_path(),
+    ]
+
+
+def _dl_dtype(dtype: str) -> tuple[int, int]:
+    if dtype == "bool":
+        return _DL_CODES["bool"], 8
+    for prefix in ("uint", "int", "float"):
+        if dtype.startswith(prefix):
+            return _DL_CODES[prefix], int(dtype[len(prefix):])
+    raise CodegenError(f"dtype {dtype} cannot cross the emulation boundary")
+
+
+def _pointer_type(port: Port) -> str:
+    const = "const " if port.direction == "in" else ""
+    inner = "".join(f"[{d}]" for d in port.shape[1:])
+    if inner:
+        return f"{const}{c_type(port.dtype)} (*){inner}"
+    return f"{const}{c_type(port.dtype)}*"
+
+
+def _write_runtime_support(w: CodeWriter) -> None:
+    """Argument checking shared by every kernel's FFI entry point."""
+    w.line("namespace tvs_emulation {")
+    w.line("struct PortSpec { const char* name; int code; int bits; int ndim; int64_t shape[8]; };")
+    w.line()
+    with w.block("static int fail(const char* kind, const std::string& message)"):
+        w.line("TVMFFIErrorSetRaisedFromCStr(kind, message.c_str());")
+        w.line("return -1;")
+    w.line()
+    w.line("static std::string describe(int code, int bits, int ndim, const int64_t* shape) {")
+    with w.indented():
+        w.line('static const char* kinds[] = {"int", "uint", "float", "?", "?", "?", "bool"};')
+        w.line('std::string s = (code >= 0 && code <= 6) ? kinds[code] : "?";')
+        w.line('if (code != 6) s += std::to_string(bits);')
+        w.line('s += "[";')
+        w.line('for (int i = 0; i < ndim; ++i) s += (i ? "," : "") + std::to_string(shape[i]);')
+        w.line('return s + "]";')
+    w.line("}")
+    w.line()
+    w.line("// Checks that args[i] is a compact CPU tensor matching ports[i]; fills data[i].")
+    w.line("static int bind(const char* kernel, const TVMFFIAny* args, int32_t num_args,")
+    w.line("                const PortSpec* ports, int32_t num_ports, void** data) {")
+    with w.indented():
+        with w.block("if (num_args != num_ports)"):
+            w.line('return fail("TypeError", std::string(kernel) + ": expected " + std::to_string(num_ports) +')
+            w.line('            " tensor arguments, got " + std::to_string(num_args));')
+        with w.block("for (int32_t i = 0; i < num_ports; ++i)"):
+            w.line("const PortSpec& p = ports[i];")
+            w.line("const DLTensor* t = nullptr;")
+            w.line("if (args[i].type_index == kTVMFFIDLTensorPtr) t = static_cast<const DLTensor*>(args[i].v_ptr);")
+            w.line("else if (args[i].type_index == kTVMFFITensor) t = TVMFFITensorGetDLTensorPtr(args[i].v_obj);")
+            with w.block("if (t == nullptr)"):
+                w.line('return fail("TypeError", std::string(kernel) + ": argument " + p.name + " is not a tensor");')
+            w.line("bool ok = t->ndim == p.ndim && t->dtype.code == p.code && t->dtype.bits == p.bits &&")
+            w.line("          t->dtype.lanes == 1;")
+            w.line("for (int d = 0; ok && d < p.ndim; ++d) ok = t->shape[d] == p.shape[d];")
+            with w.block("if (!ok)"):
+                w.line('return fail("ValueError", std::string(kernel) + ": port " + p.name + " expects " +')
+                w.line("            describe(p.code, p.bits, p.ndim, p.shape) + \", got \" +")
+                w.line("            describe(t->dtype.code, t->dtype.bits, t->ndim, t->shape));")
+            with w.block("if (t->device.device_type != kDLCPU)"):
+                w.line('return fail("ValueError", std::string(kernel) + ": port " + p.name +')
+                w.line('            " must be a CPU tensor in emulation");')
+            w.line("int64_t expected_stride = 1;")
+            with w.block("for (int d = p.ndim - 1; t->strides != nullptr && d >= 0; --d)"):
+                with w.block("if (p.shape[d] != 1 && t->strides[d] != expected_stride)"):
+                    w.line('return fail("ValueError", std::string(kernel) + ": port " + p.name +')
+                    w.line('            " must be a compact (row-major, contiguous) tensor");')
+                w.line("expected_stride *= p.shape[d];")
+            w.line("data[i] = static_cast<char*>(t->data) + t->byte_offset;")
+        w.line("return 0;")
+    w.line("}")
+    w.line("}  // namespace tvs_emulation")
+
+
+def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
+    for port in kernel.ports:
+        if needs_ap_types(port.dtype):
+            raise CodegenError(
+                f"kernel {kernel.name}: port {port.name} has dtype {port.dtype}, which host "
+                "tensors cannot carry; keep ports in standard types and convert inside the kernel"
+            )
+    n = len(kernel.ports)
+    w.line()
+    w.line(f"extern \"C\" TVM_FFI_DLL_EXPORT int __tvm_ffi_{kernel.name}(")
+    w.line("    void*, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* result) {")
+    with w.indented():
+        w.line(f"static const tvs_emulation::PortSpec ports[{n}] = {{")
+        with w.indented():
+            for port in kernel.ports:
+                code, bits = _dl_dtype(port.dtype)
+                shape = ", ".join(str(d) for d in port.shape) or "0"
+                w.line(f'{{"{port.name}", {code}, {bits}, {len(port.shape)}, {{{shape}}}}},')
+        w.line("};")
+        w.line(f"void* data[{n}];")
+        w.line(f'if (tvs_emulation::bind("{kernel.name}", args, num_args, ports, {n}, data) != 0) return -1;')
+        casts = ", ".join(f"static_cast<{_pointer_type(p)}>(data[{i}])" for i, p in enumerate(kernel.ports))
+        w.line(f"{kernel.name}({casts});")
+        w.line("result->type_index = kTVMFFINone;")
+        w.line("result->v_int64 = 0;")
+        w.line("return 0;")
+    w.line("}")
+
+
+def _raw_string(text: str) -> str:
+    delim = "tvs"
+    while f"){delim}\"" in text:
+        delim += "x"
+    return f'R"{delim}({text}){delim}"'
+
+
+def emulation_source(design: Design) -> str:
+    """The translation unit compiled for emulation (kernels are #included, not copied)."""
+    w = CodeWriter()
+    w.line("// tvm-spatial emulation entry points. The kernels are included verbatim.")
+    w.lines(["#include <tvm/ffi/c_api.h>", "#include <string>"])
+    for kernel in design.kernels:
+        w.line(f'#include "{kernel.filename}"')
+    w.line()
+    _write_runtime_support(w)
+    for kernel in design.kernels:
+        _write_entry_point(w, kernel)
+    w.line()
+    w.line(f'extern "C" TVM_FFI_DLL_EXPORT int __tvm_ffi_{MANIFEST_SYMBOL}(')
+    w.line("    void*, const TVMFFIAny*, int32_t, TVMFFIAny* result) {")
+    with w.indented():
+        w.line(f"static const char manifest[] = {_raw_string(design.to_json())};")
+        w.line("TVMFFIByteArray bytes{manifest, sizeof(manifest) - 1};")
+        w.line("return TVMFFIStringFromByteArray(&bytes, result);")
+    w.line("}")
+    return w.text()
+
+
+def write_sources(design: Design, directory: Path) -> Path:
+    """Write kernels, the common header and the emulation TU; return the TU's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / Design.COMMON_HEADER_NAME).write_bytes(design.common_header.encode())
+    for kernel in design.kernels:
+        (directory / kernel.filename).write_bytes(kernel.source.encode())
+    tu = directory / "tvm_spatial_emulation.cc"
+    tu.write_bytes(emulation_source(design).encode())
+    return tu
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TVM_SPATIAL_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tvm-spatial" / "emulation"
+
+
+def _compile(tu: Path, output: Path, flags: list[str]) -> None:
+    cmd = [host_compiler(), *flags, "-c", str(tu), "-o", str(output)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ToolchainError(
+            f"compiling the emulation of the design failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+        )
+
+
+def compile_object(design: Design, *, opt_flags=("-O2",)) -> Path:
+    """Compile the design into an object file, reusing an identical earlier compile."""
+    flags = [*base_flags(), *opt_flags]
+    with tempfile.TemporaryDirectory(prefix="tvm_spatial_emu_") as tmp:
+        tu = write_sources(design, Path(tmp))
+        digest = hashlib.sha256()
+        digest.update(_compiler_identity().encode())
+        digest.update("\0".join(flags).encode())
+        for path in sorted(Path(tmp).iterdir()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        key = digest.hexdigest()[:32]
+        cached = cache_dir() / f"{key}.o"
+        if cached.is_file():
+            return cached
+        built = Path(tmp) / "design.o"
+        _compile(tu, built, flags)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            staging = cached.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(built, staging)
+            os.replace(staging, cached)
+            return cached
+        except OSError:
+            # no writable cache: keep the object somewhere that outlives this call
+            keep = Path(tempfile.mkdtemp(prefix="tvm_spatial_obj_")) / "design.o"
+            shutil.copyfile(built, keep)
+            return keep
+
+
+def emulation_module(design: Design) -> tvm.runtime.Module:
+    """A TVM module implementing every kernel (and the manifest) by the compiled HLS C++."""
+    obj = compile_object(design)
+    names = [kernel.name for kernel in design.kernels] + [MANIFEST_SYMBOL]
+    return tvm.runtime.load_static_library(str(obj), names)

@@ -1,0 +1,378 @@
+"""TensorIR (schedulable ``s_tir`` form) -> one HLS C++ function.
+
+Why print the schedulable form directly instead of lowering first: lowering drops
+sblock annotations and flattens buffers, but HLS wants multi-dimensional arrays (so
+``ARRAY_PARTITION dim=`` means something) and the schedule's annotations. The printer
+handles the few constructs that form has: loops, sblocks (iterator bindings, predicates,
+reduction init, local buffers), stores, conditionals and scalar expressions. Anything
+else raises :class:`CodegenError` naming the construct.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.sym import Analyzer
+
+from tvm_spatial.errors import CodegenError
+
+from .c_types import c_type, is_float
+from .code_writer import CodeWriter
+
+_C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if "
+    "inline int long register restrict return short signed sizeof static struct switch typedef "
+    "union unsigned void volatile while bool class delete new operator private protected public "
+    "template this throw try catch namespace using virtual friend true false".split()
+)
+
+_BINARY = {
+    tirx.Add: "+",
+    tirx.Sub: "-",
+    tirx.Mul: "*",
+    tirx.EQ: "==",
+    tirx.NE: "!=",
+    tirx.LT: "<",
+    tirx.LE: "<=",
+    tirx.GT: ">",
+    tirx.GE: ">=",
+    tirx.And: "&&",
+    tirx.Or: "||",
+    tirx.BitwiseAnd: "&",
+    tirx.BitwiseOr: "|",
+    tirx.BitwiseXor: "^",
+    tirx.LShift: "<<",
+    tirx.RShift: ">>",
+}
+
+# TIR intrinsics with a direct <cmath> spelling (float overloads keep float32 in float).
+_MATH = {
+    "tirx.exp": "std::exp",
+    "tirx.exp2": "std::exp2",
+    "tirx.log": "std::log",
+    "tirx.log2": "std::log2",
+    "tirx.log1p": "std::log1p",
+    "tirx.sqrt": "std::sqrt",
+    "tirx.tanh": "std::tanh",
+    "tirx.erf": "std::erf",
+    "tirx.sin": "std::sin",
+    "tirx.cos": "std::cos",
+    "tirx.tan": "std::tan",
+    "tirx.atan": "std::atan",
+    "tirx.fabs": "std::fabs",
+    "tirx.floor": "std::floor",
+    "tirx.ceil": "std::ceil",
+    "tirx.trunc": "std::trunc",
+    "tirx.round": "std::nearbyint",
+    "tirx.nearbyint": "std::nearbyint",
+    "tirx.pow": "std::pow",
+    "tirx.fmod": "std::fmod",
+    "tirx.isnan": "std::isnan",
+    "tirx.isinf": "std::isinf",
+    "tirx.isfinite": "std::isfinite",
+}
+
+
+def dtype_of(expr) -> str:
+    return str(expr.ty.dtype) if hasattr(expr.ty, "dtype") else str(expr.ty)
+
+
+def buffer_shape(buffer_var) -> tuple[int, ...]:
+    """Static shape of a buffer variable; symbolic dims are a codegen error."""
+    dims = []
+    for dim in buffer_var.ty.shape:
+        if not isinstance(dim, tirx.IntImm):
+            raise CodegenError(f"buffer {buffer_var.name} has a symbolic dimension {dim}")
+        dims.append(int(dim.value))
+    return tuple(dims)
+
+
+def buffer_dtype(buffer_var) -> str:
+    return str(buffer_var.ty.dtype)
+
+
+def array_declarator(name: str, shape: tuple[int, ...]) -> str:
+    """``name[d0][d1]``; a 0-d buffer is a one-element array so it can live in memory."""
+    return name + "".join(f"[{d}]" for d in (shape or (1,)))
+
+
+def stored_buffers(func: tirx.PrimFunc) -> set:
+    """Buffer variables a function writes: the rest are printed ``const``."""
+    written = set()
+
+    def visit(node):
+        if isinstance(node, tirx.BufferStore):
+            written.add(node.buffer)
+
+    tvm_ffi.structural_walk(func.body, visit)
+    return written
+
+
+class Namer:
+    """Unique, legal C identifiers for TIR variables (TIR loop names are not unique)."""
+
+    def __init__(self, reserved=()) -> None:
+        self._names: dict = {}
+        self._taken: set[str] = set(reserved)
+
+    def fresh(self, hint: str) -> str:
+        base = re.sub(r"[^0-9A-Za-z_]", "_", hint) or "v"
+        if base[0].isdigit() or base in _C_KEYWORDS or base.startswith("__"):
+            base = "v_" + base.lstrip("_")
+        name, i = base, 1
+        while name in self._taken:
+            name = f"{base}_{i}"
+            i += 1
+        self._taken.add(name)
+        return name
+
+    def bind(self, var, hint: str | None = None) -> str:
+        name = self.fresh(hint or var.name)
+        self._names[var] = name
+        return name
+
+    def __getitem__(self, var) -> str:
+        try:
+            return self._names[var]
+        except KeyError:
+            raise CodegenError(f"variable {var.name} is used outside its definition") from None
+
+    def __contains__(self, var) -> bool:
+        return var in self._names
+
+
+def float_literal(value: float, dtype: str) -> str:
+    if np.isnan(value):
+        return f"{c_type(dtype)}(NAN)"
+    if np.isinf(value):
+        return f"{'-' if value < 0 else ''}{c_type(dtype)}(INFINITY)"
+    if dtype in ("float32", "float64"):
+        text = str(np.float32(value) if dtype == "float32" else np.float64(value))
+        if not any(c in text for c in ".e"):
+            text += ".0"
+        return text + ("f" if dtype == "float32" else "")
+    raise CodegenError(f"float literal of dtype {dtype} is not supported")
+
+
+def int_literal(value: int, dtype: str) -> str:
+    if dtype == "bool":
+        return "true" if value else "false"
+    if c_type(dtype).startswith("ap_"):
+        return f"{c_type(dtype)}({value})"
+    if dtype == "int64" and not -(2**31) <= value < 2**31:
+        return f"INT64_C({value})"
+    if dtype.startswith("uint"):
+        return f"{value}u" if dtype != "uint64" else f"UINT64_C({value})"
+    return str(value)
+
+
+class FunctionPrinter:
+    """Prints one PrimFunc as ``static void name(arrays...) { ... }``.
+
+    ``param_names`` lets the caller choose the C names of buffer parameters (the
+    kernel's ports); everything else is named here.
+    """
+
+    def __init__(self, func: tirx.PrimFunc, name: str) -> None:
+        self.func = func
+        self.name = name
+        self.names = Namer(reserved={name})
+        self.analyzer = Analyzer()
+        self.out = CodeWriter()
+
+    # ---- declarations -------------------------------------------------
+    def signature(self, storage: str = "static void") -> str:
+        written = stored_buffers(self.func)
+        params = []
+        for param in self.func.params:
+            if not hasattr(param.ty, "shape"):
+                raise CodegenError(
+                    f"{self.name}: scalar parameter {param.name} is not supported; "
+                    "pass scalars as 0-d tensors"
+                )
+            cname = self.names.bind(param)
+            const = "" if param in written else "const "
+            decl = array_declarator(cname, buffer_shape(param))
+            params.append(f"{const}{c_type(buffer_dtype(param))} {decl}")
+        return f"{storage} {self.name}({', '.join(params)})"
+
+    def print(self) -> str:
+        with self.out.block(self.signature()):
+            self.stmt(self.func.body)
+        return self.out.text()
+
+    # ---- statements ---------------------------------------------------
+    def stmt(self, node) -> None:
+        if isinstance(node, tirx.SeqStmt):
+            for child in node.seq:
+                self.stmt(child)
+        elif isinstance(node, s_tir.SBlockRealize):
+            self.sblock_realize(node)
+        elif isinstance(node, tirx.For):
+            self.for_loop(node)
+        elif isinstance(node, tirx.BufferStore):
+            self.out.line(f"{self.buffer_access(node.buffer, node.indices)} = {self.expr(node.value)};")
+        elif isinstance(node, tirx.IfThenElse):
+            self.if_then_else(node)
+        elif isinstance(node, tirx.Bind):
+            name = self.names.bind(node.var)
+            self.out.line(f"const {c_type(dtype_of(node.var))} {name} = {self.expr(node.value)};")
+        elif isinstance(node, tirx.LetStmt):
+            name = self.names.bind(node.var)
+            self.out.line(f"const {c_type(dtype_of(node.var))} {name} = {self.expr(node.value)};")
+            self.stmt(node.body)
+        elif isinstance(node, tirx.AttrStmt):
+            self.stmt(node.body)
+        elif isinstance(node, tirx.Evaluate):
+            if not isinstance(node.value, tirx.IntImm):
+                self.out.line(f"{self.expr(node.value)};")
+        elif isinstance(node, tirx.AllocBuffer):
+            self.declare_local(node.buffer)
+        elif isinstance(node, tirx.DeclBuffer):
+            pass
+        else:
+            raise CodegenError(f"{self.name}: TIR statement {type(node).__name__} is not supported")
+
+    def declare_local(self, buffer_var) -> None:
+        """A local buffer: an on-chip array. ``static`` keeps large buffers off the
+        emulation stack; HLS maps it to BRAM/URAM either way."""
+        cname = self.names.bind(buffer_var)
+        decl = array_declarator(cname, buffer_shape(buffer_var))
+        self.out.line(f"static {c_type(buffer_dtype(buffer_var))} {decl};")
+
+    def for_loop(self, loop: tirx.For) -> None:
+        var = loop.loop_var
+        ctype = c_type(dtype_of(var))
+        name = self.names.bind(var)
+        lo, extent = self.expr(loop.min), self.expr(loop.extent)
+        end = extent if _is_zero(loop.min) else f"{lo} + {extent}"
+        if isinstance(loop.min, tirx.IntImm) and isinstance(loop.extent, tirx.IntImm):
+            self.analyzer.bind(var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
+        with self.out.block(f"for ({ctype} {name} = {lo}; {name} < {end}; ++{name})"):
+            if loop.kind == tirx.ForKind.UNROLLED:
+                self.out.line("#pragma HLS UNROLL")
+            self.stmt(loop.body)
+
+    def sblock_realize(self, realize: s_tir.SBlockRealize) -> None:
+        block = realize.block
+        if len(block.match_buffers):
+            raise CodegenError(f"{self.name}: sblock {block.name_hint} uses match_buffer")
+        is_root = len(block.iter_vars) == 0 and block.name_hint == "root"
+        opened = not is_root
+        if opened:
+            self.out.line(f"{{  // {block.name_hint}")
+            self.out._depth += 1
+        for buffer_var in block.alloc_buffers:
+            self.declare_local(buffer_var)
+        for iter_var, value in zip(block.iter_vars, realize.iter_values):
+            name = self.names.bind(iter_var.var)
+            self.out.line(f"const {c_type(dtype_of(iter_var.var))} {name} = {self.expr(value)};")
+            dom = iter_var.dom
+            if isinstance(dom.min, tirx.IntImm) and isinstance(dom.extent, tirx.IntImm):
+                self.analyzer.bind(iter_var.var, dom)
+        guarded = not (isinstance(realize.predicate, tirx.IntImm) and int(realize.predicate.value) == 1)
+        if guarded:
+            self.out.line(f"if ({self.expr(realize.predicate)}) {{")
+            self.out._depth += 1
+        if block.init is not None:
+            first = [
+                f"{self.names[iv.var]} == {self.expr(iv.dom.min)}"
+                for iv in block.iter_vars
+                if iv.iter_type == tirx.IterVar.CommReduce
+            ]
+            with self.out.block(f"if ({' && '.join(first) or 'true'})"):
+                self.stmt(block.init)
+        self.stmt(block.body)
+        if guarded:
+            self.out._depth -= 1
+            self.out.line("}")
+        if opened:
+            self.out._depth -= 1
+            self.out.line("}")
+
+    def if_then_else(self, node: tirx.IfThenElse) -> None:
+        self.out.line(f"if ({self.expr(node.condition)}) {{")
+        with self.out.indented():
+            self.stmt(node.then_case)
+        if node.else_case is not None:
+            self.out.line("} else {")
+            with self.out.indented():
+                self.stmt(node.else_case)
+        self.out.line("}")
+
+    # ---- expressions --------------------------------------------------
+    def buffer_access(self, buffer_var, indices) -> str:
+        if len(indices) == 0:
+            return f"{self.names[buffer_var]}[0]"
+        return self.names[buffer_var] + "".join(f"[{self.expr(i)}]" for i in indices)
+
+    def expr(self, node) -> str:  # noqa: C901 - one dispatch table over TIR expression kinds
+        if isinstance(node, tirx.IntImm):
+            return int_literal(int(node.value), dtype_of(node))
+        if isinstance(node, tirx.FloatImm):
+            return float_literal(float(node.value), dtype_of(node))
+        if isinstance(node, tvm.ir.TensorLoad):
+            return self.buffer_access(node.source, node.indices)
+        if isinstance(node, tirx.Var):
+            return self.names[node]
+        op = _BINARY.get(type(node))
+        if op is not None:
+            return f"({self.expr(node.a)} {op} {self.expr(node.b)})"
+        if isinstance(node, tirx.Div):
+            return f"({self.expr(node.a)} / {self.expr(node.b)})"
+        if isinstance(node, tirx.Mod):
+            return f"({self.expr(node.a)} % {self.expr(node.b)})"
+        if isinstance(node, (tirx.FloorDiv, tirx.FloorMod)):
+            return self.floor_div_mod(node)
+        if isinstance(node, tirx.Min):
+            return f"tvs_min<{c_type(dtype_of(node))}>({self.expr(node.a)}, {self.expr(node.b)})"
+        if isinstance(node, tirx.Max):
+            return f"tvs_max<{c_type(dtype_of(node))}>({self.expr(node.a)}, {self.expr(node.b)})"
+        if isinstance(node, tirx.Not):
+            return f"(!{self.expr(node.a)})"
+        if isinstance(node, tirx.Select):
+            return f"({self.expr(node.condition)} ? {self.expr(node.true_value)} : {self.expr(node.false_value)})"
+        if isinstance(node, tirx.Cast):
+            return f"static_cast<{c_type(dtype_of(node))}>({self.expr(node.value)})"
+        if isinstance(node, tirx.Let):
+            raise CodegenError(f"{self.name}: let-expressions are not supported")
+        if isinstance(node, tvm.ir.Call):
+            return self.call(node)
+        raise CodegenError(f"{self.name}: TIR expression {type(node).__name__} is not supported")
+
+    def floor_div_mod(self, node) -> str:
+        """Floor semantics equal C's truncation when both sides are provably >= 0."""
+        is_div = isinstance(node, tirx.FloorDiv)
+        a, b = self.expr(node.a), self.expr(node.b)
+        if self.analyzer.can_prove(node.a >= 0) and self.analyzer.can_prove(node.b > 0):
+            return f"({a} {'/' if is_div else '%'} {b})"
+        if is_float(dtype_of(node)):
+            return f"std::floor({a} / {b})" if is_div else f"({a} - std::floor({a} / {b}) * {b})"
+        return f"{'tvs_floordiv' if is_div else 'tvs_floormod'}<{c_type(dtype_of(node))}>({a}, {b})"
+
+    def call(self, node) -> str:
+        op_name = node.op.name if isinstance(node.op, tvm.ir.Op) else str(node.op)
+        args = [self.expr(a) for a in node.args]
+        if op_name in _MATH:
+            return f"{_MATH[op_name]}({', '.join(args)})"
+        if op_name == "tirx.rsqrt":
+            one = float_literal(1.0, dtype_of(node))
+            return f"({one} / std::sqrt({args[0]}))"
+        if op_name == "tirx.sigmoid":
+            one = float_literal(1.0, dtype_of(node))
+            return f"({one} / ({one} + std::exp(-{args[0]})))"
+        if op_name in ("prim.if_then_else", "tirx.if_then_else"):
+            return f"({args[0]} ? {args[1]} : {args[2]})"
+        if op_name in ("tirx.likely",):
+            return args[0]
+        if op_name == "tirx.bitwise_not":
+            return f"(~{args[0]})"
+        raise CodegenError(f"{self.name}: TIR intrinsic {op_name} has no HLS mapping")
+
+
+def _is_zero(expr) -> bool:
+    return isinstance(expr, tirx.IntImm) and int(expr.value) == 0

@@ -1,0 +1,12 @@
+"""Relax passes of tvm-spatial: operator matching and partitioning for ``vitis_spatial``."""
+
+from .partition import host_operators, offloaded_functions, partition_for_vitis_spatial
+from .patterns import pattern_table, supported_operators
+
+__all__ = [
+    "host_operators",
+    "offloaded_functions",
+    "partition_for_vitis_spatial",
+    "pattern_table",
+    "supported_operators",
+]

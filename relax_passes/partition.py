@@ -1,0 +1,88 @@
+"""Partition a Relax module for the ``vitis_spatial`` codegen.
+
+Matched operators become composite functions; ``MergeCompositeFunctions`` then groups
+each connected region of them into one function annotated ``Codegen="vitis_spatial"``
+(one Vitis kernel per region). Constants are *not* bound into the regions: weights
+become kernel ports, which is where a spatial design wants them (off-chip, in HBM).
+Whatever was not matched stays on the host and is listed by :func:`host_operators`.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.transform import FuseOpsByPattern, MergeCompositeFunctions
+
+from .patterns import CODEGEN, fuse_patterns
+
+# Relax bookkeeping ops that are not computation and need no kernel.
+_NOT_COMPUTE = frozenset(
+    {
+        "relax.call_tir",
+        "relax.call_dps_packed",
+        "relax.call_pure_packed",
+        "relax.null_value",
+        "relax.shape_of",
+        "relax.tensor_to_shape",
+        "relax.shape_to_tensor",
+    }
+)
+
+
+def partition_for_vitis_spatial(mod: tvm.IRModule) -> tvm.IRModule:
+    mod = relax.transform.Normalize()(mod)
+    mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
+    mod = MergeCompositeFunctions()(mod)
+    return _name_kernels(mod)
+
+
+def _composites_in(func: relax.Function) -> list[str]:
+    names = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Function) and value.attrs and "Composite" in value.attrs:
+                names.append(str(value.attrs["Composite"]).split(".", 1)[-1])
+    return names
+
+
+def _name_kernels(mod: tvm.IRModule) -> tvm.IRModule:
+    """Short, stable kernel names (``k0_linear_relu``): they become Vitis kernel names and
+    C symbols, and MergeCompositeFunctions' names run to hundreds of characters."""
+    regions = [
+        (gv, func)
+        for gv, func in mod.functions.items()
+        if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Codegen") == CODEGEN
+    ]
+    for index, (gv, func) in enumerate(sorted(regions, key=lambda item: item[0].name_hint)):
+        ops = list(dict.fromkeys(_composites_in(func)))[:3]
+        name = "_".join([f"k{index}", *ops])
+        mod.update_func(gv, func.with_attr("global_symbol", name))
+    return mod
+
+
+def offloaded_functions(mod: tvm.IRModule) -> list[str]:
+    """Kernel (global symbol) names of the offloaded regions."""
+    return sorted(
+        str(func.attrs["global_symbol"])
+        for gv, func in mod.functions.items()
+        if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Codegen") == CODEGEN
+    )
+
+
+def host_operators(mod: tvm.IRModule) -> list[str]:
+    """Operators that remain on the host CPU, as ``op (binding in function)`` strings."""
+    found: list[str] = []
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        if func.attrs and (func.attrs.get("Codegen") or func.attrs.get("Composite")):
+            continue
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                value = binding.value
+                if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+                    name = value.op.name
+                    if name not in _NOT_COMPUTE:
+                        found.append(f"{name} ({binding.var.name} in {gv.name_hint})")
+    return found

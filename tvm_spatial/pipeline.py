@@ -1,0 +1,73 @@
+"""Hooks the spatial passes into ``relax.build``.
+
+``relax.build`` runs ``relax.get_pipeline("default")`` for CPU-kind targets, and our
+target is an ``llvm`` tag. We wrap that pipeline: under a target whose keys contain
+``vitis_spatial`` it first partitions the module and runs the external codegen, then
+continues with TVM's own pipeline for whatever stayed on the host. Under any other
+target it is TVM's pipeline, untouched.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import tvm
+from tvm import relax
+from tvm.relax import pipeline as relax_pipeline
+
+from .target import device_of, is_spatial_target
+
+_WRAPPED_NAMES = ("default", "default_build")
+
+
+class HostFallbackWarning(UserWarning):
+    """Operators that the vitis_spatial target could not offload run on the host CPU."""
+
+
+def spatial_passes(device_key: str) -> tvm.transform.Pass:
+    """Partition for vitis_spatial, report host operators, run the codegen."""
+    from relax_passes import host_operators, partition_for_vitis_spatial
+
+    @tvm.transform.module_pass(opt_level=0, name="VitisSpatialOffload")
+    def offload(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = partition_for_vitis_spatial(mod)
+        host_ops = host_operators(mod)
+        if host_ops:
+            warnings.warn(
+                f"vitis_spatial: {len(host_ops)} operator(s) stay on the host CPU: "
+                + ", ".join(host_ops),
+                HostFallbackWarning,
+                stacklevel=2,
+            )
+        options = {"device": device_key, "host_ops": host_ops}
+        return relax.transform.RunCodegen(target_options={"vitis_spatial": options})(mod)
+
+    return offload
+
+
+def _wrap(make_pipeline):
+    if getattr(make_pipeline, "_vitis_spatial_wrapper", False):
+        return make_pipeline
+
+    def make(**kwargs):
+        host_pipeline = make_pipeline(**kwargs)
+
+        @tvm.transform.module_pass(opt_level=0, name="VitisSpatialOrHostPipeline")
+        def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+            target = tvm.target.Target.current(allow_none=True)
+            if is_spatial_target(target):
+                mod = spatial_passes(device_of(target).key)(mod)
+            return host_pipeline(mod)
+
+        return run
+
+    make._vitis_spatial_wrapper = True
+    make.__wrapped__ = make_pipeline
+    return make
+
+
+def install() -> None:
+    """Wrap TVM's default Relax pipelines (idempotent)."""
+    for name in _WRAPPED_NAMES:
+        if name in relax_pipeline.PIPELINE_MAP:
+            relax_pipeline.PIPELINE_MAP[name] = _wrap(relax_pipeline.PIPELINE_MAP[name])
