@@ -8,6 +8,7 @@ point) registers the ``vitis_spatial`` target, after which
 
 from __future__ import annotations
 
+from .backend_entry import autoload
 from .devices import Device, get_device
 from .errors import (
     CodegenError,
@@ -21,10 +22,13 @@ from .errors import (
     UnsupportedOperatorError,
 )
 from .project_api import design_of, export_project
+from .report import BuildReport, build_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BuildReport",
+    "build_report",
     "CodegenError",
     "DesignNotFoundError",
     "Device",
@@ -41,16 +45,5 @@ __all__ = [
 ]
 
 
-def _autoload() -> None:
-    """Register the target tags, the Relax pipeline hook and the BYOC codegen (idempotent)."""
-    from codegen_hls.byoc import register as register_codegen
-
-    from .pipeline import install as install_pipeline
-    from .target import register_targets
-
-    register_targets()
-    install_pipeline()
-    register_codegen()
-
-
+_autoload = autoload  # the registration also runs when TVM loads its backends
 _autoload()

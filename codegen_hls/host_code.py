@@ -1,0 +1,237 @@
+"""The XRT host program (``host/host.cpp``) of a generated Vitis project.
+
+Why a table plus fixed code: the per-design part is only the list of kernels and their
+ports (name, direction, byte size), emitted as a C++ table; the logic that walks it is
+the same for every design, so it is written once here and is easy to review. The host
+moves raw bytes, so a dtype only needs a C type of the right size.
+"""
+
+from __future__ import annotations
+
+from tvm_spatial.errors import CodegenError
+
+from .code_writer import CodeWriter
+from .design import Design, Kernel, Port
+
+HOST_EXECUTABLE = "host.exe"  # not "host": the project already has a host/ directory
+
+# TVM dtype -> (C type, bytes per element). bool travels as one byte, like numpy's.
+C_TYPES: dict[str, tuple[str, int]] = {
+    "float32": ("float", 4),
+    "float64": ("double", 8),
+    "int8": ("int8_t", 1),
+    "int16": ("int16_t", 2),
+    "int32": ("int32_t", 4),
+    "int64": ("int64_t", 8),
+    "uint8": ("uint8_t", 1),
+    "bool": ("uint8_t", 1),
+}
+
+
+def c_type(kernel: Kernel, port: Port) -> str:
+    if port.dtype not in C_TYPES:
+        raise CodegenError(
+            f"kernel {kernel.name!r} port {port.name!r} has dtype {port.dtype!r}, which the "
+            f"host program cannot transfer; supported: {', '.join(C_TYPES)}"
+        )
+    return C_TYPES[port.dtype][0]
+
+
+def port_bytes(port: Port) -> int:
+    """Bytes of one port's buffer; the dtype must be in :data:`C_TYPES` (:func:`check_ports`)."""
+    return port.num_elements * C_TYPES[port.dtype][1]
+
+
+def check_ports(design: Design) -> None:
+    """Raise :class:`CodegenError` naming the first port the host cannot transfer."""
+    for kernel in design.kernels:
+        for port in kernel.ports:
+            _port_entry(kernel, port)
+
+
+def _port_entry(kernel: Kernel, port: Port) -> str:
+    if port.direction not in ("in", "out"):
+        raise CodegenError(
+            f"kernel {kernel.name!r} port {port.name!r} has direction {port.direction!r}; "
+            "expected 'in' or 'out'"
+        )
+    is_input = "true" if port.direction == "in" else "false"
+    shape = ",".join(str(d) for d in port.shape)
+    return (
+        f'{{"{port.name}", {is_input}, {port.num_elements} * sizeof({c_type(kernel, port)}), '
+        f'"{port.dtype}[{shape}]"}},'
+    )
+
+
+def _kernel_table(w: CodeWriter, design: Design) -> None:
+    w.line("// The design's kernels in the order the model calls them; ports in argument order.")
+    w.line("const std::vector<KernelSpec> kKernels = {")
+    with w.indented():
+        for kernel in design.kernels:
+            w.line(f'{{"{kernel.name}", {{')
+            with w.indented():
+                for port in kernel.ports:
+                    w.line(_port_entry(kernel, port))
+            w.line("}},")
+    w.line("};")
+
+
+_INCLUDES = (
+    "#include <cstddef>",
+    "#include <cstdint>",
+    "#include <exception>",
+    "#include <fstream>",
+    "#include <iostream>",
+    "#include <iterator>",
+    "#include <stdexcept>",
+    "#include <string>",
+    "#include <vector>",
+    "",
+    "#include <xrt/xrt_bo.h>",
+    "#include <xrt/xrt_device.h>",
+    "#include <xrt/xrt_kernel.h>",
+)
+
+_TYPES = (
+    "struct PortSpec {",
+    "  const char* name;",
+    "  bool is_input;",
+    "  std::size_t bytes;",
+    '  const char* type;  // e.g. "float32[16]", for messages',
+    "};",
+    "",
+    "struct KernelSpec {",
+    "  const char* name;",
+    "  std::vector<PortSpec> ports;",
+    "};",
+)
+
+
+def _file_helpers(w: CodeWriter) -> None:
+    """Reading inputs checks existence and exact size so a bad data dir fails with its name."""
+    w.line("std::string data_path(const std::string& dir, const KernelSpec& k, const PortSpec& p,")
+    with w.block("                      const char* suffix)"):
+        w.line('return dir + "/" + k.name + "." + p.name + suffix;')
+    w.line()
+    with w.block("std::vector<char> read_input(const std::string& path, const PortSpec& p)"):
+        w.line("std::ifstream in(path, std::ios::binary);")
+        with w.block("if (!in)"):
+            w.line('throw std::runtime_error("cannot open input file " + path + " (" + p.type + ", " +')
+            w.line('                         std::to_string(p.bytes) + " bytes)");')
+        w.line("std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());")
+        with w.block("if (data.size() != p.bytes)"):
+            w.line('throw std::runtime_error("input file " + path + " has " + std::to_string(data.size()) +')
+            w.line('                         " bytes; " + p.type + " needs " + std::to_string(p.bytes));')
+        w.line("return data;")
+    w.line()
+    with w.block("void write_output(const std::string& path, const std::vector<char>& data)"):
+        w.line("std::ofstream out(path, std::ios::binary);")
+        w.line("out.write(data.data(), static_cast<std::streamsize>(data.size()));")
+        with w.block("if (!out)"):
+            w.line('throw std::runtime_error("cannot write output file " + path);')
+
+
+def _parse_index(w: CodeWriter) -> None:
+    """std::stoul alone would report a bad index as just "stoul"."""
+    with w.block("unsigned parse_index(const std::string& text)"):
+        w.line("std::size_t used = 0;")
+        w.line("unsigned long value = 0;")
+        with w.block("try", tail="} catch (const std::exception&) {"):
+            w.line("value = std::stoul(text, &used);")
+        with w.indented():
+            w.line("used = 0;")
+        w.line("}")
+        with w.block("if (used == 0 || used != text.size() || text[0] == '-')"):
+            w.line('throw std::runtime_error("device_index must be a non-negative integer, got \'" + text + "\'");')
+        w.line("return static_cast<unsigned>(value);")
+
+
+def _load_inputs(w: CodeWriter) -> None:
+    """All inputs are read before the device is opened: missing data fails in milliseconds."""
+    with w.block("std::vector<std::vector<std::vector<char>>> load_inputs(const std::string& dir)"):
+        w.line("std::vector<std::vector<std::vector<char>>> inputs;")
+        with w.block("for (const KernelSpec& k : kKernels)"):
+            w.line("inputs.emplace_back();")
+            with w.block("for (const PortSpec& p : k.ports)"):
+                w.line("inputs.back().push_back(p.is_input ? read_input(data_path(dir, k, p, \".bin\"), p)")
+                w.line("                                   : std::vector<char>());")
+        w.line("return inputs;")
+
+
+def _run_kernel(w: CodeWriter) -> None:
+    """One bo per port in the bank ``group_id`` reports, so the host follows connectivity.cfg."""
+    w.line("void run_kernel(const xrt::device& device, const xrt::uuid& uuid, const KernelSpec& k,")
+    with w.block("                const std::vector<std::vector<char>>& inputs, const std::string& dir)"):
+        w.line("xrt::kernel kernel(device, uuid, k.name);")
+        w.line("std::vector<xrt::bo> bos;")
+        w.line("bos.reserve(k.ports.size());")
+        w.line("xrt::run run(kernel);")
+        with w.block("for (std::size_t i = 0; i < k.ports.size(); ++i)"):
+            w.line("const int arg = static_cast<int>(i);")
+            w.line("bos.emplace_back(device, k.ports[i].bytes, kernel.group_id(arg));")
+            with w.block("if (k.ports[i].is_input)"):
+                w.line("bos.back().write(inputs[i].data());")
+                w.line("bos.back().sync(XCL_BO_SYNC_BO_TO_DEVICE);")
+            w.line("run.set_arg(arg, bos.back());")
+        w.line("run.start();")
+        w.line("run.wait();")
+        with w.block("for (std::size_t i = 0; i < k.ports.size(); ++i)"):
+            with w.block("if (k.ports[i].is_input)"):
+                w.line("continue;")
+            w.line("bos[i].sync(XCL_BO_SYNC_BO_FROM_DEVICE);")
+            w.line("std::vector<char> data(k.ports[i].bytes);")
+            w.line("bos[i].read(data.data());")
+            w.line('const std::string path = data_path(dir, k, k.ports[i], ".out.bin");')
+            w.line("write_output(path, data);")
+            w.line('std::cout << k.name << ": wrote " << path << "\\n";')
+
+
+def _main(w: CodeWriter) -> None:
+    """Every failure becomes one line on stderr and exit status 1, for scripts and CI."""
+    with w.block("int main(int argc, char** argv)"):
+        with w.block("if (argc < 3 || argc > 4)"):
+            w.line('std::cerr << "usage: " << argv[0] << " <design.xclbin> <data_dir> [device_index]\\n";')
+            w.line("return 1;")
+        with w.block("try", tail="} catch (const std::exception& e) {"):
+            w.line("const std::string xclbin = argv[1];")
+            w.line("const std::string dir = argv[2];")
+            w.line("const unsigned index = argc == 4 ? parse_index(argv[3]) : 0;")
+            w.line("const auto inputs = load_inputs(dir);")
+            w.line("xrt::device device(index);")
+            w.line("const xrt::uuid uuid = device.load_xclbin(xclbin);")
+            with w.block("for (std::size_t i = 0; i < kKernels.size(); ++i)"):
+                w.line("run_kernel(device, uuid, kKernels[i], inputs[i], dir);")
+        with w.indented():
+            w.line('std::cerr << "error: " << e.what() << "\\n";')
+            w.line("return 1;")
+        w.line("}")
+        w.line("return 0;")
+
+
+def host_cpp(design: Design) -> str:
+    """``host <design.xclbin> <data_dir> [device_index]`` on the XRT native C++ API."""
+    w = CodeWriter()
+    w.line(f"// Generated by tvm-spatial: XRT host program for device {design.device!r}.")
+    w.line("// Usage: host.exe <design.xclbin> <data_dir> [device_index]")
+    w.line("// Reads <data_dir>/<kernel>.<port>.bin for every input port, runs the kernels in order,")
+    w.line("// writes <data_dir>/<kernel>.<port>.out.bin for every output port (raw bytes, row-major).")
+    w.lines(_INCLUDES)
+    w.line()
+    w.line("namespace {")  # not CodeWriter.block: namespace bodies are not indented
+    w.line()
+    w.lines(_TYPES)
+    w.line()
+    _kernel_table(w, design)
+    w.line()
+    _file_helpers(w)
+    w.line()
+    _parse_index(w)
+    w.line()
+    _load_inputs(w)
+    w.line()
+    _run_kernel(w)
+    w.line()
+    w.line("}  // namespace")
+    w.line()
+    _main(w)
+    return w.text()
