@@ -88,6 +88,8 @@ SINGLE_OPS: tuple[tuple[str, int], ...] = (
     ("subtract", 2),
     ("multiply", 2),
     ("divide", 2),
+    ("floor_divide", 2),
+    ("floor_mod", 2),
     ("power", 2),
     ("maximum", 2),
     ("minimum", 2),

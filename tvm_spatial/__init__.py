@@ -21,6 +21,7 @@ from .errors import (
     UnknownDeviceError,
     UnsupportedOperatorError,
 )
+from .pipeline import HostFallbackWarning
 from .project_api import design_of, export_project
 from .report import BuildReport, build_report
 
@@ -34,6 +35,7 @@ __all__ = [
     "Device",
     "DynamicShapeError",
     "EmulationError",
+    "HostFallbackWarning",
     "OutputDirError",
     "SpatialError",
     "ToolchainError",

@@ -42,3 +42,19 @@ class DesignNotFoundError(SpatialError):
 
 class CodegenError(SpatialError):
     """The TIR of an offloaded function contains a construct the HLS printer cannot express."""
+
+
+def _register_with_ffi() -> None:
+    """Let our errors cross TVM's FFI boundary with their type intact: passes run inside
+    C++ (``relax.build`` -> pipeline -> our pass), and an unregistered Python exception
+    would come back out as a plain ``RuntimeError``."""
+    import tvm_ffi
+
+    pending = [SpatialError]
+    while pending:
+        cls = pending.pop()
+        tvm_ffi.register_error(cls.__name__, cls)
+        pending.extend(cls.__subclasses__())
+
+
+_register_with_ffi()

@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 from tvm.relax import pipeline as relax_pipeline
 
+from .errors import DynamicShapeError
 from .target import device_of, is_spatial_target
 
 _WRAPPED_NAMES = ("default", "default_build")
@@ -24,12 +25,35 @@ class HostFallbackWarning(UserWarning):
     """Operators that the vitis_spatial target could not offload run on the host CPU."""
 
 
+def check_static_shapes(mod: tvm.IRModule) -> None:
+    """A spatial design is sized at compile time: every input dimension must be a number."""
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function) or (func.attrs and func.attrs.get("Codegen")):
+            continue
+        for param in func.params:
+            ty = param.ty
+            if not isinstance(ty, relax.TensorType):
+                continue
+            if ty.shape is None:
+                raise DynamicShapeError(
+                    f"input {param.name} of {gv.name_hint} has unknown rank; give it a static shape"
+                )
+            for axis, dim in enumerate(ty.shape.values):
+                if not isinstance(dim, tvm.tirx.IntImm):
+                    raise DynamicShapeError(
+                        f"input {param.name} of {gv.name_hint} has symbolic dimension {axis} "
+                        f"('{dim}'); vitis_spatial designs need static shapes: bind it first "
+                        "(e.g. from_onnx(..., shape_dict=...) or relax.transform.BindSymbolicVars)"
+                    )
+
+
 def spatial_passes(device_key: str) -> tvm.transform.Pass:
     """Partition for vitis_spatial, report host operators, run the codegen."""
     from relax_passes import host_operators, partition_for_vitis_spatial
 
     @tvm.transform.module_pass(opt_level=0, name="VitisSpatialOffload")
     def offload(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        check_static_shapes(mod)
         mod = partition_for_vitis_spatial(mod)
         host_ops = host_operators(mod)
         if host_ops:

@@ -34,7 +34,10 @@ def _runtime_module(built) -> tvm.runtime.Module:
 def design_of(built) -> Design:
     """The vitis_spatial design inside ``built`` (an Executable, Module or exported .so)."""
     module = _runtime_module(built)
-    func = module.get_function(MANIFEST_SYMBOL, query_imports=True)
+    try:
+        func = module.get_function(MANIFEST_SYMBOL, query_imports=True)
+    except AttributeError:
+        func = None
     if func is None:
         raise DesignNotFoundError(
             "this module holds no vitis_spatial design: build it with "
