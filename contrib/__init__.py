@@ -1,0 +1,1 @@
+"""ONNX helpers for BERT/GPT2, tuning scripts and model-zoo configs (to come)."""
