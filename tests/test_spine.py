@@ -103,6 +103,15 @@ def test_plain_import_tvm_registers_the_target():
     assert json.loads(proc.stdout.strip()) == [[0.0, 4.0, 0.0], [8.0, 0.0, 12.0]]
 
 
+@pytest.mark.parametrize(
+    "imports", ["import tvm_spatial", "import tvm_spatial.devices", "import codegen_hls.design, tvm", "import tvm"]
+)
+def test_every_import_order_registers_cleanly(imports):
+    script = f"{imports}\nimport tvm\nassert tvm.get_global_func('relax.ext.vitis_spatial', True) is not None"
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_unsupported_operator_stays_on_host_and_is_named():
     rng = np.random.default_rng(1)
     bb = relax.BlockBuilder()

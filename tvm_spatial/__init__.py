@@ -8,6 +8,10 @@ point) registers the ``vitis_spatial`` target, after which
 
 from __future__ import annotations
 
+# tvm first: its import runs our backend entry point, which must not find a half-imported
+# tvm_spatial submodule (see backend_entry).
+import tvm  # noqa: F401
+
 from .backend_entry import autoload
 from .devices import Device, get_device
 from .errors import (
