@@ -49,31 +49,32 @@ _BINARY = {
     tirx.RShift: ">>",
 }
 
-# TIR intrinsics with a direct <cmath> spelling (float overloads keep float32 in float).
+# TIR intrinsics with a direct <cmath> spelling (float overloads keep float32 in float),
+# by name without the registry prefix (TVM spells some "tirx.x", others "prim.x").
 _MATH = {
-    "tirx.exp": "std::exp",
-    "tirx.exp2": "std::exp2",
-    "tirx.log": "std::log",
-    "tirx.log2": "std::log2",
-    "tirx.log1p": "std::log1p",
-    "tirx.sqrt": "std::sqrt",
-    "tirx.tanh": "std::tanh",
-    "tirx.erf": "std::erf",
-    "tirx.sin": "std::sin",
-    "tirx.cos": "std::cos",
-    "tirx.tan": "std::tan",
-    "tirx.atan": "std::atan",
-    "tirx.fabs": "std::fabs",
-    "tirx.floor": "std::floor",
-    "tirx.ceil": "std::ceil",
-    "tirx.trunc": "std::trunc",
-    "tirx.round": "std::nearbyint",
-    "tirx.nearbyint": "std::nearbyint",
-    "tirx.pow": "std::pow",
-    "tirx.fmod": "std::fmod",
-    "tirx.isnan": "std::isnan",
-    "tirx.isinf": "std::isinf",
-    "tirx.isfinite": "std::isfinite",
+    "exp": "std::exp",
+    "exp2": "std::exp2",
+    "log": "std::log",
+    "log2": "std::log2",
+    "log1p": "std::log1p",
+    "sqrt": "std::sqrt",
+    "tanh": "std::tanh",
+    "erf": "std::erf",
+    "sin": "std::sin",
+    "cos": "std::cos",
+    "tan": "std::tan",
+    "atan": "std::atan",
+    "fabs": "std::fabs",
+    "floor": "std::floor",
+    "ceil": "std::ceil",
+    "trunc": "std::trunc",
+    "round": "std::nearbyint",
+    "nearbyint": "std::nearbyint",
+    "pow": "std::pow",
+    "fmod": "std::fmod",
+    "isnan": "std::isnan",
+    "isinf": "std::isinf",
+    "isfinite": "std::isfinite",
 }
 
 
@@ -356,20 +357,21 @@ class FunctionPrinter:
 
     def call(self, node) -> str:
         op_name = node.op.name if isinstance(node.op, tvm.ir.Op) else str(node.op)
+        short = op_name.split(".", 1)[-1]
         args = [self.expr(a) for a in node.args]
-        if op_name in _MATH:
-            return f"{_MATH[op_name]}({', '.join(args)})"
-        if op_name == "tirx.rsqrt":
+        if short in _MATH:
+            return f"{_MATH[short]}({', '.join(args)})"
+        if short == "rsqrt":
             one = float_literal(1.0, dtype_of(node))
             return f"({one} / std::sqrt({args[0]}))"
-        if op_name == "tirx.sigmoid":
+        if short == "sigmoid":
             one = float_literal(1.0, dtype_of(node))
             return f"({one} / ({one} + std::exp(-{args[0]})))"
-        if op_name in ("prim.if_then_else", "tirx.if_then_else"):
+        if short == "if_then_else":
             return f"({args[0]} ? {args[1]} : {args[2]})"
-        if op_name in ("tirx.likely",):
+        if short == "likely":
             return args[0]
-        if op_name == "tirx.bitwise_not":
+        if short == "bitwise_not":
             return f"(~{args[0]})"
         raise CodegenError(f"{self.name}: TIR intrinsic {op_name} has no HLS mapping")
 

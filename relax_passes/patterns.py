@@ -56,10 +56,15 @@ def static_shapes(ctx: relax.transform.PatternCheckContext) -> bool:
     return True
 
 
-def _single(op: str, arity: int):
+def _single(op: str, arity: int | tuple[int, ...]):
+    """One operator with any of the given argument counts (e.g. optional strides)."""
+    arities = (arity,) if isinstance(arity, int) else arity
+
     def build():
-        args = [wildcard() for _ in range(arity)]
-        root = is_op(f"relax.{op}")(*args)
+        alternatives = [is_op(f"relax.{op}")(*[wildcard() for _ in range(n)]) for n in arities]
+        root = alternatives[0]
+        for alt in alternatives[1:]:
+            root = root | alt
         return root, {"root": root}
 
     return build
@@ -81,8 +86,8 @@ def _linear_check(ctx) -> bool:
     return bias.ty.ndim == 1 and int(bias.ty.shape.values[0]) == int(out.ty.shape.values[-1])
 
 
-# (relax op name without "relax.", number of arguments the pattern matches)
-SINGLE_OPS: tuple[tuple[str, int], ...] = (
+# (relax op name without "relax.", number(s) of arguments the pattern matches)
+SINGLE_OPS: tuple[tuple[str, int | tuple[int, ...]], ...] = (
     ("matmul", 2),
     ("add", 2),
     ("subtract", 2),
@@ -104,6 +109,10 @@ SINGLE_OPS: tuple[tuple[str, int], ...] = (
     ("sqrt", 1),
     ("rsqrt", 1),
     ("negative", 1),
+    ("abs", 1),
+    ("log", 1),
+    ("floor", 1),
+    ("ceil", 1),
     ("nn.softmax", 1),
     ("nn.log_softmax", 1),
     ("nn.layer_norm", 3),
@@ -120,13 +129,13 @@ SINGLE_OPS: tuple[tuple[str, int], ...] = (
     ("broadcast_to", 2),
     ("concat", 1),
     ("split", 1),
-    ("strided_slice", 1),
+    ("strided_slice", (4, 5)),
     ("take", 2),
     ("where", 3),
     ("less", 2),
     ("greater", 2),
     ("equal", 2),
-    ("clip", 1),
+    ("clip", 3),
 )
 
 
