@@ -30,6 +30,16 @@ class CodeWriter:
         finally:
             self._depth -= 1
 
+    def open(self, opening_line: str) -> None:
+        """Write ``opening_line`` (ending in ``{``) and indent; pair with :meth:`close`.
+        For blocks opened conditionally, where a ``with`` would not fit."""
+        self.line(opening_line)
+        self._depth += 1
+
+    def close(self, tail: str = "}") -> None:
+        self._depth -= 1
+        self.line(tail)
+
     @contextmanager
     def block(self, head: str, tail: str = "}"):
         """``head {`` ... ``}`` with the body indented."""

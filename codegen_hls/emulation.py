@@ -7,12 +7,24 @@ module: ``jit`` and ``export_library`` then only link it. The translation unit
 ``#include``s the very kernel files written to the Vitis project, followed by thin
 TVM-FFI entry points (argument checks, then the kernel call) and one function that
 returns the design manifest, so an exported library can still write its project.
+
+Environment:
+
+``TVM_SPATIAL_CACHE_DIR``
+    Where compiled objects are cached (default ``$XDG_CACHE_HOME/tvm-spatial/emulation``).
+``TVM_SPATIAL_EMULATION_FLAGS``
+    Extra compiler flags (split like a shell command line) appended to every emulation
+    compile, e.g. ``SANITIZE_FLAGS`` to build the kernels with ASan+UBSan. They are part of
+    the cache key. A sanitized object needs the sanitizer runtimes in the process: run
+    Python with ``LD_PRELOAD`` of the compiler's ``libasan.so`` and ``libubsan.so`` (see
+    ``tests/test_generated_cpp.py``), and point the cache at a scratch directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +47,7 @@ MANIFEST_SYMBOL = "vitis_spatial_design"
 HEADER_WARNING_EXCEPTIONS = ("-Wno-unknown-pragmas", "-Wno-uninitialized", "-Wno-maybe-uninitialized")
 STRICT_FLAGS = ("-Wall", "-Wextra", "-Werror", *HEADER_WARNING_EXCEPTIONS)
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
+EXTRA_FLAGS_ENV = "TVM_SPATIAL_EMULATION_FLAGS"
 
 _DL_CODES = {"int": 0, "uint": 1, "float": 2, "bool": 6}
 
@@ -81,6 +94,11 @@ def base_flags() -> list[str]:
         "-isystem",
         tvm_ffi.libinfo.find_include_path(),
     ]
+
+
+def extra_flags() -> list[str]:
+    """Flags from ``TVM_SPATIAL_EMULATION_FLAGS``, read at every compile (not cached)."""
+    return shlex.split(os.environ.get(EXTRA_FLAGS_ENV, ""))
 
 
 def _dl_dtype(dtype: str) -> tuple[int, int]:
@@ -243,7 +261,7 @@ def _compile(tu: Path, output: Path, flags: list[str]) -> None:
 
 def compile_object(design: Design, *, opt_flags=("-O2",)) -> Path:
     """Compile the design into an object file, reusing an identical earlier compile."""
-    flags = [*base_flags(), *opt_flags]
+    flags = [*base_flags(), *opt_flags, *extra_flags()]  # all of them key the cache
     with tempfile.TemporaryDirectory(prefix="tvm_spatial_emu_") as tmp:
         tu = write_sources(design, Path(tmp))
         digest = hashlib.sha256()

@@ -139,13 +139,11 @@ def _copy_stage(writer: CodeWriter, src: str, dst: str, shape: tuple[int, ...]) 
     dims = shape or (1,)
     idx = [f"i{k}" for k in range(len(dims))]
     for k, d in enumerate(dims):
-        writer.line(f"for (int {idx[k]} = 0; {idx[k]} < {d}; ++{idx[k]}) {{")
-        writer._depth += 1
+        writer.open(f"for (int {idx[k]} = 0; {idx[k]} < {d}; ++{idx[k]}) {{")
     access = "".join(f"[{i}]" for i in idx)
     writer.line(f"{dst}{access} = {src}{access};")
     for _ in dims:
-        writer._depth -= 1
-        writer.line("}")
+        writer.close()
 
 
 def kernel_name_for(func: relax.Function) -> str:

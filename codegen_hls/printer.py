@@ -265,8 +265,7 @@ class FunctionPrinter:
         is_root = len(block.iter_vars) == 0 and block.name_hint == "root"
         opened = not is_root
         if opened:
-            self.out.line(f"{{  // {block.name_hint}")
-            self.out._depth += 1
+            self.out.open(f"{{  // {block.name_hint}")
         for buffer_var in block.alloc_buffers:
             self.declare_local(buffer_var)
         for iter_var, value in zip(block.iter_vars, realize.iter_values):
@@ -277,8 +276,7 @@ class FunctionPrinter:
                 self.analyzer.bind(iter_var.var, dom)
         guarded = not (isinstance(realize.predicate, tirx.IntImm) and int(realize.predicate.value) == 1)
         if guarded:
-            self.out.line(f"if ({self.expr(realize.predicate)}) {{")
-            self.out._depth += 1
+            self.out.open(f"if ({self.expr(realize.predicate)}) {{")
         if block.init is not None:
             first = [
                 f"{self.names[iv.var]} == {self.expr(iv.dom.min)}"
@@ -289,11 +287,9 @@ class FunctionPrinter:
                 self.stmt(block.init)
         self.stmt(block.body)
         if guarded:
-            self.out._depth -= 1
-            self.out.line("}")
+            self.out.close()
         if opened:
-            self.out._depth -= 1
-            self.out.line("}")
+            self.out.close()
 
     def if_then_else(self, node: tirx.IfThenElse) -> None:
         self.out.line(f"if ({self.expr(node.condition)}) {{")

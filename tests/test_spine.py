@@ -104,7 +104,15 @@ def test_plain_import_tvm_registers_the_target():
 
 
 @pytest.mark.parametrize(
-    "imports", ["import tvm_spatial", "import tvm_spatial.devices", "import codegen_hls.design, tvm", "import tvm"]
+    "imports",
+    [
+        "import tvm_spatial",
+        "import tvm_spatial.devices",
+        "import codegen_hls.design, tvm",
+        "import codegen_hls.emulation",
+        "import relax_passes.patterns",
+        "import tvm",
+    ],
 )
 def test_every_import_order_registers_cleanly(imports):
     script = f"{imports}\nimport tvm\nassert tvm.get_global_func('relax.ext.vitis_spatial', True) is not None"
@@ -250,3 +258,17 @@ def test_design_of_a_non_spatial_build_is_a_typed_error():
     ex = relax.build(mlp().mod, target="llvm")
     with pytest.raises(tvm_spatial.DesignNotFoundError, match="vitis_spatial"):
         tvm_spatial.design_of(ex)
+
+
+def test_a_value_returned_twice_fills_both_outputs():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 5), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            r = bb.emit(relax.op.nn.relu(x))
+            out = bb.emit_output(relax.Tuple([r, r]))
+        bb.emit_func_output(out)
+    data = np.random.default_rng(4).standard_normal((2, 5)).astype("float32")
+    ex, outs = build_and_compare(bb.get(), [data])
+    np.testing.assert_array_equal(outs[0], np.maximum(data, 0))
+    np.testing.assert_array_equal(outs[1], np.maximum(data, 0))
