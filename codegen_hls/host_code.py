@@ -10,36 +10,33 @@ from __future__ import annotations
 
 from tvm_spatial.errors import CodegenError
 
+from .c_types import byte_size, needs_ap_types
+from .c_types import c_type as hls_c_type
 from .code_writer import CodeWriter
 from .design import Design, Kernel, Port
 
 HOST_EXECUTABLE = "host.exe"  # not "host": the project already has a host/ directory
 
-# TVM dtype -> (C type, bytes per element). bool travels as one byte, like numpy's.
-C_TYPES: dict[str, tuple[str, int]] = {
-    "float32": ("float", 4),
-    "float64": ("double", 8),
-    "int8": ("int8_t", 1),
-    "int16": ("int16_t", 2),
-    "int32": ("int32_t", 4),
-    "int64": ("int64_t", 8),
-    "uint8": ("uint8_t", 1),
-    "bool": ("uint8_t", 1),
-}
+def _host_dtype_ok(dtype: str) -> bool:
+    """The host moves raw bytes of standard C types; ap_int ports would need packing."""
+    try:
+        return not needs_ap_types(dtype)
+    except CodegenError:
+        return False
 
 
 def c_type(kernel: Kernel, port: Port) -> str:
-    if port.dtype not in C_TYPES:
+    if not _host_dtype_ok(port.dtype):
         raise CodegenError(
             f"kernel {kernel.name!r} port {port.name!r} has dtype {port.dtype!r}, which the "
-            f"host program cannot transfer; supported: {', '.join(C_TYPES)}"
+            "host program cannot transfer; supported: float32/64, (u)int8/16/32/64, bool"
         )
-    return C_TYPES[port.dtype][0]
+    return hls_c_type(port.dtype)
 
 
 def port_bytes(port: Port) -> int:
-    """Bytes of one port's buffer; the dtype must be in :data:`C_TYPES` (:func:`check_ports`)."""
-    return port.num_elements * C_TYPES[port.dtype][1]
+    """Bytes of one port's buffer (host byte size of its dtype times its element count)."""
+    return port.num_elements * byte_size(port.dtype)
 
 
 def check_ports(design: Design) -> None:
