@@ -56,7 +56,34 @@ def _where(rng):
     return [a, b], lambda x, y: op.where(op.less(x, y), x, y)
 
 
+def _gather_elements(rng):
+    return [rng.standard_normal((3, 5)).astype(F32), rng.integers(0, 5, (3, 4)).astype("int64")], (
+        lambda t, i: op.gather_elements(t, i, axis=1)
+    )
+
+
+def _gather_nd(rng):
+    return [rng.standard_normal((4, 5, 6)).astype(F32), rng.integers(0, 4, (3, 2)).astype("int64")], (
+        lambda t, i: op.gather_nd(t, op.clip(i, 0, 3))
+    )
+
+
+def _logic(rng):
+    a, b = rng.standard_normal((2, 6)).astype(F32), rng.standard_normal((2, 6)).astype(F32)
+    a[0, 0] = np.nan
+
+    def fn(x, y):
+        both = op.logical_and(op.less(x, y), op.logical_not(op.isnan(x)))
+        either = op.logical_or(both, op.greater(y, relax.const(np.float32(1.0))))
+        return op.where(either, x, y)
+
+    return [a, b], fn
+
+
 CASES = {
+    "gather_elements": _gather_elements,
+    "gather_nd": _gather_nd,
+    "logical_isnan": _logic,
     "matmul": _binary(op.matmul, (2, 4, 8), (8, 5)),
     "batched_matmul": _binary(op.matmul, (2, 3, 4, 8), (2, 3, 8, 5)),
     "linear": lambda rng: (
@@ -135,5 +162,6 @@ def test_operator_matches_llvm_and_is_offloaded(name):
 def test_every_table_operator_has_a_case():
     """A new pattern-table entry must come with a numeric test here."""
     names = {o.replace("nn.", "") for o, _ in SINGLE_OPS}
-    covered = set(CASES) | {"less", "where", "floor_divide", "floor_mod"}  # the last two: test_spine
+    covered = set(CASES) | {"less", "where", "isnan", "logical_and", "logical_or", "logical_not"}
+    covered |= {"floor_divide", "floor_mod"}  # in test_spine
     assert names <= covered, sorted(names - covered)

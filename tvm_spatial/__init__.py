@@ -12,6 +12,7 @@ from __future__ import annotations
 # tvm_spatial submodule (see backend_entry).
 import tvm  # noqa: F401
 
+from . import frontend
 from .backend_entry import autoload
 from .devices import Device, get_device
 from .errors import (
@@ -19,6 +20,7 @@ from .errors import (
     DesignNotFoundError,
     DynamicShapeError,
     EmulationError,
+    ModelImportError,
     OutputDirError,
     SpatialError,
     ToolchainError,
@@ -40,6 +42,7 @@ __all__ = [
     "DynamicShapeError",
     "EmulationError",
     "HostFallbackWarning",
+    "ModelImportError",
     "OutputDirError",
     "SpatialError",
     "ToolchainError",
@@ -47,6 +50,7 @@ __all__ = [
     "UnsupportedOperatorError",
     "design_of",
     "export_project",
+    "frontend",
     "get_device",
 ]
 

@@ -32,14 +32,16 @@ def _load_model(model: str, shapes: list[str] | None):
         raise SpatialError(
             f"{model!r} is neither an ONNX file nor a bundled example ({', '.join(sorted(EXAMPLES))})"
         )
-    import onnx
-    from tvm.relax.frontend.onnx import from_onnx
+    from .frontend import from_onnx
 
     shape_dict = {}
     for item in shapes or []:
         name, _, dims = item.partition("=")
-        shape_dict[name] = [int(d) for d in dims.split(",") if d]
-    return from_onnx(onnx.load(str(path)), shape_dict=shape_dict or None), None
+        try:
+            shape_dict[name] = [int(d) for d in dims.split(",") if d]
+        except ValueError:
+            raise SpatialError(f"--shape {item!r} is not NAME=D0,D1,... with integer sizes") from None
+    return from_onnx(path, shape_dict=shape_dict or None), None
 
 
 def _target(device: str) -> str:

@@ -44,6 +44,10 @@ class CodegenError(SpatialError):
     """The TIR of an offloaded function contains a construct the HLS printer cannot express."""
 
 
+class ModelImportError(SpatialError):
+    """A model file is missing, unreadable, corrupt, or uses an operator the importer lacks."""
+
+
 def _register_with_ffi() -> None:
     """Let our errors cross TVM's FFI boundary with their type intact: passes run inside
     C++ (``relax.build`` -> pipeline -> our pass), and an unregistered Python exception
