@@ -23,6 +23,9 @@ class Port:
     shape: tuple[int, ...]
     direction: str  # "in" or "out"
     bundle: str  # m_axi bundle name, one per port so each gets its own memory bank
+    # Which argument of the kernel's caller feeds this port. Several ports may share one
+    # argument: a tensor read by two dataflow processes gets a port (and bundle) each.
+    arg: int = -1
 
     @property
     def num_elements(self) -> int:
@@ -33,6 +36,31 @@ class Port:
 
 
 @dataclass(frozen=True)
+class Process:
+    """One dataflow process inside a kernel: one operator instance of the model."""
+
+    name: str  # the C function name
+    op: str  # the matched operator (composite name), e.g. "linear", "masked_softmax"
+    layer: int  # transformer layer it belongs to (by residual connections seen before it)
+    slr: int  # super logic region it is assigned to
+    work: int  # iteration-space size of its TIR (a cost proxy for balancing)
+    inputs: tuple[str, ...]  # ports and streams it reads
+    outputs: tuple[str, ...]  # ports and streams it writes
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An on-chip FIFO between two processes, carrying one tensor element by element."""
+
+    name: str
+    dtype: str
+    elements: int  # elements written once by the producer and read once by the consumer
+    depth: int
+    producer: str
+    consumer: str
+
+
+@dataclass(frozen=True)
 class Kernel:
     """One Vitis kernel: an ``extern "C"`` top function in its own source file."""
 
@@ -40,6 +68,13 @@ class Kernel:
     source: str  # the complete HLS C++ file, byte-identical to what emulation compiles
     ports: tuple[Port, ...]
     ops: tuple[str, ...]  # Relax operators implemented inside, in program order
+    processes: tuple[Process, ...] = ()
+    streams: tuple[Stream, ...] = ()
+
+    @property
+    def num_args(self) -> int:
+        """Arguments the caller passes (ports sharing an argument count once)."""
+        return 1 + max((p.arg for p in self.ports), default=-1)
 
     @property
     def filename(self) -> str:
@@ -74,6 +109,11 @@ class Design:
                 source=k["source"],
                 ports=tuple(Port(**{**p, "shape": tuple(p["shape"])}) for p in k["ports"]),
                 ops=tuple(k["ops"]),
+                processes=tuple(
+                    Process(**{**p, "inputs": tuple(p["inputs"]), "outputs": tuple(p["outputs"])})
+                    for p in k.get("processes", ())
+                ),
+                streams=tuple(Stream(**st) for st in k.get("streams", ())),
             )
             for k in data["kernels"]
         )

@@ -180,21 +180,28 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
                 f"kernel {kernel.name}: port {port.name} has dtype {port.dtype}, which host "
                 "tensors cannot carry; keep ports in standard types and convert inside the kernel"
             )
-    n = len(kernel.ports)
+    args = [port.arg if port.arg >= 0 else i for i, port in enumerate(kernel.ports)]
+    n = max(args) + 1 if args else 0
+    first = {}
+    for port, arg in zip(kernel.ports, args):
+        first.setdefault(arg, port)
+    if sorted(first) != list(range(n)):
+        raise CodegenError(f"kernel {kernel.name}: port arguments {sorted(first)} are not 0..{n - 1}")
     w.line()
     w.line(f"extern \"C\" TVM_FFI_DLL_EXPORT int __tvm_ffi_{kernel.name}(")
     w.line("    void*, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* result) {")
     with w.indented():
-        w.line(f"static const tvs_emulation::PortSpec ports[{n}] = {{")
+        w.line(f"static const tvs_emulation::PortSpec ports[{max(n, 1)}] = {{")
         with w.indented():
-            for port in kernel.ports:
+            for arg in range(n):
+                port = first[arg]
                 code, bits = _dl_dtype(port.dtype)
                 shape = ", ".join(str(d) for d in port.shape) or "0"
                 w.line(f'{{"{port.name}", {code}, {bits}, {len(port.shape)}, {{{shape}}}}},')
         w.line("};")
-        w.line(f"void* data[{n}];")
+        w.line(f"void* data[{max(n, 1)}];")
         w.line(f'if (tvs_emulation::bind("{kernel.name}", args, num_args, ports, {n}, data) != 0) return -1;')
-        casts = ", ".join(f"static_cast<{_pointer_type(p)}>(data[{i}])" for i, p in enumerate(kernel.ports))
+        casts = ", ".join(f"static_cast<{_pointer_type(p)}>(data[{a}])" for p, a in zip(kernel.ports, args))
         w.line(f"{kernel.name}({casts});")
         w.line("result->type_index = kTVMFFINone;")
         w.line("result->v_int64 = 0;")

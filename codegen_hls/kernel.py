@@ -1,45 +1,74 @@
-"""One offloaded Relax function -> one Vitis kernel (a complete HLS C++ source file).
+"""One offloaded Relax function -> one Vitis kernel: a spatial dataflow design.
 
-Why this shape: the partitioner hands the codegen Relax functions whose body calls
-composite functions (one per matched operator). We legalize them to TIR, walk the
-bindings in program order, and print every TIR function once as a ``static`` stage
-function. The ``extern "C"`` top function owns the AXI ports (one ``m_axi`` bundle per
-port, so each can sit on its own HBM bank) and the on-chip buffers between stages.
+Why this shape: every operator instance the partitioner matched (a composite function)
+becomes its own *process* — an HLS function with its own hardware — and the kernel's
+``extern "C"`` top function is a ``#pragma HLS DATAFLOW`` region calling them all.
+Activations flow between processes through ``hls::stream`` FIFOs, element by element in
+row-major order, never through off-chip memory. Every tensor the caller passes
+(weights, model inputs) is an AXI master port; a tensor read by several processes gets
+one port (and bundle, hence memory bank) per reader, since a dataflow process must own
+its interfaces. Model outputs are written to AXI master ports.
+
+A process reads each input stream completely into an on-chip buffer, runs the operator's
+TIR stages (printed by :mod:`codegen_hls.printer`), and writes each output to all its
+consumers at once. Deadlock freedom with that discipline: a process with one stream input
+always drains it; a process with several reads them in turn, so those streams are made
+deep enough to hold a whole tensor (``_depth``). Then no producer waits forever.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tvm
-from tvm import relax
+import tvm_ffi
+from tvm import relax, s_tir
 
+from tvm_spatial.devices import get_device
 from tvm_spatial.errors import CodegenError, DynamicShapeError
 
 from .c_types import c_type, needs_ap_types
 from .code_writer import CodeWriter
-from .design import Design, Kernel, Port
+from .design import Design, Kernel, Port, Process, Stream
 from .printer import FunctionPrinter, Namer, array_declarator
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+SHALLOW_STREAM_DEPTH = 2
 
 
 @dataclass(eq=False)
 class Slot:
-    """A tensor value inside the kernel: a port or an on-chip buffer."""
+    """A tensor value of the region: a caller argument, or produced by a process stage."""
 
     dtype: str
     shape: tuple[int, ...]
     hint: str
+    producer: "Proc | None" = None
+    arg: int = -1  # caller argument index, for region parameters
     cname: str = ""
+
+    @property
+    def elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
 
 @dataclass
 class Stage:
-    prim_name: str  # name of the legalized PrimFunc in the module
+    prim_name: str  # name of the legalized PrimFunc
     args: list[Slot]  # inputs then outputs (destination-passing style)
-    op: str  # the Relax operator (composite name) this stage implements
+
+
+@dataclass(eq=False)
+class Proc:
+    op: str
+    inputs: list[Slot] = field(default_factory=list)
+    outputs: list[Slot] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    name: str = ""
 
 
 def _static_shape(ty, what: str) -> tuple[int, ...]:
@@ -50,82 +79,10 @@ def _static_shape(ty, what: str) -> tuple[int, ...]:
         if not isinstance(dim, tvm.tirx.IntImm):
             raise DynamicShapeError(
                 f"{what} has symbolic dimension {i} ({dim}); spatial designs need static "
-                "shapes: bind it (e.g. shape_dict / --seq) before building"
+                "shapes: bind it (e.g. shape_dict / --shape) before building"
             )
         dims.append(int(dim.value))
     return tuple(dims)
-
-
-def _slot_for(var, hint: str) -> Slot:
-    return Slot(str(var.ty.dtype), _static_shape(var.ty, f"tensor {var.name}"), hint)
-
-
-class _Interpreter:
-    """Walks the (legalized) Relax function and records the TIR stages in order."""
-
-    def __init__(self, kernel_name: str) -> None:
-        self.kernel_name = kernel_name
-        self.stages: list[Stage] = []
-        self.ops: list[str] = []  # composite operators, in program order
-
-    def run(self, func: relax.Function, env: dict, op: str) -> object:
-        body = func.body
-        for block in body.blocks:
-            for binding in block.bindings:
-                if not isinstance(binding, relax.VarBinding):
-                    raise CodegenError(f"{self.kernel_name}: {type(binding).__name__} is not supported")
-                env[binding.var] = self.value(binding.value, binding.var, env, op)
-        return self.value(body.body, None, env, op)
-
-    def value(self, expr, bound_var, env: dict, op: str):
-        if isinstance(expr, relax.Function):
-            return expr
-        if isinstance(expr, relax.Var):
-            return env[expr]
-        if isinstance(expr, relax.Tuple):
-            return [self.value(e, None, env, op) for e in expr.fields]
-        if isinstance(expr, relax.TupleGetItem):
-            return self.value(expr.tuple_value, None, env, op)[expr.index]
-        if isinstance(expr, tvm.ir.GenericConst):
-            raise CodegenError(
-                f"{self.kernel_name}: a constant inside an offloaded function; the partitioner "
-                "must lift constants to ports (FuseOpsByPattern(bind_constants=False))"
-            )
-        if isinstance(expr, relax.Call):
-            return self.call(expr, bound_var, env, op)
-        raise CodegenError(f"{self.kernel_name}: Relax expression {type(expr).__name__} is not supported")
-
-    def call(self, call: relax.Call, bound_var, env: dict, op: str):
-        callee = call.op
-        if isinstance(callee, relax.Var):
-            callee = env[callee]
-        if isinstance(callee, relax.Function):
-            composite = callee.attrs.get("Composite") if callee.attrs else None
-            inner_op = str(composite).split(".", 1)[-1] if composite else op
-            args = [self.value(a, None, env, op) for a in call.args]
-            inner_env = dict(zip(callee.params, args))
-            if composite:
-                self.ops.append(inner_op)
-            return self.run(callee, inner_env, inner_op)
-        if callee.same_as(_CALL_TIR):
-            prim = call.args[0].name_hint
-            inputs = [self.value(a, None, env, op) for a in call.args[1].fields]
-            ty = bound_var.ty if bound_var is not None else call.ty
-            if isinstance(ty, relax.TupleType):
-                outputs = [
-                    Slot(str(t.dtype), _static_shape(t, f"output {i} of {prim}"), f"{prim}_{i}")
-                    for i, t in enumerate(ty.fields)
-                ]
-                result = outputs
-            else:
-                outputs = [Slot(str(ty.dtype), _static_shape(ty, f"output of {prim}"), prim)]
-                result = outputs[0]
-            self.stages.append(Stage(prim, [*inputs, *outputs], op))
-            return result
-        name = callee.name if isinstance(callee, tvm.ir.Op) else str(callee)
-        raise CodegenError(
-            f"{self.kernel_name}: operator {name} did not lower to TIR and cannot be printed as HLS"
-        )
 
 
 def _flatten(value) -> list[Slot]:
@@ -134,24 +91,339 @@ def _flatten(value) -> list[Slot]:
     return [s for v in value for s in _flatten(v)]
 
 
-def _copy_stage(writer: CodeWriter, src: str, dst: str, shape: tuple[int, ...]) -> None:
-    """Element-wise copy, for an output that is also an input or appears twice."""
-    dims = shape or (1,)
-    idx = [f"i{k}" for k in range(len(dims))]
-    for k, d in enumerate(dims):
-        writer.open(f"for (int {idx[k]} = 0; {idx[k]} < {d}; ++{idx[k]}) {{")
-    access = "".join(f"[{i}]" for i in idx)
-    writer.line(f"{dst}{access} = {src}{access};")
-    for _ in dims:
-        writer.close()
+class _Interpreter:
+    """Walks the legalized region: composite calls become processes, TIR calls stages."""
+
+    def __init__(self, kernel_name: str) -> None:
+        self.kernel_name = kernel_name
+        self.procs: list[Proc] = []
+
+    def run(self, func: relax.Function, env: dict, proc: Proc | None):
+        body = func.body
+        for block in body.blocks:
+            for binding in block.bindings:
+                if not isinstance(binding, relax.VarBinding):
+                    raise CodegenError(f"{self.kernel_name}: {type(binding).__name__} is not supported")
+                env[binding.var] = self.value(binding.value, binding.var, env, proc)
+        return self.value(body.body, None, env, proc)
+
+    def value(self, expr, bound_var, env: dict, proc: Proc | None):
+        if isinstance(expr, relax.Function):
+            return expr
+        if isinstance(expr, relax.Var):
+            return env[expr]
+        if isinstance(expr, relax.Tuple):
+            return [self.value(e, None, env, proc) for e in expr.fields]
+        if isinstance(expr, relax.TupleGetItem):
+            return self.value(expr.tuple_value, None, env, proc)[expr.index]
+        if isinstance(expr, tvm.ir.GenericConst):
+            raise CodegenError(
+                f"{self.kernel_name}: a constant inside an offloaded function; the partitioner "
+                "must lift constants to ports (FuseOpsByPattern(bind_constants=False))"
+            )
+        if isinstance(expr, relax.Call):
+            return self.call(expr, bound_var, env, proc)
+        raise CodegenError(f"{self.kernel_name}: Relax expression {type(expr).__name__} is not supported")
+
+    def call(self, call: relax.Call, bound_var, env: dict, proc: Proc | None):
+        callee = env[call.op] if isinstance(call.op, relax.Var) else call.op
+        args = None
+        if isinstance(callee, relax.Function):
+            args = [self.value(a, None, env, proc) for a in call.args]
+            composite = callee.attrs.get("Composite") if callee.attrs else None
+            if proc is None:
+                # a matched operator instance: a process of its own
+                op = str(composite).split(".", 1)[-1] if composite else "region"
+                proc = Proc(op=op, inputs=_unique(_flatten(args)))
+                self.procs.append(proc)
+                result = self.run(callee, dict(zip(callee.params, args)), proc)
+                proc.outputs = _unique(_flatten(result))
+                return result
+            return self.run(callee, dict(zip(callee.params, args)), proc)
+        if callee.same_as(_CALL_TIR):
+            if proc is None:
+                raise CodegenError(f"{self.kernel_name}: TIR call outside a matched operator")
+            prim = call.args[0].name_hint
+            inputs = [self.value(a, None, env, proc) for a in call.args[1].fields]
+            ty = bound_var.ty if bound_var is not None else call.ty
+            types = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
+            outputs = [
+                Slot(str(t.dtype), _static_shape(t, f"output {i} of {prim}"), prim, producer=proc)
+                for i, t in enumerate(types)
+            ]
+            proc.stages.append(Stage(prim, [*inputs, *outputs]))
+            return outputs if isinstance(ty, relax.TupleType) else outputs[0]
+        name = callee.name if isinstance(callee, tvm.ir.Op) else str(callee)
+        raise CodegenError(f"{self.kernel_name}: operator {name} did not lower to TIR and cannot be printed as HLS")
+
+
+def _unique(slots: list[Slot]) -> list[Slot]:
+    seen: list[Slot] = []
+    for slot in slots:
+        if not any(slot is s for s in seen):
+            seen.append(slot)
+    return seen
 
 
 def kernel_name_for(func: relax.Function) -> str:
     return str(func.attrs["global_symbol"])
 
 
-def build_kernel(func: relax.Function) -> tuple[Kernel, bool]:
-    """Print one offloaded function. Returns the kernel and whether it uses ap types."""
+def _work(prim: tvm.tirx.PrimFunc) -> int:
+    """Total iterations of all sblocks: the operator's amount of arithmetic, roughly."""
+    total = [0]
+
+    def visit(node):
+        if isinstance(node, s_tir.SBlock) and len(node.iter_vars):
+            n = 1
+            for iv in node.iter_vars:
+                n *= int(iv.dom.extent) if isinstance(iv.dom.extent, tvm.tirx.IntImm) else 1
+            total[0] += n
+
+    tvm_ffi.structural_walk(prim.body, visit)
+    return total[0]
+
+
+def _layers(procs: list[Proc]) -> list[int]:
+    """Layer of each process: two residual additions close a transformer layer."""
+    layers, residuals = [], 0
+    for proc in procs:
+        layers.append(residuals // 2)
+        residuals += proc.op == "residual_add"
+    return layers
+
+
+def _slrs(works: list[int], slrs: int) -> list[int]:
+    """Contiguous, work-balanced split of the process chain over the device's SLRs."""
+    total = sum(works) or 1
+    result, acc = [], 0
+    for w in works:
+        result.append(min(slrs - 1, (acc + w / 2) * slrs // total))
+        acc += w
+    return [int(r) for r in result]
+
+
+def _loop_nest(w: CodeWriter, shape: tuple[int, ...], body: list[str], pipeline: bool = True) -> None:
+    """Row-major loops over ``shape`` around ``body`` (which indexes with ``[i0][i1]...``)."""
+    dims = shape or (1,)
+    for k, d in enumerate(dims):
+        w.open(f"for (int i{k} = 0; i{k} < {d}; ++i{k}) {{")
+    if pipeline:
+        w.line("#pragma HLS PIPELINE II=1")
+    w.lines(body)
+    for _ in dims:
+        w.close()
+
+
+def _index(shape: tuple[int, ...]) -> str:
+    return "".join(f"[i{k}]" for k in range(len(shape or (1,))))
+
+
+class _KernelWriter:
+    """Decides every tensor's storage (port, stream, buffer) and prints the kernel."""
+
+    def __init__(self, name: str, legal: tvm.IRModule, interp: _Interpreter, params, results, device) -> None:
+        self.name = name
+        self.legal = legal
+        self.procs = interp.procs
+        self.params = params
+        self.results = results
+        self.device = device
+        self.namer = Namer(reserved={name})
+        self.ports: list[Port] = []
+        self.port_of: dict = {}  # (slot id, proc id) -> port name, for reading region arguments
+        self.out_ports: dict = {}  # slot id -> [port names] it must be written to
+        self.streams: list[Stream] = []
+        self.stream_of: dict = {}  # (slot id, consumer proc id) -> stream name
+        self.uses_ap = False
+        self.printed: dict[str, str] = {}
+
+    # ---- storage planning ---------------------------------------------
+    def plan(self) -> None:
+        copy_results = [s for s in self.results if s.producer is None]
+        for slot in _unique(copy_results):
+            proc = Proc(op="copy", inputs=[slot])
+            out = Slot(slot.dtype, slot.shape, f"{slot.hint}_copy", producer=proc)
+            proc.outputs = [out]
+            self.procs.append(proc)
+            self.results = [out if r is slot else r for r in self.results]
+        for i, proc in enumerate(self.procs):
+            proc.name = self.namer.fresh(f"{self.name}_p{i}_{proc.op}")
+        bundle = 0
+        for slot in self.params:
+            readers = [p for p in self.procs if any(slot is s for s in p.inputs)]
+            for k, proc in enumerate(readers):
+                port = self.namer.fresh(slot.hint if k == 0 else f"{slot.hint}_{k}")
+                self.ports.append(Port(port, slot.dtype, slot.shape, "in", f"gmem{bundle}", arg=slot.arg))
+                bundle += 1
+                self.port_of[(id(slot), id(proc))] = port
+        for i, slot in enumerate(self.results):
+            port = self.namer.fresh("out" if len(self.results) == 1 else f"out{i}")
+            self.ports.append(Port(port, slot.dtype, slot.shape, "out", f"gmem{bundle}", arg=len(self.params) + i))
+            bundle += 1
+            self.out_ports.setdefault(id(slot), []).append(port)
+        multi_input = {id(p): sum(1 for s in p.inputs if s.producer is not None) > 1 for p in self.procs}
+        for producer in self.procs:
+            for slot in producer.outputs:
+                for consumer in self.procs:
+                    if consumer is producer or not any(slot is s for s in consumer.inputs):
+                        continue
+                    name = self.namer.fresh(f"s_{producer.name.split('_p', 1)[-1]}_to_p{self.procs.index(consumer)}")
+                    depth = max(SHALLOW_STREAM_DEPTH, slot.elements) if multi_input[id(consumer)] else SHALLOW_STREAM_DEPTH
+                    self.streams.append(Stream(name, slot.dtype, slot.elements, depth, producer.name, consumer.name))
+                    self.stream_of[(id(slot), id(consumer))] = name
+        check_stream_balance(self.name, self.streams, self.procs)
+
+    # ---- printing -------------------------------------------------------
+    def stage_function(self, prim_name: str) -> str:
+        if prim_name not in self.printed:
+            self.printed[prim_name] = f"{self.name}__{prim_name}"
+        return self.printed[prim_name]
+
+    def print_stage_functions(self, w: CodeWriter) -> None:
+        for proc in self.procs:
+            for stage in proc.stages:
+                if stage.prim_name in self.printed:
+                    continue
+                func = self.legal[stage.prim_name]
+                text = FunctionPrinter(func, self.stage_function(stage.prim_name)).print()
+                w.line()
+                w.lines(text.rstrip("\n").split("\n"))
+                for param in func.params:
+                    self.uses_ap |= needs_ap_types(str(param.ty.dtype))
+
+    def process_signature(self, proc: Proc) -> tuple[str, list[str]]:
+        params, args = [], []
+        for slot in proc.inputs:
+            key = (id(slot), id(proc))
+            if key in self.port_of:
+                port = self.port_of[key]
+                params.append(f"const {c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
+                args.append(port)
+            elif key in self.stream_of:
+                stream = self.stream_of[key]
+                params.append(f"hls::stream<{c_type(slot.dtype)}>& {stream}")
+                args.append(stream)
+        for slot in proc.outputs:
+            for port in self.out_ports.get(id(slot), []):
+                params.append(f"{c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
+                args.append(port)
+            for consumer in self.procs:
+                stream = self.stream_of.get((id(slot), id(consumer)))
+                if stream and consumer is not proc:
+                    params.append(f"hls::stream<{c_type(slot.dtype)}>& {stream}")
+                    args.append(stream)
+        return f"static void {proc.name}({', '.join(params)})", args
+
+    def print_process(self, w: CodeWriter, proc: Proc) -> list[str]:
+        signature, args = self.process_signature(proc)
+        local = Namer()
+        w.line()
+        with w.block(signature):
+            for slot in proc.inputs:
+                key = (id(slot), id(proc))
+                if key in self.port_of:
+                    slot.cname = self.port_of[key]
+                else:
+                    slot.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
+                    w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
+                    _loop_nest(w, slot.shape, [f"{slot.cname}{_index(slot.shape)} = {self.stream_of[key]}.read();"])
+            for stage in proc.stages:
+                for slot in stage.args:
+                    if slot.producer is proc and not slot.cname:
+                        ports = self.out_ports.get(id(slot), [])
+                        streamed = any((id(slot), id(c)) in self.stream_of for c in self.procs)
+                        if len(ports) == 1 and not streamed:
+                            slot.cname = ports[0]  # the only destination: write it in place
+                        else:
+                            slot.cname = local.fresh(re.sub(r"\W", "_", slot.hint))
+                            w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
+                    self.uses_ap |= needs_ap_types(slot.dtype)
+                names = ", ".join(slot.cname for slot in stage.args)
+                w.line(f"{self.stage_function(stage.prim_name)}({names});")
+            if proc.op == "copy":
+                proc.outputs[0].cname = proc.inputs[0].cname
+            for slot in proc.outputs:
+                targets = [p for p in self.out_ports.get(id(slot), []) if p != slot.cname]
+                streams = [self.stream_of[(id(slot), id(c))] for c in self.procs if (id(slot), id(c)) in self.stream_of]
+                if not targets and not streams:
+                    continue
+                idx = _index(slot.shape)
+                body = [f"const {c_type(slot.dtype)} v = {slot.cname}{idx};"]
+                body += [f"{port}{idx} = v;" for port in targets]
+                body += [f"{stream}.write(v);" for stream in streams]
+                _loop_nest(w, slot.shape, body)
+        return args
+
+    def print(self) -> Kernel:
+        self.plan()
+        w = CodeWriter()
+        ops = tuple(p.op for p in self.procs if p.op != "copy")
+        w.line(f"// Kernel {self.name}: a dataflow design of {len(self.procs)} processes")
+        w.line("// Generated by tvm-spatial. This file is both the Vitis HLS source and the")
+        w.line("// source of the emulation build.")
+        w.line(f'#include "{Design.COMMON_HEADER_NAME}"')
+        self.print_stage_functions(w)
+        calls = []
+        for proc in self.procs:
+            calls.append((proc, self.print_process(w, proc)))
+        w.line()
+        decls = []
+        for port in self.ports:
+            const = "const " if port.direction == "in" else ""
+            decls.append(f"{const}{c_type(port.dtype)} {array_declarator(port.name, port.shape)}")
+        with w.block(f'extern "C" void {self.name}({", ".join(decls)})'):
+            for port in self.ports:
+                w.line(
+                    f"#pragma HLS INTERFACE m_axi port={port.name} offset=slave "
+                    f"bundle={port.bundle} depth={max(1, port.num_elements)}"
+                )
+            for port in self.ports:
+                w.line(f"#pragma HLS INTERFACE s_axilite port={port.name}")
+            w.line("#pragma HLS INTERFACE s_axilite port=return")
+            w.line("#pragma HLS DATAFLOW")
+            for stream in self.streams:
+                w.line(f'hls::stream<{c_type(stream.dtype)}> {stream.name}("{stream.name}");')
+                w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
+            for proc, args in calls:
+                w.line(f"{proc.name}({', '.join(args)});")
+        works = [sum(_work(self.legal[s.prim_name]) for s in p.stages) for p in self.procs]
+        slrs = _slrs(works, self.device.slrs)
+        layers = _layers(self.procs)
+        processes = []
+        for proc, work, slr, layer, (_, args) in zip(self.procs, works, slrs, layers, calls):
+            n_in = sum(1 for s in proc.inputs if (id(s), id(proc)) in self.port_of or (id(s), id(proc)) in self.stream_of)
+            processes.append(Process(proc.name, proc.op, layer, slr, work, tuple(args[:n_in]), tuple(args[n_in:])))
+        return Kernel(
+            name=self.name,
+            source=w.text(),
+            ports=tuple(self.ports),
+            ops=ops,
+            processes=tuple(processes),
+            streams=tuple(self.streams),
+        )
+
+
+def check_stream_balance(kernel: str, streams: list[Stream], procs: list[Proc]) -> None:
+    """Every stream has one producer and one consumer, and the consumer reads exactly the
+    elements the producer writes: the producer's output tensor and the consumer's input
+    buffer are the same value, so both loops cover ``elements``. A violation would hang
+    the hardware, so it is a codegen error, not a warning."""
+    names = {p.name for p in procs}
+    seen = set()
+    for stream in streams:
+        if stream.name in seen:
+            raise CodegenError(f"{kernel}: stream {stream.name} is declared twice")
+        seen.add(stream.name)
+        if stream.producer not in names or stream.consumer not in names or stream.producer == stream.consumer:
+            raise CodegenError(f"{kernel}: stream {stream.name} needs distinct producer and consumer processes")
+        if stream.elements <= 0 or stream.depth < 1:
+            raise CodegenError(f"{kernel}: stream {stream.name} carries {stream.elements} elements at depth {stream.depth}")
+
+
+def build_kernel(func: relax.Function, device_key: str = "u280") -> tuple[Kernel, bool, bool]:
+    """Print one offloaded function. Returns the kernel, and whether it needs ap types /
+    streams (so the common header includes only what is used)."""
     name = kernel_name_for(func)
     plain = func
     for attr in ("Codegen", "global_symbol"):
@@ -160,82 +432,18 @@ def build_kernel(func: relax.Function) -> tuple[Kernel, bool]:
     main = legal["main"]
 
     interp = _Interpreter(name)
-    params = []
-    env = {}
-    for p in main.params:
-        slot = _slot_for(p, p.name)
+    params, env = [], {}
+    for index, p in enumerate(main.params):
+        slot = Slot(str(p.ty.dtype), _static_shape(p.ty, f"tensor {p.name}"), p.name, arg=index)
         env[p] = slot
         params.append(slot)
-    result = interp.run(main, env, "")
-    results = _flatten(result)
-
-    namer = Namer(reserved={name})
-    ports: list[Port] = []
-    copies: list[tuple[Slot, Slot]] = []
-    for slot in params:
-        slot.cname = namer.fresh(slot.hint)
-        ports.append(Port(slot.cname, slot.dtype, slot.shape, "in", f"gmem{len(ports)}"))
-    assigned = set(params)
-    for i, slot in enumerate(results):
-        port_name = namer.fresh("out" if len(results) == 1 else f"out{i}")
-        if slot in assigned:
-            # the value already has storage (an input, or an earlier output): copy it
-            dst = Slot(slot.dtype, slot.shape, port_name, port_name)
-            copies.append((slot, dst))
-        else:
-            slot.cname = port_name
-            assigned.add(slot)
-        ports.append(Port(port_name, slot.dtype, slot.shape, "out", f"gmem{len(ports)}"))
-
-    w = CodeWriter()
-    uses_ap = False
-    ops = tuple(interp.ops)
-    w.line(f"// Kernel {name}: {', '.join(ops) or 'copy'}")
-    w.line("// Generated by tvm-spatial. This file is both the Vitis HLS source and the")
-    w.line("// source of the emulation build.")
-    w.line(f'#include "{Design.COMMON_HEADER_NAME}"')
-    printed: dict[str, str] = {}
-    for stage in interp.stages:
-        if stage.prim_name in printed:
-            continue
-        stage_name = f"{name}__{stage.prim_name}"
-        printer = FunctionPrinter(legal[stage.prim_name], stage_name)
-        printed[stage.prim_name] = stage_name
-        w.line()
-        for line in printer.print().rstrip("\n").split("\n"):
-            w.line(line)
-        for param in legal[stage.prim_name].params:
-            uses_ap |= needs_ap_types(str(param.ty.dtype))
-
-    w.line()
-    port_decls = []
-    for port in ports:
-        const = "const " if port.direction == "in" else ""
-        port_decls.append(f"{const}{c_type(port.dtype)} {array_declarator(port.name, port.shape)}")
-    with w.block(f'extern "C" void {name}({", ".join(port_decls)})'):
-        for port in ports:
-            depth = max(1, port.num_elements)
-            w.line(
-                f"#pragma HLS INTERFACE m_axi port={port.name} offset=slave "
-                f"bundle={port.bundle} depth={depth}"
-            )
-        for port in ports:
-            w.line(f"#pragma HLS INTERFACE s_axilite port={port.name}")
-        w.line("#pragma HLS INTERFACE s_axilite port=return")
-        for stage in interp.stages:
-            for slot in stage.args:
-                if not slot.cname:
-                    slot.cname = namer.fresh(re.sub(r"\W", "_", slot.hint))
-                    w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
-                uses_ap |= needs_ap_types(slot.dtype)
-            args = ", ".join(slot.cname for slot in stage.args)
-            w.line(f"{printed[stage.prim_name]}({args});  // {stage.op}")
-        for src, dst in copies:
-            _copy_stage(w, src.cname, dst.cname, src.shape)
-    return Kernel(name=name, source=w.text(), ports=tuple(ports), ops=ops), uses_ap
+    results = _flatten(interp.run(main, env, None))
+    writer = _KernelWriter(name, legal, interp, params, results, get_device(device_key))
+    kernel = writer.print()
+    return kernel, writer.uses_ap, bool(kernel.streams)
 
 
-def common_header(uses_ap: bool) -> str:
+def common_header(uses_ap: bool, uses_streams: bool = False) -> str:
     """The shared header every kernel includes: includes and small helpers."""
     w = CodeWriter()
     w.line("// Shared definitions of the kernels of one tvm-spatial design.")
@@ -244,6 +452,8 @@ def common_header(uses_ap: bool) -> str:
     w.lines(["#include <cmath>", "#include <cstdint>"])
     if uses_ap:
         w.lines(["#include <ap_int.h>", "#include <ap_fixed.h>"])
+    if uses_streams:
+        w.line("#include <hls_stream.h>")
     w.line()
     w.line("template <typename T>")
     w.line("static inline T tvs_min(T a, T b) { return a < b ? a : b; }")
@@ -265,14 +475,15 @@ def common_header(uses_ap: bool) -> str:
 def build_design(funcs, device: str, host_ops=()) -> Design:
     """All offloaded functions of one build, in a stable (name-sorted) order."""
     kernels = []
-    uses_ap = False
+    uses_ap = uses_streams = False
     for func in sorted(funcs, key=kernel_name_for):
-        kernel, ap = build_kernel(func)
+        kernel, ap, streams = build_kernel(func, device)
         kernels.append(kernel)
         uses_ap |= ap
+        uses_streams |= streams
     return Design(
         device=device,
         kernels=tuple(kernels),
-        common_header=common_header(uses_ap),
+        common_header=common_header(uses_ap, uses_streams),
         host_ops=tuple(host_ops),
     )
