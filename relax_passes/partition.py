@@ -14,6 +14,7 @@ from tvm import relax
 from tvm.relax.transform import FuseOpsByPattern, MergeCompositeFunctions
 
 from .patterns import CODEGEN, fuse_patterns
+from .roles import name_roles
 
 # Relax bookkeeping ops that are not computation and need no kernel.
 _NOT_COMPUTE = frozenset(
@@ -31,7 +32,9 @@ _NOT_COMPUTE = frozenset(
 
 def partition_for_vitis_spatial(mod: tvm.IRModule) -> tvm.IRModule:
     mod = relax.transform.Normalize()(mod)
+    mod = relax.transform.FoldConstant()(mod)  # exporters leave shape arithmetic on constants
     mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
+    mod = name_roles(mod)
     mod = MergeCompositeFunctions()(mod)
     return _name_kernels(mod)
 

@@ -1,9 +1,10 @@
 """The pattern table of the ``vitis_spatial`` codegen.
 
 A new operator is one entry here (plus, if its legalized TIR uses an intrinsic the
-printer lacks, one line in ``codegen_hls/printer.py``) and a test. Entries are
-declarative: a name, a pattern builder, and a check. Multi-operator patterns (linear =
-matmul + bias) come first so that they win over their single-operator parts.
+printer lacks, one line in ``codegen_hls/printer.py``) and a test in
+``tests/test_operators.py``. Entries are declarative: a name, a pattern builder, and a
+check. Multi-operator patterns (``llm_patterns``: linear = matmul + bias, GELU
+expansions, masked softmax, ...) come first so that they win over their parts.
 """
 
 from __future__ import annotations
@@ -70,22 +71,6 @@ def _single(op: str, arity: int | tuple[int, ...]):
     return build
 
 
-def _linear():
-    x, w, b = wildcard(), wildcard(), wildcard()
-    mm = is_op("relax.matmul")(x, w)
-    root = is_op("relax.add")(mm, b)
-    return root, {"root": root, "matmul": mm, "bias": b}
-
-
-def _linear_check(ctx) -> bool:
-    bias = ctx.annotated_expr["bias"]
-    out = ctx.annotated_expr["matmul"]
-    if not static_shapes(ctx) or not isinstance(bias.ty, relax.TensorType):
-        return False
-    # a bias is a vector over the output features, not a second activation
-    return bias.ty.ndim == 1 and int(bias.ty.shape.values[0]) == int(out.ty.shape.values[-1])
-
-
 # (relax op name without "relax.", number(s) of arguments the pattern matches)
 SINGLE_OPS: tuple[tuple[str, int | tuple[int, ...]], ...] = (
     ("matmul", 2),
@@ -146,7 +131,10 @@ SINGLE_OPS: tuple[tuple[str, int | tuple[int, ...]], ...] = (
 
 
 def pattern_table() -> list[PatternEntry]:
-    entries = [PatternEntry("linear", _linear, _linear_check)]
+    """Transformer operators first (:mod:`relax_passes.llm_patterns`), then single ops."""
+    from .llm_patterns import llm_pattern_table
+
+    entries = llm_pattern_table()
     for op, arity in SINGLE_OPS:
         entries.append(PatternEntry(op.replace("nn.", ""), _single(op, arity), static_shapes))
     return entries

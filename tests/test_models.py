@@ -56,3 +56,80 @@ def test_dynamic_dimension_without_shape_is_named(tmp_path):
     dim.dim_param = "sequence"
     with pytest.raises(tvm_spatial.DynamicShapeError, match=r"'input_ids'.*dimension 1.*'sequence'"):
         tvm_spatial.frontend.from_onnx(model)
+
+
+# The transformer operators every layer must have as processes of its own.
+LAYER_OPS = {
+    "gpt2_tiny": {"layer_norm", "linear", "attention_scores", "masked_softmax", "attention_context",
+                  "head_split", "head_merge", "gelu", "residual_add"},
+    "bert_tiny": {"layer_norm", "linear", "attention_scores", "masked_softmax", "attention_context",
+                  "head_split", "head_merge", "gelu", "residual_add"},
+}
+
+
+def test_one_process_per_operator_per_layer(built):
+    name, ex, _, _, config = built
+    design = tvm_spatial.design_of(ex)
+    assert len(design.kernels) == 1
+    processes = design.kernels[0].processes
+    for layer in range(config["layers"]):
+        ops = {p.op for p in processes if p.layer == layer}
+        assert LAYER_OPS[name] <= ops, (layer, LAYER_OPS[name] - ops)
+        assert sum(p.op == "linear" for p in processes if p.layer == layer) >= 4
+    assert any(p.op == "embedding" for p in processes)
+
+
+def _trip_count(lines: list[str], at: int) -> int:
+    """Product of the constant bounds of the ``for`` loops enclosing line ``at``."""
+    import re
+
+    count, indent = 1, len(lines[at]) - len(lines[at].lstrip())
+    for line in reversed(lines[:at]):
+        depth = len(line) - len(line.lstrip())
+        if depth < indent:
+            indent = depth
+            match = re.match(r"\s*for \(int \w+ = 0; \w+ < (\d+); \+\+\w+\) \{", line)
+            if match:
+                count *= int(match.group(1))
+            elif line.lstrip().startswith(("static void", 'extern "C"')):
+                break
+    return count
+
+
+def test_dataflow_streams_are_balanced_in_the_generated_source(built):
+    """Read from the C++ itself: each stream is written in exactly one loop nest and read in
+    exactly one, with the same trip count, by the processes the design names."""
+    _, ex, *_ = built
+    kernel = tvm_spatial.design_of(ex).kernels[0]
+    assert "#pragma HLS DATAFLOW" in kernel.source
+    assert len(kernel.streams) >= len(kernel.processes) - 1
+    lines = kernel.source.split("\n")
+    for stream in kernel.streams:
+        writes = [i for i, line in enumerate(lines) if f"{stream.name}.write(" in line]
+        reads = [i for i, line in enumerate(lines) if f"{stream.name}.read()" in line]
+        assert len(writes) == 1 and len(reads) == 1, stream.name
+        assert _trip_count(lines, writes[0]) == _trip_count(lines, reads[0]) == stream.elements, stream.name
+        assert f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}" in kernel.source
+        producer = next(p for p in kernel.processes if p.name == stream.producer)
+        consumer = next(p for p in kernel.processes if p.name == stream.consumer)
+        assert stream.name in producer.outputs and stream.name in consumer.inputs
+
+
+def test_every_weight_has_its_own_port_and_bundle(built):
+    _, ex, *_ = built
+    kernel = tvm_spatial.design_of(ex).kernels[0]
+    bundles = [p.bundle for p in kernel.ports]
+    assert len(set(bundles)) == len(bundles)
+    for port in kernel.ports:
+        assert f"#pragma HLS INTERFACE m_axi port={port.name} offset=slave bundle={port.bundle}" in kernel.source
+
+
+def test_processes_are_spread_over_the_slrs(built):
+    _, ex, *_ = built
+    design = tvm_spatial.design_of(ex)
+    processes = design.kernels[0].processes
+    slrs = [p.slr for p in processes]
+    assert slrs == sorted(slrs), "SLR regions are contiguous along the dataflow"
+    assert set(slrs) == set(range(tvm_spatial.get_device(design.device).slrs))
+    work = [sum(p.work for p in processes if p.slr == s) for s in sorted(set(slrs))]
+    assert max(work) <= 2 * min(work), work
