@@ -155,6 +155,53 @@ def _load_inputs(w: CodeWriter) -> None:
         w.line("return inputs;")
 
 
+def _check_interface(w: CodeWriter) -> None:
+    """The xclbin must declare every kernel and argument of the table, by name and index:
+    a host and an xclbin from different designs fail here, in one line, before any run."""
+    with w.block("std::string quoted_list(const std::vector<std::string>& names)"):
+        w.line("std::string out;")
+        with w.block("for (const std::string& n : names)"):
+            w.line("out += (out.empty() ? \"'\" : \", '\") + n + \"'\";")
+        w.line("return out.empty() ? \"none\" : out;")
+    w.line()
+    w.line("[[noreturn]] void mismatch(const std::string& path, const std::string& what,")
+    with w.block("                           const std::vector<std::string>& present)"):
+        w.line("throw std::runtime_error(\"xclbin \" + path + \" does not match this host: \" + what +")
+        w.line("                         \" (the xclbin has \" + quoted_list(present) + \")\");")
+    w.line()
+    with w.block("void check_interface(const xrt::xclbin& xclbin, const std::string& path)"):
+        w.line("std::vector<std::string> kernel_names;")
+        with w.block("for (const xrt::xclbin::kernel& k : xclbin.get_kernels())"):
+            w.line("kernel_names.push_back(k.get_name());")
+        with w.block("for (const KernelSpec& spec : kKernels)"):
+            w.line("const std::string name = spec.name;")
+            w.line("xrt::xclbin::kernel found;")
+            with w.block("for (const xrt::xclbin::kernel& k : xclbin.get_kernels())"):
+                with w.block("if (k.get_name() == name)"):
+                    w.line("found = k;")
+            with w.block("if (!found)"):
+                w.line("mismatch(path, \"no kernel '\" + name + \"'\", kernel_names);")
+            w.line("std::vector<std::string> args;")
+            with w.block("for (const xrt::xclbin::arg& a : found.get_args())"):
+                w.line("args.push_back(a.get_name());")
+            with w.block("for (std::size_t i = 0; i < spec.ports.size(); ++i)"):
+                with w.block("if (i >= args.size() || args[i] != spec.ports[i].name)"):
+                    w.line("mismatch(path, \"kernel '\" + name + \"' has no argument '\" + spec.ports[i].name +")
+                    w.line("         \"' at index \" + std::to_string(i), args);")
+            with w.block("if (args.size() != spec.ports.size())"):
+                w.line("mismatch(path, \"kernel '\" + name + \"' has \" + std::to_string(args.size()) +")
+                w.line("         \" arguments; the host passes \" + std::to_string(spec.ports.size()), args);")
+    w.line()
+    with w.block("xrt::xclbin read_xclbin(const std::string& path)"):
+        with w.block("if (!std::ifstream(path, std::ios::binary))"):
+            w.line("throw std::runtime_error(\"cannot open xclbin \" + path);")
+        with w.block("try", tail="} catch (const std::exception& e) {"):
+            w.line("return xrt::xclbin(path);")
+        with w.indented():
+            w.line("throw std::runtime_error(\"cannot read xclbin \" + path + \": \" + e.what());")
+        w.line("}")
+
+
 def _run_kernel(w: CodeWriter) -> None:
     """One bo per port in the bank ``group_id`` reports, so the host follows connectivity.cfg."""
     w.line("void run_kernel(const xrt::device& device, const xrt::uuid& uuid, const KernelSpec& k,")
@@ -194,8 +241,10 @@ def _main(w: CodeWriter) -> None:
             w.line("const std::string dir = argv[2];")
             w.line("const unsigned index = argc == 4 ? parse_index(argv[3]) : 0;")
             w.line("const auto inputs = load_inputs(dir);")
+            w.line("const xrt::xclbin design = read_xclbin(xclbin);")
+            w.line("check_interface(design, xclbin);")
             w.line("xrt::device device(index);")
-            w.line("const xrt::uuid uuid = device.load_xclbin(xclbin);")
+            w.line("const xrt::uuid uuid = device.load_xclbin(design);")
             with w.block("for (std::size_t i = 0; i < kKernels.size(); ++i)"):
                 w.line("run_kernel(device, uuid, kKernels[i], inputs[i], dir);")
         with w.indented():
@@ -212,6 +261,8 @@ def host_cpp(design: Design) -> str:
     w.line("// Usage: host.exe <design.xclbin> <data_dir> [device_index]")
     w.line("// Reads <data_dir>/<kernel>.<port>.bin for every input port, runs the kernels in order,")
     w.line("// writes <data_dir>/<kernel>.<port>.out.bin for every output port (raw bytes, row-major).")
+    w.line("// Before opening the device it checks that the xclbin declares every kernel and argument")
+    w.line("// below (by name, in order): a host and an xclbin of different designs fail in one line.")
     w.lines(_INCLUDES)
     w.line()
     w.line("namespace {")  # not CodeWriter.block: namespace bodies are not indented
@@ -225,6 +276,8 @@ def host_cpp(design: Design) -> str:
     _parse_index(w)
     w.line()
     _load_inputs(w)
+    w.line()
+    _check_interface(w)
     w.line()
     _run_kernel(w)
     w.line()

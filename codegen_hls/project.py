@@ -5,6 +5,9 @@ Layout::
     kernels/<name>.cpp, kernels/tvm_spatial_hls.h   HLS sources (byte-identical to emulation's)
     connectivity.cfg, Makefile, run.sh, README.md   build and run (see ``vitis_files``)
     host/host.cpp                                   XRT host program (see ``host_code``)
+    metadata/design.metadata_only.xclbin            kernel interface only, no bitstream
+                                                    (see ``xclbin``): the host checks against
+                                                    it under XRT's noop shim
 
 Why a staging directory: the tree is written next to ``out_dir`` and renamed into place,
 so a failure never leaves half a project, and ``force`` drops the old tree only once the
@@ -23,6 +26,8 @@ from tvm_spatial.devices import get_device
 from tvm_spatial.errors import CodegenError, OutputDirError
 
 from . import vitis_files
+from .lint import check_design
+from .xclbin import metadata_xclbin
 from .design import Design
 from .host_code import check_ports, host_cpp
 
@@ -50,6 +55,7 @@ def project_files(design: Design) -> dict[str, tuple[bytes, bool]]:
     check_ports(design)
     device = get_device(design.device)
     placement = vitis_files.place(design, device)
+    check_design(design, placement.banks)  # LintError: Vitis would reject or mis-build it
     files: dict[str, tuple[bytes, bool]] = {}
     for kernel in design.kernels:
         files[f"kernels/{kernel.filename}"] = (kernel.source.encode("utf-8"), False)
@@ -63,6 +69,7 @@ def project_files(design: Design) -> dict[str, tuple[bytes, bool]]:
     }
     for path, (text, executable) in text_files.items():
         files[path] = (text.encode("utf-8"), executable)
+    files[vitis_files.METADATA_XCLBIN] = (metadata_xclbin(design, placement), False)
     return files
 
 
@@ -109,7 +116,9 @@ def write_project(design: Design, out_dir, *, force: bool = False) -> pathlib.Pa
     """Write the Vitis project of ``design`` to ``out_dir`` and return its absolute path.
 
     Refuses a non-empty ``out_dir`` unless ``force``; raises :class:`OutputDirError` naming
-    the path for that and for any file-system failure. Same design -> byte-identical files.
+    the path for that and for any file-system failure, and :class:`LintError` (before
+    touching the disk) when a kernel breaks a synthesizability rule (``codegen_hls.lint``).
+    Same design -> byte-identical files.
     """
     out = pathlib.Path(os.path.abspath(os.fspath(out_dir)))
     files = project_files(design)  # generation errors surface before touching the disk

@@ -15,6 +15,7 @@ import pytest
 
 from codegen_hls.design import Design, Kernel, Port
 from codegen_hls.project import write_project
+from codegen_hls.vitis_files import METADATA_XCLBIN
 from tvm_spatial.devices import get_device
 from tvm_spatial.errors import CodegenError, OutputDirError
 
@@ -124,6 +125,7 @@ def test_files_exist(project):
         "host/host.cpp",
         "run.sh",
         "README.md",
+        METADATA_XCLBIN,
     }
     assert os.access(project / "run.sh", os.X_OK)
     assert not os.access(project / "Makefile", os.X_OK)
@@ -357,3 +359,33 @@ def test_run_sh_builds_host_with_make_and_runs_it(project):
     assert (project / "host.exe").is_file(), result.stderr
     assert result.returncode == 1
     assert "error: cannot open input file data/vadd.a.bin" in result.stderr
+
+
+@needs_make
+@pytest.mark.parametrize("target", ["sw_emu", "hw_emu", "hw"])
+def test_make_dry_run_prints_exact_vpp_commands_for_a_real_build(tmp_path, target):
+    """The bundled encoder block through relax.build: every v++ line, in order, verbatim."""
+    from tvm import relax
+
+    import tvm_spatial
+    from tvm_spatial import examples
+
+    design = tvm_spatial.design_of(relax.build(examples.encoder_block().mod, target="vitis_spatial"))
+    project = write_project(design, tmp_path / "proj")
+    platform = get_device("u280").platform
+    lines = make_dry_run(project, target)
+    xos = [f"build/{target}/{k.name}.xo" for k in design.kernels]
+    expected = [
+        f"v++ -c -t {target} --platform {platform} -k {k.name} -I kernels --temp_dir build/{target}/_x"
+        f" -o {xo} kernels/{k.name}.cpp"
+        for k, xo in zip(design.kernels, xos)
+    ] + [
+        f"v++ -l -t {target} --platform {platform} --config connectivity.cfg --kernel_frequency 300"
+        f" --temp_dir build/{target}/_x -o build/{target}/design.xclbin {' '.join(xos)}"
+    ]
+    assert [line for line in lines if line.startswith("v++ ")] == expected
+    emconfig = [line for line in lines if line.startswith("emconfigutil ")]
+    assert emconfig == ([f"emconfigutil --platform {platform} --od ."] if target != "hw" else [])
+    # clean removes what make built, never the generated sources or the metadata xclbin
+    clean = subprocess.run(["make", "-n", "clean"], cwd=project, capture_output=True, text=True, check=True)
+    assert "metadata" not in clean.stdout and "kernels" not in clean.stdout

@@ -40,12 +40,32 @@ class DesignNotFoundError(SpatialError):
     """A built module or library carries no vitis_spatial design."""
 
 
+class LintError(SpatialError):
+    """A generated kernel breaks a synthesizability rule; the message names kernel, line, rule."""
+
+
 class CodegenError(SpatialError):
     """The TIR of an offloaded function contains a construct the HLS printer cannot express."""
 
 
 class ModelImportError(SpatialError):
     """A model file is missing, unreadable, corrupt, or uses an operator the importer lacks."""
+
+
+class SpatialScheduleError(SpatialError):
+    """A customization primitive was applied to a loop, sblock or buffer it cannot apply to.
+
+    Exported as ``ScheduleError`` too. The class is not *named* ScheduleError because
+    errors register with TVM's FFI by class name, and "ScheduleError" is TVM's own
+    (``tvm.s_tir.ScheduleError``): registering ours would hijack it."""
+
+
+ScheduleError = SpatialScheduleError
+
+
+class InterfaceMismatchError(SpatialScheduleError):
+    """A call passes a buffer whose interface type (dtype, shape, partition, stream-ness)
+    differs from the callee's parameter."""
 
 
 def _register_with_ffi() -> None:

@@ -1,0 +1,668 @@
+"""Synthesizability lint of generated HLS kernels: what C simulation accepts and hardware does not.
+
+Why: emulation compiles the kernels with g++, which happily runs heap allocation, recursion,
+unbounded loops, ``std::vector`` or a stream nobody reads. Vitis HLS rejects those, or
+worse, synthesizes a design that deadlocks or never writes its results. Without Vitis we
+check the source itself. Every finding names the kernel, the line and the rule:
+
+``heap``            ``new``/``delete``/``malloc``/``free``...: hardware has no heap.
+``recursion``       a function calling itself (directly): no call stack in hardware.
+``virtual``         virtual functions: no dynamic dispatch in hardware.
+``unbounded-loop``  ``while``/``do``/``goto``, or a ``for`` whose header is not
+                    ``for (T v = A; v < B; ++v)`` (``<=``, ``v++``, ``v += C`` too) with
+                    integer constants A, B, C: the trip count must be known.
+``std-container``   ``std::vector``/``map``/``string``/smart pointers... and their headers.
+``unsupported-type`` I/O streams, threads, atomics, ``long double``, ``wchar_t``.
+``stream-balance``  an ``hls::stream`` a function declares must be written and read, and,
+                    where the counts are static (constant loop bounds, no enclosing ``if``),
+                    the same number of times: otherwise the dataflow region stalls or
+                    leaves data behind.
+``stream-depth``    a process that reads a stream only after draining another stream must
+                    find every element waiting when their producers are related (share an
+                    upstream process), so that stream's depth must hold all of them.
+``m_axi-port``      every array/pointer argument of the ``extern "C"`` top function has an
+                    ``#pragma HLS INTERFACE m_axi``; every port of the design is an argument.
+``m_axi-bundle``    every such pragma names a ``bundle``, the one the design records.
+``m_axi-bank``      every port has a memory bank in the placement (``connectivity.cfg``),
+                    and ports sharing a bundle share the bank.
+
+The analysis is lexical plus a little structure (functions, blocks, loops, calls): our
+printer emits a regular subset of C++, and the rules are written for that subset. It is
+conservative where counts are not static: then only "written but never read" (and the
+reverse) is reported.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+from tvm_spatial.errors import LintError
+
+from .design import Design, Kernel
+
+HEAP_KEYWORDS = {"new", "delete"}
+HEAP_FUNCTIONS = {"malloc", "calloc", "realloc", "free", "alloca", "make_shared", "make_unique", "aligned_alloc"}
+STD_CONTAINERS = {
+    "vector", "map", "multimap", "set", "multiset", "unordered_map", "unordered_set",
+    "unordered_multimap", "unordered_multiset", "list", "forward_list", "deque", "queue",
+    "stack", "priority_queue", "string", "wstring", "string_view", "basic_string",
+    "shared_ptr", "unique_ptr", "weak_ptr", "function", "any",
+}
+STD_UNSUPPORTED = {
+    "thread", "mutex", "atomic", "condition_variable", "future", "promise", "async",
+    "cout", "cerr", "cin", "clog", "ostream", "istream", "iostream", "stringstream",
+    "ostringstream", "istringstream", "fstream", "ifstream", "ofstream", "exception",
+    "runtime_error",
+}
+HEADER_RULES = {
+    **{h: "std-container" for h in (
+        "vector", "map", "set", "unordered_map", "unordered_set", "list", "forward_list",
+        "deque", "queue", "stack", "string", "string_view", "memory", "functional", "any",
+    )},
+    **{h: "unsupported-type" for h in (
+        "iostream", "fstream", "sstream", "thread", "mutex", "atomic", "future",
+        "condition_variable", "stdexcept", "exception",
+    )},
+}
+LOOP_INDEX_TYPES = (
+    r"(?:unsigned\s+|signed\s+)?(?:int|long|long\s+long|short|char)|u?int(?:8|16|32|64)_t|size_t"
+    r"|ap_u?int\s*<\s*\d+\s*>"
+)
+_FOR_HEADER = re.compile(
+    rf"^\s*(?:const\s+)?(?:{LOOP_INDEX_TYPES})\s+(?P<v>\w+)\s*=\s*(?P<lo>[^;]+);"
+    r"\s*(?P=v)\s*(?P<cmp><=|<)\s*(?P<hi>[^;]+);"
+    r"\s*(?:\+\+\s*(?P=v)|(?P=v)\s*\+\+|(?P=v)\s*\+=\s*(?P<step>[^;]+))\s*$"
+)
+_TOKEN = re.compile(
+    r"(?P<id>[A-Za-z_]\w*)|(?P<num>\.?\d(?:[eE][+-]|[\w.])*)|(?P<str>\"\"|'')"
+    r"|(?P<op>::|->|\+\+|--|<<=|>>=|<<|>>|<=|>=|==|!=|&&|\|\||[-+*/%&|^]=|[^\s\w])"
+)
+DEFAULT_STREAM_DEPTH = 2  # what Vitis HLS gives an hls::stream without a STREAM pragma
+NO_HEAP = "uses the heap, which hardware does not have; use a fixed-size (static) array"
+COUNTED = "use for (int i = A; i < B; ++i) with integer constants A and B"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One lint failure: kernel (or header) name, 1-based line, rule, explanation."""
+
+    kernel: str
+    line: int
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"kernel {self.kernel!r}, line {self.line}: [{self.rule}] {self.message}"
+
+
+# -- lexing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tok:
+    text: str
+    line: int
+    kind: str  # id, num, str, op
+
+
+def _blank_comments_and_strings(source: str) -> str:
+    """Same length and line structure, with comment bodies and literal contents blanked."""
+    out = list(source)
+    i, n = 0, len(source)
+    while i < n:
+        c = source[i]
+        if source.startswith("//", i):
+            while i < n and source[i] != "\n":
+                out[i] = " "
+                i += 1
+        elif source.startswith("/*", i):
+            while i < n and not source.startswith("*/", i):
+                if source[i] != "\n":
+                    out[i] = " "
+                i += 1
+            for j in range(i, min(i + 2, n)):
+                out[j] = " "
+            i += 2
+        elif c in "\"'":
+            i += 1
+            while i < n and source[i] != c and source[i] != "\n":
+                if source[i] == "\\":
+                    out[i] = " "
+                    i += 1
+                out[i] = " "
+                i += 1
+            i += 1
+        else:
+            i += 1
+    return "".join(out)
+
+
+def _lex(text: str) -> tuple[list[Tok], list[tuple[int, str]]]:
+    """Tokens of the code, and the preprocessor lines (line number, text) apart."""
+    tokens: list[Tok] = []
+    directives: list[tuple[int, str]] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.lstrip().startswith("#"):
+            directives.append((number, line.strip()))
+            continue
+        for match in _TOKEN.finditer(line):
+            tokens.append(Tok(match.group(), number, match.lastgroup or "op"))
+    return tokens, directives
+
+
+def _int_constant(text: str) -> int | None:
+    """Value of an integer constant expression (literals, + - * / % and parentheses)."""
+    cleaned = re.sub(r"(?<=\d)[uUlL]+\b", "", text.strip())
+    cleaned = re.sub(r"\(\s*(?:const\s+)?(?:" + LOOP_INDEX_TYPES + r")\s*\)", "", cleaned)  # casts
+    cleaned = cleaned.strip()
+    try:
+        tree = ast.parse(cleaned, mode="eval")
+    except SyntaxError:
+        return None
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = value(node.operand)
+            return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod)):
+            a, b = value(node.left), value(node.right)
+            if a is None or b is None or (isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and b == 0):
+                return None
+            if isinstance(node.op, ast.Add):
+                return a + b
+            if isinstance(node.op, ast.Sub):
+                return a - b
+            if isinstance(node.op, ast.Mult):
+                return a * b
+            if isinstance(node.op, ast.Mod):
+                return a % b
+            return int(a / b)  # C division truncates
+        return None
+
+    return value(tree.body)
+
+
+def trip_count(header: str) -> int | None:
+    """Iterations of ``for (header)`` if it is a counted loop with constant bounds, else None."""
+    match = _FOR_HEADER.match(header)
+    if not match:
+        return None
+    lo, hi = _int_constant(match.group("lo")), _int_constant(match.group("hi"))
+    step = _int_constant(match.group("step")) if match.group("step") else 1
+    if lo is None or hi is None or step is None or step <= 0:
+        return None
+    if match.group("cmp") == "<=":
+        hi += 1
+    return max(0, -(-(hi - lo) // step))
+
+
+# -- structure: functions, parameters, blocks ----------------------------------------------
+
+
+@dataclass
+class Param:
+    name: str
+    text: str
+    is_stream: bool
+    is_memory: bool  # array or pointer: an m_axi candidate at the top level
+
+
+@dataclass
+class Function:
+    name: str
+    line: int
+    params: list[Param]
+    body: list[Tok]  # tokens between the braces
+    is_top: bool  # extern "C"
+
+
+@dataclass
+class _Counts:
+    writes: int = 0
+    reads: int = 0
+    exact: bool = True
+    first_read: int = -1  # token index of the first read in the function, for ordering
+
+
+def _match(tokens: list[Tok], start: int, open_: str, close: str) -> int:
+    """Index of the token closing the bracket opened at ``start``."""
+    depth = 0
+    for i in range(start, len(tokens)):
+        if tokens[i].text == open_:
+            depth += 1
+        elif tokens[i].text == close:
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(tokens) - 1
+
+
+def _split_top_level(tokens: list[Tok]) -> list[list[Tok]]:
+    """Split at commas outside (), [], {}, <>."""
+    parts: list[list[Tok]] = [[]]
+    depth = 0
+    for tok in tokens:
+        if tok.text in "([{<":
+            depth += 1
+        elif tok.text in ")]}>":
+            depth -= 1
+        elif tok.text == ">>":
+            depth -= 2
+        if tok.text == "," and depth == 0:
+            parts.append([])
+        else:
+            parts[-1].append(tok)
+    return [p for p in parts if p]
+
+
+def _param(tokens: list[Tok]) -> Param:
+    text = " ".join(t.text for t in tokens)
+    cut = next((i for i, t in enumerate(tokens) if t.text == "["), len(tokens))
+    ids = [t.text for t in tokens[:cut] if t.kind == "id"]
+    name = ids[-1] if ids else ""
+    return Param(
+        name=name,
+        text=text,
+        is_stream="stream" in ids and "hls" in ids,
+        is_memory=cut < len(tokens) or any(t.text == "*" for t in tokens[:cut]),
+    )
+
+
+def _functions(tokens: list[Tok]) -> list[Function]:
+    """Function definitions at namespace scope (``namespace {`` bodies included)."""
+    functions = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.text == "{":
+            # a function body: `name ( params ) [const] {`
+            j = i - 1
+            while j >= 0 and tokens[j].kind == "id" and tokens[j].text in ("const", "noexcept", "override"):
+                j -= 1
+            if j >= 0 and tokens[j].text == ")":
+                depth, k = 0, j
+                while k >= 0:
+                    if tokens[k].text == ")":
+                        depth += 1
+                    elif tokens[k].text == "(":
+                        depth -= 1
+                        if depth == 0:
+                            break
+                    k -= 1
+                if k > 0 and tokens[k - 1].kind == "id" and tokens[k - 1].text not in ("if", "for", "while", "switch"):
+                    end = _match(tokens, i, "{", "}")
+                    head = tokens[max(0, k - 8) : k]
+                    is_top = any(t.text == "extern" for t in head)
+                    params = [_param(p) for p in _split_top_level(tokens[k + 1 : j])]
+                    params = [p for p in params if p.name and p.text != "void"]
+                    functions.append(Function(tokens[k - 1].text, tokens[k - 1].line, params, tokens[i + 1 : end], is_top))
+                    i = end + 1
+                    continue
+        i += 1
+    return functions
+
+
+# -- the checker ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Linter:
+    kernel: str
+    source: str
+    findings: list[Finding] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tokens, self.directives = _lex(_blank_comments_and_strings(self.source))
+        self.functions = _functions(self.tokens)
+        self.by_name = {f.name: f for f in self.functions}
+        self._summaries: dict[str, dict[str, _Counts]] = {}
+
+    def add(self, line: int, rule: str, message: str) -> None:
+        self.findings.append(Finding(self.kernel, line, rule, message))
+
+    # token rules -------------------------------------------------------------------
+    def check_tokens(self) -> None:
+        toks = self.tokens
+        for i, tok in enumerate(toks):
+            nxt = toks[i + 1].text if i + 1 < len(toks) else ""
+            prev = toks[i - 1].text if i > 0 else ""
+            if tok.kind != "id":
+                continue
+            if tok.text in HEAP_KEYWORDS:
+                self.add(tok.line, "heap", f"'{tok.text}' {NO_HEAP}")
+            elif tok.text in HEAP_FUNCTIONS and nxt == "(":
+                self.add(tok.line, "heap", f"'{tok.text}()' {NO_HEAP}")
+            elif tok.text == "virtual":
+                self.add(tok.line, "virtual", "virtual functions need dynamic dispatch, which HLS cannot synthesize")
+            elif tok.text == "do" or (tok.text == "while" and not self._ends_do_block(i)):
+                self.add(tok.line, "unbounded-loop", f"'{tok.text}' loop has no static trip count; {COUNTED}")
+            elif tok.text == "goto":
+                self.add(tok.line, "unbounded-loop", "'goto' makes control flow (and trip counts) unanalysable")
+            elif tok.text == "for" and nxt == "(":
+                end = _match(toks, i + 1, "(", ")")
+                header = " ".join(t.text for t in toks[i + 2 : end])
+                if trip_count(header) is None:
+                    self.add(tok.line, "unbounded-loop", f"'for ({header.strip()})' has no static trip count; {COUNTED}")
+            elif prev == "::" and i >= 2 and toks[i - 2].text == "std":
+                if tok.text in STD_CONTAINERS:
+                    self.add(
+                        tok.line, "std-container",
+                        f"'std::{tok.text}' allocates dynamically; use fixed-size arrays or hls::stream",
+                    )
+                elif tok.text in STD_UNSUPPORTED:
+                    self.add(tok.line, "unsupported-type", f"'std::{tok.text}' cannot be synthesized")
+            elif tok.text == "long" and nxt == "double":
+                self.add(tok.line, "unsupported-type", "'long double' has no HLS implementation; use float or double")
+            elif tok.text == "wchar_t":
+                self.add(tok.line, "unsupported-type", "'wchar_t' is not supported in kernel code")
+        for line, text in self.directives:
+            match = re.match(r"#\s*include\s*<\s*([\w./]+)\s*>", text)
+            if match and match.group(1) in HEADER_RULES:
+                header = match.group(1)
+                self.add(line, HEADER_RULES[header], f"#include <{header}> brings in types HLS cannot synthesize")
+
+    def _ends_do_block(self, i: int) -> bool:
+        """Is the ``while`` at token ``i`` the tail of ``do { ... } while (...)``?"""
+        toks = self.tokens
+        if i == 0 or toks[i - 1].text != "}":
+            return False
+        depth = 0
+        for j in range(i - 1, -1, -1):
+            depth += (toks[j].text == "}") - (toks[j].text == "{")
+            if depth == 0:
+                return j > 0 and toks[j - 1].text == "do"
+        return False
+
+    def check_recursion(self) -> None:
+        for func in self.functions:
+            for i, tok in enumerate(func.body):
+                if tok.text == func.name and i + 1 < len(func.body) and func.body[i + 1].text == "(":
+                    prev = func.body[i - 1].text if i else ""
+                    if prev not in (".", "->", "::"):
+                        self.add(tok.line, "recursion", f"function '{func.name}' calls itself; hardware has no call stack")
+
+    # streams -----------------------------------------------------------------------
+    def _summary(self, func: Function, active: tuple[str, ...] = ()) -> dict[str, _Counts]:
+        """Writes/reads per call of ``func`` for each stream parameter and local stream."""
+        if func.name in self._summaries:
+            return self._summaries[func.name]
+        counts: dict[str, _Counts] = {p.name: _Counts() for p in func.params if p.is_stream}
+        for name, _ in self._local_streams(func):
+            counts[name] = _Counts()
+        body = func.body
+        stack: list[tuple[int, bool]] = []  # (trip multiplier, conditional) per open block
+        pending: tuple[int, bool] | None = None
+        i = 0
+        while i < len(body):
+            tok = body[i]
+            if tok.text in ("else", "do"):
+                pending = (pending[0] if pending else 1, True)
+                i += 1
+                continue
+            if tok.text in ("for", "if", "switch", "while") and i + 1 < len(body) and body[i + 1].text == "(":
+                end = _match(body, i + 1, "(", ")")
+                trips, cond = 1, True
+                if tok.text == "for":
+                    counted = trip_count(" ".join(t.text for t in body[i + 2 : end]))
+                    trips, cond = (counted, False) if counted is not None else (1, True)
+                if pending is not None:  # a braceless body that is itself a control statement
+                    trips, cond = trips * pending[0], cond or pending[1]
+                pending = (trips, cond)
+                i = end + 1
+                continue
+            if tok.text == "{":
+                stack.append(pending or (1, False))
+                pending = None
+            elif tok.text == "}":
+                if stack:
+                    stack.pop()
+            elif tok.text == ";":
+                pending = None  # a braceless body ended; counted approximately below
+            mult = 1
+            conditional = pending is not None and pending[1]
+            for trips, cond in stack:
+                mult *= trips
+                conditional |= cond
+            if pending is not None:
+                mult *= pending[0]
+            if tok.kind == "id" and tok.text in counts and i + 2 < len(body):
+                op = body[i + 1].text
+                method = body[i + 2].text if op == "." else ""
+                entry = counts[tok.text]
+                if method in ("write", "write_nb") or op == "<<":
+                    entry.writes += mult
+                    entry.exact &= not conditional and method != "write_nb"
+                elif method in ("read", "read_nb") or op == ">>":
+                    entry.reads += mult
+                    entry.exact &= not conditional and method != "read_nb"
+                    if entry.first_read < 0:
+                        entry.first_read = i
+            callee = self.by_name.get(tok.text)
+            is_call = callee is not None and i + 1 < len(body) and body[i + 1].text == "("
+            if is_call and callee is not func and callee.name not in active:
+                end = _match(body, i + 1, "(", ")")
+                args = _split_top_level(body[i + 2 : end])
+                inner = self._summary(callee, active + (func.name,))
+                for param, arg in zip(callee.params, args):
+                    if param.name in inner and len(arg) == 1 and arg[0].text in counts:
+                        sub, entry = inner[param.name], counts[arg[0].text]
+                        entry.writes += sub.writes * mult
+                        entry.reads += sub.reads * mult
+                        entry.exact &= sub.exact and not conditional
+                        if sub.reads and entry.first_read < 0:
+                            entry.first_read = i
+                i = end + 1
+                continue
+            i += 1
+        self._summaries[func.name] = counts
+        return counts
+
+    def _local_streams(self, func: Function) -> list[tuple[str, int]]:
+        """(name, line) of each ``hls::stream<...> name`` declared in ``func``'s body."""
+        found = []
+        body = func.body
+        for i in range(len(body) - 3):
+            if [t.text for t in body[i : i + 4]] != ["hls", "::", "stream", "<"]:
+                continue
+            depth, j = 0, i + 3
+            while j < len(body):
+                depth += (body[j].text == "<") - (body[j].text == ">") - 2 * (body[j].text == ">>")
+                if depth <= 0:
+                    break
+                j += 1
+            if j + 2 < len(body) and body[j + 1].kind == "id" and body[j + 2].text in ("(", ";", "{", "[", "=", ","):
+                found.append((body[j + 1].text, body[j + 1].line))
+        return found
+
+    def _depths(self) -> dict[str, tuple[int, int]]:
+        """Stream name -> (depth, pragma line) from ``#pragma HLS STREAM variable=... depth=...``."""
+        depths = {}
+        for line, text in self.directives:
+            if re.match(r"#\s*pragma\s+HLS\s+STREAM\b", text, re.I):
+                var = re.search(r"\bvariable\s*=\s*(\w+)", text, re.I)
+                depth = re.search(r"\bdepth\s*=\s*(\d+)", text, re.I)
+                if var:
+                    depths[var.group(1)] = (int(depth.group(1)) if depth else DEFAULT_STREAM_DEPTH, line)
+        return depths
+
+    def check_streams(self) -> None:
+        depths = self._depths()
+        for func in self.functions:
+            local = self._local_streams(func)
+            if not local:
+                continue
+            counts = self._summary(func)
+            for name, line in local:
+                c = counts[name]
+                if c.writes == 0 or c.reads == 0:
+                    missing = "read" if c.writes else "written"
+                    self.add(line, "stream-balance", f"stream '{name}' is declared in '{func.name}' but never {missing}")
+                elif c.exact and c.writes != c.reads:
+                    self.add(
+                        line, "stream-balance",
+                        f"stream '{name}' is written {c.writes} times and read {c.reads} times per call of "
+                        f"'{func.name}': the dataflow stalls or leaves data behind",
+                    )
+            self._check_depths(func, {n for n, _ in local}, counts, depths)
+
+    def _check_depths(self, top: Function, streams: set[str], counts: dict[str, _Counts], depths) -> None:
+        """Within ``top``'s dataflow region: a process reading stream B only after draining
+        stream A deadlocks when B's producer (or something upstream of it) also feeds A,
+        unless B can hold everything written to it meanwhile."""
+        calls = []  # (callee, {param: stream}) in program order
+        body = top.body
+        for i, tok in enumerate(body):
+            callee = self.by_name.get(tok.text)
+            if callee is None or callee is top or i + 1 >= len(body) or body[i + 1].text != "(":
+                continue
+            args = _split_top_level(body[i + 2 : _match(body, i + 1, "(", ")")])
+            binding = {
+                p.name: a[0].text
+                for p, a in zip(callee.params, args)
+                if p.is_stream and len(a) == 1 and a[0].text in streams
+            }
+            calls.append((callee, binding))
+        producer: dict[str, int] = {}
+        consumers: dict[str, list[int]] = {}
+        for index, (callee, binding) in enumerate(calls):
+            summary = self._summary(callee)
+            for param, stream in binding.items():
+                if summary[param].writes:
+                    producer[stream] = index
+                if summary[param].reads:
+                    consumers.setdefault(stream, []).append(index)
+        upstream: dict[int, set[int]] = {}
+
+        def ancestors(index: int) -> set[int]:
+            if index not in upstream:
+                upstream[index] = {index}
+                for stream, readers in consumers.items():
+                    if index in readers and stream in producer:
+                        upstream[index] |= ancestors(producer[stream])
+            return upstream[index]
+
+        for index, (callee, binding) in enumerate(calls):
+            summary = self._summary(callee)
+            inputs = sorted(
+                ((summary[p].first_read, p, s) for p, s in binding.items() if summary[p].reads and s in producer),
+            )
+            for k, (_, param, stream) in enumerate(inputs[1:], start=1):
+                earlier = [s for _, _, s in inputs[:k]]
+                related = any(ancestors(producer[stream]) & ancestors(producer[e]) for e in earlier)
+                need = counts[stream].writes if counts[stream].exact else 0
+                depth, line = depths.get(stream, (DEFAULT_STREAM_DEPTH, 0))
+                if related and need and depth < need:
+                    decl = next((ln for n, ln in self._local_streams(top) if n == stream), top.line)
+                    self.add(
+                        line or decl, "stream-depth",
+                        f"stream '{stream}' has depth {depth} but '{callee.name}' reads it only after "
+                        f"'{earlier[-1]}', and both are fed from a common process: it must hold all "
+                        f"{need} elements or the dataflow deadlocks",
+                    )
+
+    # interfaces --------------------------------------------------------------------
+    def _interface_pragmas(self) -> dict[str, tuple[int, dict[str, str]]]:
+        found = {}
+        for line, text in self.directives:
+            if not re.match(r"#\s*pragma\s+HLS\s+INTERFACE\b", text, re.I):
+                continue
+            words = re.sub(r"^#\s*pragma", "#pragma", text).split()[3:]
+            opts = {}
+            for word in words:
+                key, _, value = word.partition("=")
+                opts[key.lower()] = value if value else ""
+            mode = opts.pop("mode", None) or next((w for w in words if "=" not in w), "")
+            if mode.lower() == "m_axi" and "port" in opts:
+                found[opts["port"]] = (line, opts)
+        return found
+
+    def check_interfaces(self, kernel: Kernel | None, banks: dict | None) -> None:
+        tops = [f for f in self.functions if f.is_top]
+        pragmas = self._interface_pragmas()
+        for top in tops:
+            for param in top.params:
+                if not param.is_memory:
+                    continue
+                if param.name not in pragmas:
+                    self.add(
+                        top.line, "m_axi-port",
+                        f"argument '{param.name}' of '{top.name}' has no '#pragma HLS INTERFACE m_axi "
+                        f"port={param.name}'",
+                    )
+                    continue
+                line, opts = pragmas[param.name]
+                if not opts.get("bundle"):
+                    self.add(
+                        line, "m_axi-bundle",
+                        f"m_axi port '{param.name}' names no bundle: give it bundle=<name> so it gets "
+                        "its own AXI master and memory bank",
+                    )
+        if kernel is None:
+            return
+        top = next((f for f in tops if f.name == kernel.name), None)
+        if top is None:
+            self.add(1, "m_axi-port", f"no extern \"C\" function named '{kernel.name}' (the kernel's top function)")
+            return
+        names = {p.name for p in top.params}
+        bank_of_bundle: dict[str, tuple[str, str]] = {}
+        for port in kernel.ports:
+            if port.name not in names:
+                self.add(top.line, "m_axi-port", f"port '{port.name}' of the design is not an argument of '{top.name}'")
+                continue
+            line, opts = pragmas.get(port.name, (top.line, {}))
+            if opts.get("bundle") and opts["bundle"] != port.bundle:
+                self.add(
+                    line, "m_axi-bundle",
+                    f"port '{port.name}' uses bundle '{opts['bundle']}' but the design (and the "
+                    f"xclbin) records '{port.bundle}'",
+                )
+            if banks is None:
+                continue
+            bank = banks.get((kernel.name, port.name))
+            if bank is None:
+                self.add(line, "m_axi-bank", f"port '{port.name}' has no memory bank in the placement (sp=)")
+                continue
+            other = bank_of_bundle.setdefault(port.bundle, (port.name, bank))
+            if other[1] != bank:
+                self.add(
+                    line, "m_axi-bank",
+                    f"port '{port.name}' is on {bank} but shares bundle '{port.bundle}' with "
+                    f"'{other[0]}' on {other[1]}",
+                )
+
+
+def lint_source(name: str, source: str, kernel: Kernel | None = None, banks: dict | None = None) -> list[Finding]:
+    """Every finding in one C++ source (a kernel, or the common header with ``kernel=None``)."""
+    linter = _Linter(name, source)
+    linter.check_tokens()
+    linter.check_recursion()
+    linter.check_streams()
+    linter.check_interfaces(kernel, banks)
+    return sorted(linter.findings, key=lambda f: (f.line, f.rule))
+
+
+def lint_design(design: Design, banks: dict | None = None) -> list[Finding]:
+    """Findings for every kernel of ``design`` and its common header. ``banks`` maps
+    (kernel, port) to a memory bank, as :func:`vitis_files.place` returns; pass it to check
+    that every m_axi port is placed."""
+    findings = lint_source(Design.COMMON_HEADER_NAME, design.common_header)
+    for kernel in design.kernels:
+        findings += lint_source(kernel.name, kernel.source, kernel, banks)
+    return findings
+
+
+def check_design(design: Design, banks: dict | None = None) -> None:
+    """Raise :class:`LintError` listing every finding (kernel, line, rule) if there is one."""
+    findings = lint_design(design, banks)
+    if findings:
+        lines = [str(f) for f in findings]
+        error = LintError(
+            f"{len(findings)} synthesizability problem(s) in the generated HLS; Vitis would reject "
+            "or mis-build this design:\n  " + "\n  ".join(lines)
+        )
+        error.findings = tuple(findings)
+        raise error

@@ -1,0 +1,220 @@
+"""Running a design's kernels through XRT (instead of emulation), from Python.
+
+Why through the generated host: XRT has no Python bindings (Debian's XRT 2.13, and the
+official ones need a matching pybind build), and the generated ``host.cpp`` already does
+the whole XRT flow — load the xclbin, check every kernel and argument name against it,
+allocate each buffer in the bank ``group_id`` reports, sync, run, wait. So
+:class:`XRTRunner` compiles that host (cached by content) for one kernel and runs it on a
+private data directory. The same C++ serves the Vitis project and this runner.
+
+Before anything touches XRT, :meth:`XRTRunner.check` says exactly what is missing, as a
+:class:`~tvm_spatial.errors.ToolchainError`: the XRT library or headers, the xclbin file,
+an xclbin that does not declare this design's kernels and arguments (read with
+:func:`codegen_hls.xclbin.read_interface`), a metadata-only xclbin handed to real
+hardware, or the device (no ``xocl`` device at that index; ``XCL_EMULATION_MODE=noop``
+without the noop shim).
+
+Not done yet: routing ``relax.VirtualMachine`` calls here instead of to the emulated
+kernels. That needs the emulation entry points (``codegen_hls/emulation.py``) to consult
+a mode (e.g. ``TVM_SPATIAL_RUNTIME=xrt`` with ``TVM_SPATIAL_XCLBIN``) and call back into
+this runner; today this module is the execution path and the preflight for it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tvm_spatial.errors import ToolchainError
+
+from .design import Design, Kernel
+from .emulation import cache_dir, host_compiler
+from .host_code import host_cpp
+from .xclbin import XclbinFormatError, read_interface
+
+XRT_LIBRARY = "libxrt_coreutil.so.2"
+SYSFS_XOCL = "/sys/bus/pci/drivers/xocl"
+SYSTEM_XRT_INCLUDE = Path("/usr/include/xrt")
+
+
+def _xilinx_xrt() -> Path | None:
+    root = os.environ.get("XILINX_XRT")
+    return Path(root) if root else None
+
+
+def find_xrt_library(name: str = XRT_LIBRARY) -> str:
+    """Path (or soname) of XRT's core library that ``dlopen`` accepts, else ToolchainError."""
+    candidates = []
+    root = _xilinx_xrt()
+    if root is not None:
+        candidates.append(str(root / "lib" / name))
+    candidates.append(name)
+    for candidate in candidates:
+        try:
+            ctypes.CDLL(candidate)
+            return candidate
+        except OSError:
+            continue
+    raise ToolchainError(
+        f"XRT library {name} not found (tried {', '.join(candidates)}): install XRT "
+        "(Debian: apt-get install libxrt1 libxrt-dev; AMD: source /opt/xilinx/xrt/setup.sh)"
+    )
+
+
+def xrt_include_dirs() -> list[str]:
+    dirs = []
+    root = _xilinx_xrt()
+    if root is not None and (root / "include" / "xrt" / "xrt_kernel.h").exists():
+        dirs.append(str(root / "include"))
+    if (SYSTEM_XRT_INCLUDE / "xrt" / "xrt_kernel.h").exists():
+        dirs.append(str(SYSTEM_XRT_INCLUDE))
+    if not dirs:
+        raise ToolchainError(
+            "XRT headers (xrt/xrt_kernel.h) not found under $XILINX_XRT/include or "
+            f"{SYSTEM_XRT_INCLUDE}: install libxrt-dev (Debian) or XRT from AMD"
+        )
+    return dirs
+
+
+def check_device(device_index: int, *, sysfs: str = SYSFS_XOCL) -> str:
+    """Describe the device XRT will open, or raise ToolchainError saying why there is none."""
+    mode = os.environ.get("XCL_EMULATION_MODE")
+    if mode == "noop":
+        root = _xilinx_xrt()
+        shim = root / "lib" / "libxrt_noop.so.2" if root else None
+        if shim is None or not shim.exists():
+            raise ToolchainError(
+                f"XCL_EMULATION_MODE=noop needs $XILINX_XRT/lib/libxrt_noop.so.2, which is missing "
+                f"(XILINX_XRT={root or 'unset'}); point XILINX_XRT at a directory whose lib/ holds it"
+            )
+        return "XRT noop shim (no computation)"
+    if mode:
+        return f"XRT {mode} emulation"
+    found = sorted(p.name for p in Path(sysfs).glob("*:*")) if Path(sysfs).is_dir() else []
+    if device_index >= len(found):
+        raise ToolchainError(
+            f"no Alveo device with index {device_index}: the xocl driver lists {len(found)} "
+            f"({', '.join(found) or 'none'} in {sysfs}); install the card and XRT's driver, or "
+            "set XCL_EMULATION_MODE=noop to check the host flow without one"
+        )
+    return f"Alveo device {found[device_index]}"
+
+
+def check_xclbin(design: Design, xclbin: Path, *, hardware: bool) -> None:
+    """The file exists, is an xclbin, and declares every kernel and argument of ``design``."""
+    if not xclbin.is_file():
+        raise ToolchainError(f"xclbin {xclbin} does not exist: build it with make TARGET=hw in the Vitis project")
+    try:
+        info = read_interface(xclbin.read_bytes())
+    except XclbinFormatError as exc:
+        raise ToolchainError(f"xclbin {xclbin} cannot be read: {exc}") from None
+    for kernel in design.kernels:
+        args = info.kernels.get(kernel.name)
+        if args is None:
+            raise ToolchainError(
+                f"xclbin {xclbin} does not match the design: no kernel '{kernel.name}' "
+                f"(it has {', '.join(info.kernels) or 'none'})"
+            )
+        wanted = tuple(p.name for p in kernel.ports)
+        if args != wanted:
+            missing = next((f"'{w}' at index {i}" for i, w in enumerate(wanted) if i >= len(args) or args[i] != w),
+                           f"only {len(wanted)} arguments")
+            raise ToolchainError(
+                f"xclbin {xclbin} does not match the design: kernel '{kernel.name}' has no argument "
+                f"{missing} (it has {', '.join(args)})"
+            )
+    if hardware and not info.has_bitstream:
+        raise ToolchainError(
+            f"xclbin {xclbin} holds no bitstream (a metadata-only xclbin from tvm-spatial?): "
+            "it cannot program a card; build the real one with make TARGET=hw"
+        )
+
+
+@dataclass
+class XRTRunner:
+    """Runs kernels of ``design`` on ``xclbin`` through XRT, one host process per call."""
+
+    design: Design
+    xclbin: Path
+    device_index: int = 0
+
+    def __post_init__(self) -> None:
+        self.xclbin = Path(self.xclbin)
+
+    def check(self) -> str:
+        """Everything a run needs, in order; returns the device description."""
+        find_xrt_library()
+        xrt_include_dirs()
+        device = check_device(self.device_index)
+        hardware = not os.environ.get("XCL_EMULATION_MODE")
+        check_xclbin(self.design, self.xclbin, hardware=hardware)
+        return device
+
+    def _kernel(self, name: str) -> Kernel:
+        for kernel in self.design.kernels:
+            if kernel.name == name:
+                return kernel
+        raise ToolchainError(f"the design has no kernel '{name}' (it has {', '.join(k.name for k in self.design.kernels)})")
+
+    def host_executable(self, kernel: Kernel) -> Path:
+        """The generated host for just ``kernel``, compiled once per content and compiler."""
+        source = host_cpp(replace(self.design, kernels=(kernel,), host_ops=()))
+        flags = ["-std=c++17", "-O1", *(f"-I{d}" for d in xrt_include_dirs())]
+        libs = ["-lxrt_coreutil", "-luuid", "-pthread"]
+        root = _xilinx_xrt()
+        if root is not None and (root / "lib").is_dir():
+            libs.insert(0, f"-L{root / 'lib'}")
+        key = hashlib.sha256("\0".join([source, *flags, *libs]).encode()).hexdigest()[:32]
+        exe = cache_dir().parent / "xrt-host" / f"{kernel.name}-{key}"
+        if exe.is_file():
+            return exe
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="tvm_spatial_xrt_") as tmp:
+            cpp = Path(tmp) / "host.cpp"
+            cpp.write_text(source)
+            built = Path(tmp) / "host.exe"
+            cmd = [host_compiler(), *flags, str(cpp), "-o", str(built), *libs]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ToolchainError(f"compiling the XRT host failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+            staging = exe.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(built, staging)
+            staging.chmod(0o755)
+            os.replace(staging, exe)
+        return exe
+
+    def run(self, kernel_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one kernel: ``inputs`` by input port name; returns outputs by output port name."""
+        kernel = self._kernel(kernel_name)
+        self.check()
+        exe = self.host_executable(kernel)
+        with tempfile.TemporaryDirectory(prefix="tvm_spatial_xrt_data_") as tmp:
+            data = Path(tmp)
+            for port in kernel.ports:
+                if port.direction != "in":
+                    continue
+                if port.name not in inputs:
+                    raise ToolchainError(f"kernel '{kernel.name}' needs input '{port.name}'")
+                array = np.ascontiguousarray(inputs[port.name], dtype=port.dtype)
+                if array.shape != port.shape and array.size != port.num_elements:
+                    raise ToolchainError(
+                        f"kernel '{kernel.name}' input '{port.name}' expects shape {port.shape}, got {array.shape}"
+                    )
+                (data / f"{kernel.name}.{port.name}.bin").write_bytes(array.tobytes())
+            cmd = [str(exe), str(self.xclbin.resolve()), str(data), str(self.device_index)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ToolchainError(f"XRT run of kernel '{kernel.name}' failed: {proc.stderr.strip()}")
+            return {
+                port.name: np.fromfile(data / f"{kernel.name}.{port.name}.out.bin", dtype=port.dtype).reshape(port.shape)
+                for port in kernel.ports
+                if port.direction == "out"
+            }
