@@ -20,6 +20,8 @@ from .errors import (
     DesignNotFoundError,
     DynamicShapeError,
     EmulationError,
+    InterfaceMismatchError,
+    ScheduleError,
     ModelImportError,
     OutputDirError,
     SpatialError,
@@ -30,6 +32,8 @@ from .errors import (
 from .pipeline import HostFallbackWarning
 from .project_api import design_of, export_project
 from .report import BuildReport, build_report
+from .schedule import Schedule, customize
+from .prim_build import SpatialModule, build
 
 __version__ = "0.1.0"
 
@@ -42,6 +46,12 @@ __all__ = [
     "DynamicShapeError",
     "EmulationError",
     "HostFallbackWarning",
+    "InterfaceMismatchError",
+    "Schedule",
+    "ScheduleError",
+    "SpatialModule",
+    "build",
+    "customize",
     "ModelImportError",
     "OutputDirError",
     "SpatialError",

@@ -68,6 +68,17 @@ class InterfaceMismatchError(SpatialScheduleError):
     differs from the callee's parameter."""
 
 
+class ResourceBudgetError(SpatialError):
+    """A design does not fit its card: a tensor larger than the off-chip memory, or a
+    kernel over the device's DSP/BRAM/URAM/LUT budget. The message names the kernel or
+    tensor and the resource, with the amount needed and the amount the card has."""
+
+
+class UsageError(SpatialError):
+    """Bad command-line input: a model that is neither a file nor a bundled example, a
+    malformed ``--shape``, an option that does not apply to the command."""
+
+
 def _register_with_ffi() -> None:
     """Let our errors cross TVM's FFI boundary with their type intact: passes run inside
     C++ (``relax.build`` -> pipeline -> our pass), and an unregistered Python exception
