@@ -18,6 +18,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.sym import Analyzer
 
+import tvm_spatial.annotations as ann  # the one definition of the HLS annotation keys
 from tvm_spatial.errors import CodegenError
 
 from .c_types import c_type, is_float
@@ -174,20 +175,26 @@ def int_literal(value: int, dtype: str) -> str:
 class FunctionPrinter:
     """Prints one PrimFunc as ``static void name(arrays...) { ... }``.
 
-    ``param_names`` lets the caller choose the C names of buffer parameters (the
-    kernel's ports); everything else is named here.
+    ``callees`` maps the name of each PrimFunc this one calls to (its C name, the indices
+    of the parameters it writes); everything else is named here. The hardware
+    customizations recorded in the IR (``tvm_spatial.annotations``) become pragmas and
+    structures in the methods of the section "schedule annotations" below.
     """
 
-    def __init__(self, func: tirx.PrimFunc, name: str) -> None:
+    def __init__(self, func: tirx.PrimFunc, name: str, callees: dict | None = None) -> None:
         self.func = func
         self.name = name
-        self.names = Namer(reserved={name})
+        self.names = Namer(reserved={name, *(c for c, _ in (callees or {}).values())})
         self.analyzer = Analyzer()
         self.out = CodeWriter()
+        self.callees = dict(callees or {})
+        self.partitions = ann.partitions(func)
+        self.streams = ann.streams(func)
+        self.reuse = ann.reuse_buffers(func)
 
     # ---- declarations -------------------------------------------------
     def signature(self, storage: str = "static void") -> str:
-        written = stored_buffers(self.func)
+        written = self.written_buffers()
         params = []
         for param in self.func.params:
             if not hasattr(param.ty, "shape"):
@@ -196,6 +203,11 @@ class FunctionPrinter:
                     "pass scalars as 0-d tensors"
                 )
             cname = self.names.bind(param)
+            if param.name in self.streams:
+                raise CodegenError(
+                    f"{self.name}: parameter {param.name} is a stream; streams connect stages "
+                    "inside a function (use to() on an on-chip buffer)"
+                )
             const = "" if param in written else "const "
             decl = array_declarator(cname, buffer_shape(param))
             params.append(f"{const}{c_type(buffer_dtype(param))} {decl}")
@@ -203,6 +215,7 @@ class FunctionPrinter:
 
     def print(self) -> str:
         with self.out.block(self.signature()):
+            self.function_pragmas()
             self.stmt(self.func.body)
         return self.out.text()
 
@@ -216,7 +229,10 @@ class FunctionPrinter:
         elif isinstance(node, tirx.For):
             self.for_loop(node)
         elif isinstance(node, tirx.BufferStore):
-            self.out.line(f"{self.buffer_access(node.buffer, node.indices)} = {self.expr(node.value)};")
+            if node.buffer.name in self.streams:
+                self.out.line(f"{self.stream_access(node.buffer, node.indices)}.write({self.expr(node.value)});")
+            else:
+                self.out.line(f"{self.buffer_access(node.buffer, node.indices)} = {self.expr(node.value)};")
         elif isinstance(node, tirx.IfThenElse):
             self.if_then_else(node)
         elif isinstance(node, tirx.Bind):
@@ -229,7 +245,9 @@ class FunctionPrinter:
         elif isinstance(node, tirx.AttrStmt):
             self.stmt(node.body)
         elif isinstance(node, tirx.Evaluate):
-            if not isinstance(node.value, tirx.IntImm):
+            if isinstance(node.value, tvm.ir.Call) and isinstance(node.value.op, tvm.ir.GlobalVar):
+                self.subroutine_call(node.value)
+            elif not isinstance(node.value, tirx.IntImm):
                 self.out.line(f"{self.expr(node.value)};")
         elif isinstance(node, tirx.AllocBuffer):
             self.declare_local(node.buffer)
@@ -241,9 +259,17 @@ class FunctionPrinter:
     def declare_local(self, buffer_var) -> None:
         """A local buffer: an on-chip array. ``static`` keeps large buffers off the
         emulation stack; HLS maps it to BRAM/URAM either way."""
+        if buffer_var.name in self.streams:
+            self.declare_stream(buffer_var)
+            return
         cname = self.names.bind(buffer_var)
         decl = array_declarator(cname, buffer_shape(buffer_var))
-        self.out.line(f"static {c_type(buffer_dtype(buffer_var))} {decl};")
+        reuse = self.reuse.get(buffer_var.name)
+        if reuse is not None:
+            self.out.line(f"// {reuse.kind} buffer: reuses {reuse.source} along loop {reuse.axis}")
+        storage = "" if _is_register_scope(buffer_var) else "static "
+        self.out.line(f"{storage}{c_type(buffer_dtype(buffer_var))} {decl};")
+        self.partition_pragmas(buffer_var)
 
     def for_loop(self, loop: tirx.For) -> None:
         var = loop.loop_var
@@ -253,9 +279,13 @@ class FunctionPrinter:
         end = extent if _is_zero(loop.min) else f"{lo} + {extent}"
         if isinstance(loop.min, tirx.IntImm) and isinstance(loop.extent, tirx.IntImm):
             self.analyzer.bind(var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
+        pe_array = ann.unfold_name(loop)
+        if pe_array is not None:
+            self.out.line(f"// PE array {pe_array}: {extent} processing elements along {name}")
         with self.out.block(f"for ({ctype} {name} = {lo}; {name} < {end}; ++{name})"):
-            if loop.kind == tirx.ForKind.UNROLLED:
+            if loop.kind == tirx.ForKind.UNROLLED and ann.unroll_factor(loop) is None and pe_array is None:
                 self.out.line("#pragma HLS UNROLL")
+            self.loop_pragmas(loop)
             self.stmt(loop.body)
 
     def sblock_realize(self, realize: s_tir.SBlockRealize) -> None:
@@ -308,6 +338,8 @@ class FunctionPrinter:
         return self.names[buffer_var] + "".join(f"[{self.expr(i)}]" for i in indices)
 
     def expr(self, node) -> str:  # noqa: C901 - one dispatch table over TIR expression kinds
+        if isinstance(node, tvm.ir.TensorLoad) and node.source.name in self.streams:
+            return f"{self.stream_access(node.source, node.indices)}.read()"
         if isinstance(node, tirx.IntImm):
             return int_literal(int(node.value), dtype_of(node))
         if isinstance(node, tirx.FloatImm):
@@ -370,6 +402,81 @@ class FunctionPrinter:
         if short == "bitwise_not":
             return f"(~{args[0]})"
         raise CodegenError(f"{self.name}: TIR intrinsic {op_name} has no HLS mapping")
+
+
+    # ---- schedule annotations (keys and meaning: tvm_spatial.annotations) ----------------
+    def written_buffers(self) -> set:
+        """Buffers this function writes, directly or through the functions it calls."""
+        written = stored_buffers(self.func)
+
+        def visit(node):
+            if isinstance(node, tvm.ir.Call) and isinstance(node.op, tvm.ir.GlobalVar):
+                _, callee_writes = self.callee(node)
+                for i in callee_writes:
+                    written.add(node.args[i])
+
+        tvm_ffi.structural_walk(self.func.body, visit)
+        return written
+
+    def callee(self, call) -> tuple[str, frozenset]:
+        try:
+            return self.callees[call.op.name_hint]
+        except KeyError:
+            raise CodegenError(
+                f"{self.name}: call of {call.op.name_hint}, which is not a function of this kernel"
+            ) from None
+
+    def subroutine_call(self, call) -> None:
+        cname, _ = self.callee(call)
+        args = []
+        for arg in call.args:
+            if not (isinstance(arg, tirx.Var) and arg in self.names):
+                raise CodegenError(f"{self.name}: argument {arg} of {call.op.name_hint} is not a buffer")
+            args.append(self.names[arg])
+        self.out.line(f"{cname}({', '.join(args)});")
+
+    def function_pragmas(self) -> None:
+        if ann.is_dataflow_function(self.func):
+            self.out.line("#pragma HLS DATAFLOW")
+        for param in self.func.params:
+            if hasattr(param.ty, "shape"):
+                self.partition_pragmas(param)
+
+    def partition_pragmas(self, buffer_var) -> None:
+        for part in self.partitions.get(buffer_var.name, ()):
+            self.out.line(part.pragma(self.names[buffer_var]))
+
+    def loop_pragmas(self, loop: tirx.For) -> None:
+        ii = ann.pipeline_ii(loop)
+        if ii is not None:
+            self.out.line(f"#pragma HLS PIPELINE II={ii}")
+        factor = ann.unroll_factor(loop)
+        if factor is not None:
+            self.out.line("#pragma HLS UNROLL" + (f" factor={factor}" if factor else ""))
+        if ann.unfold_name(loop) is not None:
+            self.out.line("#pragma HLS UNROLL")
+        if ann.is_dataflow_loop(loop):
+            self.out.line("#pragma HLS DATAFLOW")
+
+    def declare_stream(self, buffer_var) -> None:
+        """An on-chip buffer turned into FIFO(s): its leading ``array_dims`` dimensions index
+        an array of ``hls::stream``; the rest is the order elements pass through in time."""
+        stream = self.streams[buffer_var.name]
+        cname = self.names.bind(buffer_var)
+        dims = buffer_shape(buffer_var)[: stream.array_dims]
+        decl = cname + "".join(f"[{d}]" for d in dims)
+        self.out.line(f"static hls::stream<{c_type(buffer_dtype(buffer_var))}> {decl};")
+        self.out.line(f"#pragma HLS STREAM variable={cname} depth={stream.depth}")
+
+    def stream_access(self, buffer_var, indices) -> str:
+        stream = self.streams[buffer_var.name]
+        return self.names[buffer_var] + "".join(f"[{self.expr(i)}]" for i in indices[: stream.array_dims])
+
+
+def _is_register_scope(buffer_var) -> bool:
+    """``local`` buffers (tile accumulators) are small and live in registers: a plain
+    automatic array, which the host compiler can keep in vector registers."""
+    return str(getattr(buffer_var.ty, "storage_scope", "")) == "local"
 
 
 def _is_zero(expr) -> bool:
