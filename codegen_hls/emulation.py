@@ -48,6 +48,10 @@ HEADER_WARNING_EXCEPTIONS = ("-Wno-unknown-pragmas", "-Wno-uninitialized", "-Wno
 STRICT_FLAGS = ("-Wall", "-Wextra", "-Werror", *HEADER_WARNING_EXCEPTIONS)
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
 EXTRA_FLAGS_ENV = "TVM_SPATIAL_EMULATION_FLAGS"
+# Emulation runs the kernels at host speed: -O3 and this machine's vector units. The
+# object (and a library exported from it) then needs a CPU like this one; the kernel
+# sources themselves are unaffected. No -ffast-math: it would change NaN/Inf behaviour.
+OPT_FLAGS = ("-O3", "-march=native")
 
 _DL_CODES = {"int": 0, "uint": 1, "float": 2, "bool": 6}
 
@@ -266,7 +270,7 @@ def _compile(tu: Path, output: Path, flags: list[str]) -> None:
         )
 
 
-def compile_object(design: Design, *, opt_flags=("-O2",)) -> Path:
+def compile_object(design: Design, *, opt_flags=OPT_FLAGS) -> Path:
     """Compile the design into an object file, reusing an identical earlier compile."""
     flags = [*base_flags(), *opt_flags, *extra_flags()]  # all of them key the cache
     with tempfile.TemporaryDirectory(prefix="tvm_spatial_emu_") as tmp:

@@ -31,6 +31,7 @@ from tvm_spatial.errors import CodegenError, DynamicShapeError
 from .c_types import c_type, needs_ap_types
 from .code_writer import CodeWriter
 from .design import Design, Kernel, Port, Process, Stream
+from .library import prepare_for_hls
 from .printer import FunctionPrinter, Namer, array_declarator
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -285,7 +286,7 @@ class _KernelWriter:
             for stage in proc.stages:
                 if stage.prim_name in self.printed:
                     continue
-                func = self.legal[stage.prim_name]
+                func = prepare_for_hls(self.legal[stage.prim_name])
                 text = FunctionPrinter(func, self.stage_function(stage.prim_name)).print()
                 w.line()
                 w.lines(text.rstrip("\n").split("\n"))
