@@ -2,7 +2,9 @@
 
 ``compile`` turns an ONNX file or a bundled example into a Vitis project; ``demo`` also
 runs the design in emulation next to TVM's ``llvm`` build and prints both side by side.
-Project errors print as one line (``--verbose`` for the traceback) and exit with 2.
+Errors print as one line on standard output and exit non-zero: project errors
+(:class:`~tvm_spatial.errors.SpatialError`, bad input) with 2, anything else -- a bug in
+tvm-spatial or TVM -- with 3. ``--verbose`` shows the whole message and the traceback.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import warnings
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
-from .errors import SpatialError
+from .errors import SpatialError, UsageError
 
 console = Console()
 
@@ -25,23 +28,37 @@ def _load_model(model: str, shapes: list[str] | None):
     from .examples import EXAMPLES, get_example
 
     if model in EXAMPLES:
+        if shapes:
+            raise UsageError(f"--shape applies to ONNX files; the bundled example {model!r} has fixed shapes")
         example = get_example(model)
         return example.mod, example.inputs
     path = Path(model)
+    if path.is_dir():
+        raise UsageError(f"{model!r} is a directory; give an ONNX file or a bundled example")
     if not path.is_file():
-        raise SpatialError(
+        raise UsageError(
             f"{model!r} is neither an ONNX file nor a bundled example ({', '.join(sorted(EXAMPLES))})"
         )
     from .frontend import from_onnx
 
-    shape_dict = {}
-    for item in shapes or []:
-        name, _, dims = item.partition("=")
+    return from_onnx(path, shape_dict=parse_shapes(shapes) or None), None
+
+
+def parse_shapes(items: list[str] | None) -> dict[str, list[int]]:
+    """``["x=1,128", ...]`` -> ``{"x": [1, 128]}``; anything else is a :class:`UsageError`."""
+    shape_dict: dict[str, list[int]] = {}
+    for item in items or []:
+        name, sep, dims = item.partition("=")
         try:
-            shape_dict[name] = [int(d) for d in dims.split(",") if d]
+            sizes = [int(d) for d in dims.split(",")] if dims.strip() else []
         except ValueError:
-            raise SpatialError(f"--shape {item!r} is not NAME=D0,D1,... with integer sizes") from None
-    return from_onnx(path, shape_dict=shape_dict or None), None
+            sizes = None
+        if not sep or not name or not sizes or any(d <= 0 for d in sizes):
+            raise UsageError(f"--shape {item!r} is not NAME=D0,D1,... with positive integer sizes")
+        if name in shape_dict:
+            raise UsageError(f"--shape gives input {name!r} twice")
+        shape_dict[name] = sizes
+    return shape_dict
 
 
 def _target(device: str) -> str:
@@ -86,7 +103,7 @@ def cmd_demo(args) -> int:
 
     mod, inputs = _load_model(args.model, None)
     if inputs is None:
-        raise SpatialError("demo runs bundled examples only; use 'compile' for ONNX files")
+        raise UsageError("demo runs bundled examples only; use 'compile' for ONNX files")
     ex, spatial_s = _build(mod, args.device)
     start = time.perf_counter()
     ref_ex = relax.build(mod, target="llvm")
@@ -128,6 +145,20 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message; the rest is for ``--verbose``."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    if len(lines) > 1:
+        text += f" [{len(lines) - 1} more line(s): --verbose]"
+    return text
+
+
+def _print_error(kind: str, text: str) -> None:
+    # soft_wrap: never break the line at the terminal width; escape: messages hold brackets
+    console.print(f"[red]{kind}:[/red] {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
@@ -135,8 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     except SpatialError as err:
         if args.verbose:
             raise
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        _print_error("error", one_line(err))
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - anything else is our bug: still one line
+        if args.verbose:
+            raise
+        _print_error("internal error", f"{type(err).__name__}: {one_line(err)} (a bug in tvm-spatial; "
+                     "rerun with --verbose for the traceback and report it)")
+        return 3
 
 
 if __name__ == "__main__":

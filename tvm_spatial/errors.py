@@ -84,12 +84,17 @@ def _register_with_ffi() -> None:
     C++ (``relax.build`` -> pipeline -> our pass), and an unregistered Python exception
     would come back out as a plain ``RuntimeError``."""
     import tvm_ffi
+    from tvm_ffi import core
 
     pending = [SpatialError]
     while pending:
         cls = pending.pop()
-        tvm_ffi.register_error(cls.__name__, cls)
         pending.extend(cls.__subclasses__())
+        owner = core.ERROR_NAME_TO_TYPE.get(cls.__name__)
+        if owner is not None and not issubclass(owner, SpatialError):
+            # the FFI maps errors by class name: never take over a name TVM already uses
+            raise RuntimeError(f"tvm-spatial error class {cls.__name__} would shadow {owner!r}; rename it")
+        tvm_ffi.register_error(cls.__name__, cls)
 
 
 _register_with_ffi()
