@@ -35,6 +35,8 @@ from .library import prepare_for_hls
 from .printer import FunctionPrinter, Namer, array_declarator
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+# Operators that keep the row-major element order: free on a stream.
+_STREAM_VIEWS = frozenset({"reshape", "squeeze", "expand_dims"})
 SHALLOW_STREAM_DEPTH = 2
 
 
@@ -48,6 +50,8 @@ class Slot:
     producer: "Proc | None" = None
     arg: int = -1  # caller argument index, for region parameters
     cname: str = ""
+    views: list = field(default_factory=list)  # reshaped aliases read from this slot's stream
+    view_of: "Slot | None" = None  # for such an alias: the slot whose stream it reads
 
     @property
     def elements(self) -> int:
@@ -240,7 +244,28 @@ class _KernelWriter:
         self.printed: dict[str, str] = {}
 
     # ---- storage planning ---------------------------------------------
+    def elide_reshapes(self) -> None:
+        """A reshape does not reorder a row-major stream: its consumers read the producer's
+        stream into a buffer of the new shape, and the reshape process disappears."""
+        results = {id(r) for r in self.results}
+        for proc in list(self.procs):
+            if proc.op not in _STREAM_VIEWS or len(proc.stages) != 1:
+                continue
+            if len(proc.inputs) != 1 or len(proc.outputs) != 1:
+                continue
+            source, view = proc.inputs[0], proc.outputs[0]
+            if source.producer is None or id(view) in results or source.elements != view.elements:
+                continue
+            base = source
+            while base.view_of is not None:
+                base = base.view_of
+            view.view_of = base
+            view.producer = base.producer
+            base.views.append(view)
+            self.procs.remove(proc)
+
     def plan(self) -> None:
+        self.elide_reshapes()
         copy_results = [s for s in self.results if s.producer is None]
         for slot in _unique(copy_results):
             proc = Proc(op="copy", inputs=[slot])
@@ -265,14 +290,17 @@ class _KernelWriter:
             self.out_ports.setdefault(id(slot), []).append(port)
         multi_input = {id(p): sum(1 for s in p.inputs if s.producer is not None) > 1 for p in self.procs}
         for producer in self.procs:
-            for slot in producer.outputs:
-                for consumer in self.procs:
-                    if consumer is producer or not any(slot is s for s in consumer.inputs):
-                        continue
-                    name = self.namer.fresh(f"s_{producer.name.split('_p', 1)[-1]}_to_p{self.procs.index(consumer)}")
-                    depth = max(SHALLOW_STREAM_DEPTH, slot.elements) if multi_input[id(consumer)] else SHALLOW_STREAM_DEPTH
-                    self.streams.append(Stream(name, slot.dtype, slot.elements, depth, producer.name, consumer.name))
-                    self.stream_of[(id(slot), id(consumer))] = name
+            for base in producer.outputs:
+                for slot in [base, *base.views]:
+                    for consumer in self.procs:
+                        if consumer is producer or not any(slot is s for s in consumer.inputs):
+                            continue
+                        tag = producer.name.split("_p", 1)[-1]
+                        name = self.namer.fresh(f"s_{tag}_to_p{self.procs.index(consumer)}")
+                        deep = multi_input[id(consumer)]
+                        depth = max(SHALLOW_STREAM_DEPTH, slot.elements) if deep else SHALLOW_STREAM_DEPTH
+                        self.streams.append(Stream(name, slot.dtype, slot.elements, depth, producer.name, consumer.name))
+                        self.stream_of[(id(slot), id(consumer))] = name
         check_stream_balance(self.name, self.streams, self.procs)
 
     # ---- printing -------------------------------------------------------
@@ -293,6 +321,16 @@ class _KernelWriter:
                 for param in func.params:
                     self.uses_ap |= needs_ap_types(str(param.ty.dtype))
 
+    def output_streams(self, slot: Slot, producer: Proc) -> list[str]:
+        """Streams carrying ``slot`` (or a reshaped view of it) to other processes."""
+        names = []
+        for source in [slot, *slot.views]:
+            for consumer in self.procs:
+                stream = self.stream_of.get((id(source), id(consumer)))
+                if stream and consumer is not producer:
+                    names.append(stream)
+        return names
+
     def process_signature(self, proc: Proc) -> tuple[str, list[str]]:
         params, args = [], []
         for slot in proc.inputs:
@@ -309,11 +347,9 @@ class _KernelWriter:
             for port in self.out_ports.get(id(slot), []):
                 params.append(f"{c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
                 args.append(port)
-            for consumer in self.procs:
-                stream = self.stream_of.get((id(slot), id(consumer)))
-                if stream and consumer is not proc:
-                    params.append(f"hls::stream<{c_type(slot.dtype)}>& {stream}")
-                    args.append(stream)
+            for stream in self.output_streams(slot, proc):
+                params.append(f"hls::stream<{c_type(slot.dtype)}>& {stream}")
+                args.append(stream)
         return f"static void {proc.name}({', '.join(params)})", args
 
     def print_process(self, w: CodeWriter, proc: Proc) -> list[str]:
@@ -333,7 +369,7 @@ class _KernelWriter:
                 for slot in stage.args:
                     if slot.producer is proc and not slot.cname:
                         ports = self.out_ports.get(id(slot), [])
-                        streamed = any((id(slot), id(c)) in self.stream_of for c in self.procs)
+                        streamed = bool(self.output_streams(slot, proc))
                         if len(ports) == 1 and not streamed:
                             slot.cname = ports[0]  # the only destination: write it in place
                         else:
@@ -346,7 +382,7 @@ class _KernelWriter:
                 proc.outputs[0].cname = proc.inputs[0].cname
             for slot in proc.outputs:
                 targets = [p for p in self.out_ports.get(id(slot), []) if p != slot.cname]
-                streams = [self.stream_of[(id(slot), id(c))] for c in self.procs if (id(slot), id(c)) in self.stream_of]
+                streams = self.output_streams(slot, proc)
                 if not targets and not streams:
                     continue
                 idx = _index(slot.shape)

@@ -75,6 +75,8 @@ _FOR_HEADER = re.compile(
     r"\s*(?P=v)\s*(?P<cmp><=|<)\s*(?P<hi>[^;]+);"
     r"\s*(?:\+\+\s*(?P=v)|(?P=v)\s*\+\+|(?P=v)\s*\+=\s*(?P<step>[^;]+))\s*$"
 )
+# ``v < tvs_min<T>(C, expr)``: a loop bounded by the constant C (the printer's last tile).
+_CAPPED_BOUND = re.compile(r"^tvs_min\s*<[^>]*>\s*\(\s*(\d+)\s*,.*\)$")
 _TOKEN = re.compile(
     r"(?P<id>[A-Za-z_]\w*)|(?P<num>\.?\d(?:[eE][+-]|[\w.])*)|(?P<str>\"\"|'')"
     r"|(?P<op>::|->|\+\+|--|<<=|>>=|<<|>>|<=|>=|==|!=|&&|\|\||[-+*/%&|^]=|[^\s\w])"
@@ -192,6 +194,9 @@ def trip_count(header: str) -> int | None:
     if not match:
         return None
     lo, hi = _int_constant(match.group("lo")), _int_constant(match.group("hi"))
+    capped = _CAPPED_BOUND.match(match.group("hi").strip())
+    if hi is None and capped:  # a partial last tile: at most the constant cap
+        hi = _int_constant(capped.group(1))
     step = _int_constant(match.group("step")) if match.group("step") else 1
     if lo is None or hi is None or step is None or step <= 0:
         return None

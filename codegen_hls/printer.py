@@ -273,7 +273,7 @@ class FunctionPrinter:
 
     def for_loop(self, loop: tirx.For) -> None:
         var = loop.loop_var
-        ctype = c_type(dtype_of(var))
+        ctype = _loop_counter_type(loop)
         name = self.names.bind(var)
         lo, extent = self.expr(loop.min), self.expr(loop.extent)
         end = extent if _is_zero(loop.min) else f"{lo} + {extent}"
@@ -282,13 +282,40 @@ class FunctionPrinter:
         pe_array = ann.unfold_name(loop)
         if pe_array is not None:
             self.out.line(f"// PE array {pe_array}: {extent} processing elements along {name}")
+        tail = self.guard_as_bound(loop)
+        if tail is not None:
+            end = f"tvs_min<{ctype}>({end}, {tail})"
         with self.out.block(f"for ({ctype} {name} = {lo}; {name} < {end}; ++{name})"):
+            if tail is not None:
+                self.out.line(f"#pragma HLS LOOP_TRIPCOUNT max={extent}")
             if loop.kind == tirx.ForKind.UNROLLED and ann.unroll_factor(loop) is None and pe_array is None:
                 self.out.line("#pragma HLS UNROLL")
             self.loop_pragmas(loop)
-            self.stmt(loop.body)
+            if tail is not None:
+                self.sblock_realize(loop.body, guard_folded=True)
+            else:
+                self.stmt(loop.body)
 
-    def sblock_realize(self, realize: s_tir.SBlockRealize) -> None:
+    def guard_as_bound(self, loop: tirx.For) -> str | None:
+        """A last, partial tile: ``for v < E: if (a + v < b) S`` -> ``for v < min(E, b - a): S``.
+
+        Splitting a width that the tile does not divide guards the innermost loop; as a
+        bound (with a trip-count hint for HLS) the loop stays vectorizable and pipelinable.
+        Only a loop starting at 0 whose body is one guarded opaque sblock qualifies."""
+        body, var = loop.body, loop.loop_var
+        if not (_is_zero(loop.min) and loop.kind == tirx.ForKind.SERIAL):
+            return None
+        if not isinstance(body, s_tir.SBlockRealize) or len(body.block.iter_vars):
+            return None
+        cond = body.predicate
+        if not isinstance(cond, tirx.LT) or not isinstance(cond.b, tirx.IntImm):
+            return None
+        offset = self.analyzer.simplify(cond.a - var)
+        if _uses_var(offset, var) or not isinstance(loop.extent, tirx.IntImm):
+            return None
+        return self.expr(self.analyzer.simplify(cond.b - offset))
+
+    def sblock_realize(self, realize: s_tir.SBlockRealize, guard_folded: bool = False) -> None:
         block = realize.block
         if len(block.match_buffers):
             raise CodegenError(f"{self.name}: sblock {block.name_hint} uses match_buffer")
@@ -304,7 +331,8 @@ class FunctionPrinter:
             dom = iter_var.dom
             if isinstance(dom.min, tirx.IntImm) and isinstance(dom.extent, tirx.IntImm):
                 self.analyzer.bind(iter_var.var, dom)
-        guarded = not (isinstance(realize.predicate, tirx.IntImm) and int(realize.predicate.value) == 1)
+        trivial = isinstance(realize.predicate, tirx.IntImm) and int(realize.predicate.value) == 1
+        guarded = not (trivial or guard_folded)
         if guarded:
             self.out.open(f"if ({self.expr(realize.predicate)}) {{")
         if block.init is not None:
@@ -387,6 +415,10 @@ class FunctionPrinter:
         op_name = node.op.name if isinstance(node.op, tvm.ir.Op) else str(node.op)
         short = op_name.split(".", 1)[-1]
         args = [self.expr(a) for a in node.args]
+        if short == "pow" and _small_integer(node.args[1]) in (2, 3):
+            # x*x(*x): exact enough, and a multiply instead of a libm call per element
+            base = args[0]
+            return "(" + " * ".join([base] * _small_integer(node.args[1])) + ")"
         if short in _MATH:
             return f"{_MATH[short]}({', '.join(args)})"
         if short == "rsqrt":
@@ -471,6 +503,36 @@ class FunctionPrinter:
     def stream_access(self, buffer_var, indices) -> str:
         stream = self.streams[buffer_var.name]
         return self.names[buffer_var] + "".join(f"[{self.expr(i)}]" for i in indices[: stream.array_dims])
+
+
+def _small_integer(expr) -> int | None:
+    """The value of a float or int literal that is a small whole number, else None."""
+    if isinstance(expr, (tirx.FloatImm, tirx.IntImm)) and float(expr.value).is_integer():
+        value = int(expr.value)
+        return value if abs(value) <= 8 else None
+    return None
+
+
+def _uses_var(expr, var) -> bool:
+    found = []
+
+    def visit(node):
+        if isinstance(node, tirx.Var) and node.same_as(var):
+            found.append(node)
+
+    tvm_ffi.structural_walk(expr, visit)
+    return bool(found)
+
+
+def _loop_counter_type(loop: tirx.For) -> str:
+    """``int`` for a 64-bit loop whose bounds fit in 32 bits (TVM legalizes with int64
+    indices; HLS and the host compiler both prefer narrow counters), else the exact type."""
+    dtype = dtype_of(loop.loop_var)
+    bounds = (loop.min, loop.extent)
+    if dtype == "int64" and all(isinstance(b, tirx.IntImm) for b in bounds):
+        if 0 <= int(loop.min.value) and int(loop.min.value) + int(loop.extent.value) < 2**31:
+            return "int"
+    return c_type(dtype)
 
 
 def _is_register_scope(buffer_var) -> bool:
