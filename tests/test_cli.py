@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -84,3 +85,20 @@ def test_demo_runs_emulation_and_matches_llvm(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MATCH" in proc.stdout and "MISMATCH" not in proc.stdout
     assert (tmp_path / "demo" / "Makefile").is_file()
+
+
+def test_compile_then_run_matches_onnxruntime(tmp_path, capsys):
+    """`tvm-spatial compile` writes the emulation library; `tvm-spatial run` runs it."""
+    fixtures = Path(__file__).parent / "fixtures"
+    data = np.load(fixtures / "gpt2_tiny.npz")
+    out = tmp_path / "gpt2"
+    assert main(["compile", str(fixtures / "gpt2_tiny.onnx"), "-o", str(out)]) == 0
+    assert (out / "emulation" / "design.so").is_file()
+    np.savez(tmp_path / "in.npz", input_ids=data["in:input_ids"])
+    assert main(["run", str(out), "--inputs", str(tmp_path / "in.npz"), "--output", str(tmp_path / "o.npz")]) == 0
+    got = np.load(tmp_path / "o.npz")["output0"]
+    np.testing.assert_allclose(got, data["out:logits"], rtol=1e-4, atol=1e-4)
+    np.savez(tmp_path / "bad.npz", ids=data["in:input_ids"])
+    capsys.readouterr()
+    assert main(["run", str(out), "--inputs", str(tmp_path / "bad.npz")]) == 2
+    assert "input_ids" in capsys.readouterr().out

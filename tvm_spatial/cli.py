@@ -81,15 +81,66 @@ def _build(mod, device: str):
     return ex, seconds
 
 
+EMULATION_LIBRARY = "emulation/design.so"  # inside a compiled project directory
+
+
 def cmd_compile(args) -> int:
+    from rich.progress import Progress
+
     from .project_api import export_project
     from .report import build_report
 
-    mod, _ = _load_model(args.model, args.shape)
-    ex, seconds = _build(mod, args.device)
-    out = export_project(ex, args.output, force=args.force)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("importing the model", total=4)
+        mod, _ = _load_model(args.model, args.shape)
+        progress.update(task, advance=1, description="partitioning, printing HLS, compiling the emulation")
+        ex, seconds = _build(mod, args.device)
+        progress.update(task, advance=1, description="writing the Vitis project")
+        out = export_project(ex, args.output, force=args.force)
+        progress.update(task, advance=1, description="exporting the emulation library")
+        library = out / EMULATION_LIBRARY
+        library.parent.mkdir(parents=True, exist_ok=True)
+        ex.export_library(str(library))
+        progress.update(task, advance=1)
     build_report(ex).print(console)
     console.print(f"built in {seconds:.2f} s; Vitis project written to [bold]{out}[/bold]")
+    console.print(f"run it in emulation: tvm-spatial run {out} --inputs inputs.npz")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Run a compiled project's emulation library on inputs from an .npz file."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    library = Path(args.project) / EMULATION_LIBRARY
+    if not library.is_file():
+        raise UsageError(f"{library} does not exist: compile the model first (tvm-spatial compile MODEL -o DIR)")
+    inputs_path = Path(args.inputs)
+    if not inputs_path.is_file():
+        raise UsageError(f"inputs file {inputs_path} does not exist")
+    try:
+        arrays = dict(np.load(inputs_path))
+    except Exception as err:  # numpy raises several kinds for a bad file
+        raise UsageError(f"{inputs_path} is not a readable .npz file ({type(err).__name__})") from err
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    arity = vm._get_function_arity("main")
+    names = [vm._get_function_param_name("main", i) for i in range(arity)]
+    missing = [n for n in names if n not in arrays]
+    extra = sorted(set(arrays) - set(names))
+    if missing or extra:
+        raise UsageError(f"the design's inputs are {names}; {inputs_path} lacks {missing} and has extra {extra}")
+    start = time.perf_counter()
+    out = vm["main"](*[tvm.runtime.tensor(arrays[n]) for n in names])
+    seconds = time.perf_counter() - start
+    outputs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+    results = {f"output{i}": o.numpy() for i, o in enumerate(outputs)}
+    target = Path(args.output) if args.output else Path(args.project) / "outputs.npz"
+    np.savez(target, **results)
+    for name, value in results.items():
+        console.print(f"{name}: {value.dtype}{list(value.shape)}")
+    console.print(f"ran in {seconds * 1e3:.1f} ms (emulation); outputs written to [bold]{target}[/bold]")
     return 0
 
 
@@ -142,6 +193,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="compile a bundled example, run it in emulation, compare with llvm")
     common(p)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("run", help="run a compiled project's design in emulation")
+    p.add_argument("project", help="a directory written by 'tvm-spatial compile'")
+    p.add_argument("--inputs", required=True, help=".npz file with one array per model input, by name")
+    p.add_argument("--output", help="where to write the outputs (.npz; default PROJECT/outputs.npz)")
+    p.set_defaults(func=cmd_run)
     return parser
 
 
