@@ -30,10 +30,14 @@ from .errors import (
     UnsupportedOperatorError,
 )
 from .pipeline import HostFallbackWarning
+from .errors import ContextLengthError, GenerationError, KVCacheInterfaceError, VocabularyError
 from .project_api import design_of, export_project
 from .report import BuildReport, build_report
 from .schedule import Schedule, customize
 from .prim_build import SpatialModule, build
+from .errors import ResourceBudgetError
+from .estimate import Allocation, Estimate, allocate
+from .estimate import estimate  # the function; the package stays importable as tvm_spatial.estimate.*
 
 __version__ = "0.1.0"
 
@@ -59,9 +63,18 @@ __all__ = [
     "UnknownDeviceError",
     "UnsupportedOperatorError",
     "design_of",
+    "estimate",
+    "Estimate",
+    "allocate",
+    "Allocation",
+    "ResourceBudgetError",
     "export_project",
     "frontend",
     "get_device",
+    "ContextLengthError",
+    "GenerationError",
+    "KVCacheInterfaceError",
+    "VocabularyError",
 ]
 
 

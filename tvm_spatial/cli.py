@@ -175,6 +175,84 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
+def parse_token_ids(text: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]``; anything else is a :class:`UsageError`."""
+    try:
+        ids = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--input-ids {text!r} is not a comma-separated list of integer token ids") from None
+    return ids
+
+
+def cmd_generate(args) -> int:
+    """Greedy tokens from a GPT2 prefill + decode model pair, run in emulation."""
+    from .generate import Generator, check_context, check_tokens, find_models, read_signature
+    from .report import build_report
+
+    prompt = parse_token_ids(args.input_ids)
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    prefill, decode = find_models(args.model)
+    signature = read_signature(prefill, decode)  # bad input fails before anything is built
+    check_context(signature, len(check_tokens(signature, prompt)), args.max_new_tokens)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with console.status("building the prefill and decode designs"):
+            start = time.perf_counter()
+            generator = Generator(prefill, decode, target=_target(args.device))
+            seconds = time.perf_counter() - start
+    for w in caught:
+        console.print(f"[yellow]warning:[/yellow] {w.message}")
+    for stage, ex in generator.executables.items():
+        report = build_report(ex)
+        host = ", ".join(report.host_ops) or "none"
+        console.print(f"{stage}: {len(report.design.kernels)} kernel(s), {report.offloaded_ops} operators "
+                      f"offloaded, on the host: {host}")
+    console.print(f"built in {seconds:.2f} s; context {generator.max_context} positions, prefill "
+                  f"{generator.prefill_length or '-'} tokens, vocabulary {generator.vocab_size}")
+    result = generator.run(prompt, args.max_new_tokens)
+    console.print(f"prompt: {','.join(map(str, result.prompt))}")
+    console.print(f"generated: {','.join(map(str, result.tokens))}")
+    rate = f", {result.decode_tokens_per_second:.1f} tokens/s" if result.decode_steps else ""
+    console.print(f"emulation: prompt {result.prefill_seconds * 1e3:.1f} ms, {result.decode_steps} decode "
+                  f"steps {result.decode_seconds * 1e3:.1f} ms{rate}")
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    """Latency and resources of a model's spatial design, from the analytical model."""
+    from .estimate import allocate, design_from_onnx, design_work, estimate_work
+    from .examples import EXAMPLES
+    from .devices import get_device
+
+    device = get_device(args.device)
+    if args.model in EXAMPLES:
+        from .project_api import design_of
+
+        mod, _ = _load_model(args.model, None)
+        ex, _ = _build(mod, args.device)
+        design = design_of(ex)
+    else:
+        path = Path(args.model)
+        if not path.is_file():
+            raise UsageError(f"{args.model!r} is neither an ONNX file nor a bundled example ({', '.join(sorted(EXAMPLES))})")
+        with console.status("importing and partitioning the model"):
+            design = design_from_onnx(path, device.key, args.seq)
+    work = design_work(design).with_precision(args.precision)
+    if args.as_generated:
+        from .estimate import ModelConfig
+
+        est = estimate_work(work, device, ModelConfig())
+    else:
+        with console.status("allocating parallelism with the model"):
+            est = allocate(work, device, budget=args.budget).estimate
+    est.print(console, limit=args.top)
+    if args.html:
+        Path(args.html).write_text(est.to_html(f"tvm-spatial estimate: {Path(args.model).name}"))
+        console.print(f"HTML report written to [bold]{args.html}[/bold]")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvm-spatial", description=__doc__.split("\n")[0])
     parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
@@ -198,6 +276,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, help=".npz file with one array per model input, by name")
     p.add_argument("--output", help="where to write the outputs (.npz; default PROJECT/outputs.npz)")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("generate", help="greedy tokens from GPT2 prefill + decode models, in emulation")
+    p.add_argument("model", help="a directory, a prefix P (P_prefill.onnx, P_decode.onnx) or one of the files")
+    p.add_argument("--input-ids", required=True, metavar="ID,ID,...", help="the prompt's token ids")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (default 16)")
+    p.add_argument("--device", default="u280", help="FPGA card: u280 (default), u250, u55c")
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("estimate", help="estimate latency and resources of a model's design (analytical model)")
+    p.add_argument("model", help="an ONNX file or a bundled example (mlp, encoder_block)")
+    p.add_argument("--device", default="u280", help="FPGA card: u280 (default), u250, u55c")
+    p.add_argument("--seq", type=int, help="sequence length to bind (the last dimension of each input)")
+    p.add_argument("--precision", choices=["w8a8", "w4a8"], help="estimate the design quantized")
+    p.add_argument("--budget", type=float, default=0.85, help="per-SLR resource budget of the allocation")
+    p.add_argument("--as-generated", action="store_true",
+                   help="the design as the codegen prints it today (library tiling, whole-tensor buffers)")
+    p.add_argument("--top", type=int, default=25, help="processes listed (slowest first)")
+    p.add_argument("--html", help="also write an HTML report with plots")
+    p.set_defaults(func=cmd_estimate)
     return parser
 
 

@@ -8,7 +8,7 @@ source. Code asks for a :class:`Device` by key (``"u280"``), by part number, or 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -22,6 +22,23 @@ class MemorySystem:
     channels: int
     bandwidth_gbs: float
     capacity_gb: float
+
+
+RESOURCES = ("dsp", "bram18k", "uram", "lut", "ff")
+
+
+@dataclass(frozen=True)
+class SLRResources:
+    """What one super logic region offers (the card's totals split by SLR)."""
+
+    dsp: int
+    bram18k: int
+    uram: int
+    lut: int
+    ff: int
+
+    def get(self, resource: str) -> int:
+        return getattr(self, resource)
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,28 @@ class Device:
     ff: int
     hbm: MemorySystem | None
     ddr: MemorySystem | None
+    # per-SLR split of dsp/bram18k/uram/lut/ff, SLR 0 first (sums equal the totals)
+    slr_resources: tuple[SLRResources, ...] = ()
+    # figure -> source key of devices.json "_sources"; see source_text()
+    sources: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def slr(self, index: int) -> SLRResources:
+        """Resources of SLR ``index``; an even split of the totals when the data has none."""
+        if self.slr_resources:
+            return self.slr_resources[index]
+        return SLRResources(*(getattr(self, r) // self.slrs for r in RESOURCES))
+
+    @property
+    def offchip(self) -> MemorySystem:
+        """The memory weights live in: HBM when the card has it, else DDR."""
+        memory = self.hbm if self.hbm is not None else self.ddr
+        assert memory is not None
+        return memory
+
+    def source_text(self, figure: str) -> str:
+        """The full citation of a figure (e.g. ``"slr_resources"``)."""
+        key = self.sources.get(figure, "")
+        return _source_table().get(key, key)
 
     @property
     def memory_banks(self) -> tuple[str, ...]:
@@ -50,9 +89,16 @@ class Device:
 
 
 @lru_cache(maxsize=1)
+def _raw() -> dict:
+    return json.loads(resources.files("tvm_spatial").joinpath("data/devices.json").read_text())
+
+
 def _table() -> dict:
-    text = resources.files("tvm_spatial").joinpath("data/devices.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    return {k: v for k, v in _raw().items() if not k.startswith("_")}
+
+
+def _source_table() -> dict:
+    return dict(_raw().get("_sources", {}))
 
 
 def _memory(entry: dict | None) -> MemorySystem | None:
@@ -68,8 +114,12 @@ def get_device(name: str | None = None) -> Device:
     wanted = (name or DEFAULT_DEVICE).strip().lower()
     for key, entry in _table().items():
         if wanted in (key, entry["part"].lower(), entry["part"].split("-")[0].lower()):
-            fields = {k: v for k, v in entry.items() if k not in ("hbm", "ddr", "sources")}
-            return Device(key=key, hbm=_memory(entry["hbm"]), ddr=_memory(entry["ddr"]), **fields)
+            fields = {k: v for k, v in entry.items() if k not in ("hbm", "ddr", "sources", "slr_resources")}
+            slrs = tuple(SLRResources(**s) for s in entry.get("slr_resources", ()))
+            return Device(
+                key=key, hbm=_memory(entry["hbm"]), ddr=_memory(entry["ddr"]), slr_resources=slrs,
+                sources=dict(entry.get("sources", {})), **fields,
+            )
     raise UnknownDeviceError(
         f"unknown FPGA device {name!r}; known devices: {', '.join(device_keys())} "
         f"(or their part numbers, e.g. xcu280)"

@@ -98,3 +98,28 @@ def _register_with_ffi() -> None:
 
 
 _register_with_ffi()
+
+
+# Generation (tvm_spatial.generate). Defined after _register_with_ffi's call above, so they
+# register here; each is raised in Python, before any design runs.
+
+
+class GenerationError(SpatialError):
+    """Bad input to greedy generation with prefill/decode designs."""
+
+
+class ContextLengthError(GenerationError):
+    """A prompt (plus the tokens to generate) needs more positions than the compiled
+    context, i.e. the decode design's cache slots; the message names the limit."""
+
+
+class VocabularyError(GenerationError):
+    """A token id lies outside the model's vocabulary; the message names its size."""
+
+
+class KVCacheInterfaceError(GenerationError):
+    """A decode model lacks the past key/value cache inputs (or a prefill model the cache
+    outputs), or the two models' caches disagree; the message names what was expected."""
+
+
+_register_with_ffi()

@@ -1,0 +1,74 @@
+"""GPT2-small (seq 128) on the U280: how close the allocated design gets to the rooflines.
+
+Exports GPT2-small with random weights (needs the ``export`` extra), builds its design
+(partition + HLS print, no emulation compile), allocates each process's parallelism with
+the analytical model within 85 % of every per-SLR resource, and prints per number format:
+
+* prefill latency / DSP roofline (all MACs at the whole U280's DSP rate) -- target >= 60 %
+* decode latency per token / memory roofline (weights + KV cache at 460 GB/s) -- target >= 60 %
+* the fullest SLR resource -- must be <= 85 %
+
+Usage: python benchmarks/roofline.py [--onnx gpt2_small.onnx] [--device u280] [--seq 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--onnx", help="an exported GPT2-small (default: export one to a temporary directory)")
+    parser.add_argument("--device", default="u280")
+    parser.add_argument("--seq", type=int, default=128)
+    args = parser.parse_args()
+
+    from tvm_spatial.devices import get_device
+    from tvm_spatial.estimate import allocate, design_from_onnx, design_work
+
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.onnx) if args.onnx else None
+        if path is None:
+            from contrib.hf_export import GPT2_SMALL, export_onnx
+
+            with console.status("exporting GPT2-small (random weights)"):
+                path = export_onnx(GPT2_SMALL, Path(tmp) / "gpt2_small.onnx")
+        with console.status("partitioning and printing the design"):
+            design = design_from_onnx(path, args.device, args.seq)
+    device = get_device(args.device)
+    table = Table(title=f"GPT2-small, seq {args.seq}, {device.name}: allocated design vs rooflines")
+    for col in ("precision", "block", "prefill", "DSP roofline", "prefill/DSP roof", "decode/token",
+                "memory roofline", "decode/mem roof", "fullest SLR resource", "acceptance"):
+        table.add_column(col, justify="right")
+    for precision in ("fp32", "w8a8", "w4a8"):
+        work = design_work(design).with_precision(None if precision == "fp32" else precision)
+        est = allocate(work, device).estimate
+        frac, slr, res = est.max_slr_utilization
+        ok = est.prefill_dsp_ratio >= 0.6 and est.decode_memory_ratio >= 0.6 and frac <= 0.85 + 1e-9
+        table.add_row(
+            precision, str(est.block), f"{est.prefill_ms:.3f} ms",
+            f"{est.seconds(est.prefill_roofline.dsp_cycles) * 1e3:.3f} ms", f"{est.prefill_dsp_ratio:.1%}",
+            f"{est.decode_ms:.3f} ms", f"{est.seconds(est.decode_roofline.memory_cycles) * 1e3:.3f} ms",
+            f"{est.decode_memory_ratio:.1%}", f"SLR{slr} {res} {frac:.1%}",
+            "[green]met[/green]" if ok else "[red]not met[/red]",
+        )
+        if precision == "w4a8":
+            last = est
+    console.print(table)
+    fill = last.prefill_fill_cycles / last.prefill_cycles
+    console.print(
+        f"w4a8: pipeline fill is {fill:.0%} of prefill ({len(last.processes)} processes in one chain); "
+        f"prefill bottleneck {last.bottleneck} ({last.process(last.bottleneck).parallelism}); "
+        f"decode: processes run one after another, each reads its weights over its own channels "
+        f"(slowest {last.decode_bottleneck}, {last.process(last.decode_bottleneck).decode_bound}-bound)."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The analytical model: device data, extraction from a design, purity, allocation, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import tvm_spatial
+from tvm_spatial.devices import RESOURCES, device_keys, get_device
+from tvm_spatial.estimate import (
+    ModelConfig, Parallelism, allocate, costs, design_from_onnx, design_work, estimate_work, transformer_layers,
+)
+from tvm_spatial.errors import ResourceBudgetError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def gpt2_design():
+    return design_from_onnx(FIXTURES / "gpt2_tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def bert_design():
+    return design_from_onnx(FIXTURES / "bert_tiny.onnx")
+
+
+# ---- devices as data -------------------------------------------------------------------
+@pytest.mark.parametrize("key", device_keys())
+def test_slr_split_sums_to_totals_and_has_a_source(key):
+    dev = get_device(key)
+    assert len(dev.slr_resources) == dev.slrs
+    for r in RESOURCES:
+        assert sum(dev.slr(i).get(r) for i in range(dev.slrs)) == getattr(dev, r)
+    assert dev.source_text("slr_resources")
+    assert dev.source_text("resources")
+
+
+def test_u280_slr0_has_fewer_dsps():
+    dev = get_device("u280")
+    assert [dev.slr(i).dsp for i in range(3)] == [2880, 3072, 3072]
+
+
+# ---- cost of arithmetic by data type --------------------------------------------------------
+def test_dsp_per_mac_by_dtype():
+    dsp = {k: costs.MAC_COSTS[costs.mac_class(a, w)].dsp
+           for k, (a, w) in {"fp32": ("float32", "float32"), "int8": ("int8", "int8"),
+                              "w4a8": ("int8", "int4")}.items()}
+    assert dsp == {"fp32": 5, "int8": 1, "w4a8": 0.5}
+
+
+def test_bram_shapes():
+    assert costs.bram18_for(16, 32) == 0  # 512 bits: registers
+    assert costs.bram18_for(512, 36) == 1
+    assert costs.bram18_for(1024, 32) == 2
+    assert costs.uram_for(4096 * 2, 32) == 1  # two 32-bit words per 72-bit URAM word
+
+
+# ---- reading the design ----------------------------------------------------------------
+def test_matmul_shapes_come_from_the_design(gpt2_design):
+    work = design_work(gpt2_design)
+    linears = [p for p in work.processes if p.op == "linear"]
+    first = linears[0].matmul
+    assert (first.m, first.k, first.n, first.b_offchip) == (16, 64, 192, True)
+    scores = next(p for p in work.processes if p.op == "attention_scores").matmul
+    assert (scores.batch, scores.m, scores.n, scores.k, scores.b_offchip) == (4, 16, 16, 16, False)
+    assert work.tokens == 16 and work.causal
+
+
+def test_bert_attention_is_a_barrier(bert_design):
+    work = design_work(bert_design)
+    assert not work.causal
+    assert any(p.barrier for p in work.processes if p.op == "attention_scores")
+
+
+# ---- the model -------------------------------------------------------------------------
+def test_model_is_pure_and_reports_everything(gpt2_design):
+    work, dev = design_work(gpt2_design), get_device("u280")
+    a, b = estimate_work(work, dev), estimate_work(work, dev)
+    assert a == b
+    assert a.prefill_cycles > 0 and a.decode_cycles > 0
+    assert a.bottleneck in {p.name for p in a.processes}
+    p = a.process(a.bottleneck)
+    assert p.trip_counts and p.ii >= 1 and p.resources.dsp >= 0
+    assert 0 < a.prefill_roofline.dsp_cycles < a.prefill_cycles
+    assert set(a.utilization()) == set(RESOURCES)
+    assert "prefill latency" in str(a)
+
+
+def test_whole_tensor_pipeline_is_the_sum_and_blocks_overlap(gpt2_design):
+    work, dev = design_work(gpt2_design), get_device("u280")
+    whole = estimate_work(work, dev, ModelConfig())
+    assert whole.prefill_cycles == pytest.approx(sum(p.block_cycles for p in whole.processes))
+    blocked = estimate_work(work, dev, ModelConfig(block=1))
+    taus = [p.block_cycles for p in blocked.processes]
+    assert blocked.prefill_cycles == pytest.approx(sum(taus) + (work.tokens - 1) * max(taus))
+
+
+def test_quantized_matmuls_cost_fewer_dsps(gpt2_design):
+    work, dev = design_work(gpt2_design), get_device("u280")
+    fp32 = estimate_work(work, dev).total.dsp
+    w4a8 = estimate_work(work.with_precision("w4a8"), dev).total.dsp
+    assert w4a8 < fp32
+
+
+def test_decode_is_memory_bound_for_a_narrow_array():
+    work = transformer_layers(layers=1, hidden=256, heads=4, ffn=1024, seq=64, weight_dtype="int8", act_dtype="int8")
+    table = {p.name: Parallelism(rows=8, cols=64) for p in work.processes if p.matmul is not None}
+    est = estimate_work(work, get_device("u280"), ModelConfig(block=8).with_parallelism(table))
+    linear = next(p for p in est.processes if p.op == "linear")
+    assert linear.decode_bound == "memory"
+
+
+# ---- allocation ------------------------------------------------------------------------
+def test_allocation_fits_the_budget_and_beats_the_smallest(gpt2_design):
+    work, dev = design_work(gpt2_design).with_precision("w8a8"), get_device("u280")
+    alloc = allocate(work, dev)
+    frac, _, _ = alloc.estimate.max_slr_utilization
+    assert frac <= 0.85 + 1e-9
+    small = {p.name: Parallelism(rows=1, cols=1) if p.matmul else Parallelism() for p in work.processes}
+    smallest = estimate_work(work, dev, ModelConfig(block=alloc.config.block).with_parallelism(small))
+    assert alloc.estimate.prefill_cycles < smallest.prefill_cycles / 4
+    tilings = alloc.matmul_tilings()
+    assert tilings and all(r >= 1 and c >= 1 for r, c in tilings.values())
+    assert alloc.estimate == estimate_work(work, dev, alloc.config)  # the same pure function
+
+
+def test_smallest_design_over_budget_names_process_and_resource(gpt2_design):
+    work = design_work(gpt2_design)
+    with pytest.raises(ResourceBudgetError) as info:
+        allocate(work, get_device("u280"), budget=0.001)
+    err = info.value
+    assert err.process and err.resource in RESOURCES and err.kernel
+    assert err.process in str(err) and err.resource in str(err)
+
+
+# ---- public API and CLI -------------------------------------------------------------------
+def test_estimate_accepts_a_design_and_a_schedule(gpt2_design):
+    est = tvm_spatial.estimate(gpt2_design, precision="w4a8", allocate_resources=True)
+    assert est.device.key == "u280"
+    from tvm_spatial.estimate import published
+
+    s = tvm_spatial.customize(published.allo_gemm)
+    published.schedule_allo_gemm(s)
+    kernel = tvm_spatial.estimate(s, device="u280")
+    assert [p.name for p in kernel.processes] == ["mm1", "ele_add"]
+    assert kernel.process("mm1").ii == 4
+    assert kernel.prefill_cycles > 0 and kernel.processes
+
+
+def test_estimate_cli_writes_html(tmp_path, capsys):
+    from tvm_spatial.cli import main
+
+    html = tmp_path / "report.html"
+    assert main(["estimate", str(FIXTURES / "gpt2_tiny.onnx"), "--html", str(html), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "prefill latency" in out and "SLR" in out
+    text = html.read_text()
+    assert text.count("<svg") >= 3
+
+
+def test_estimate_cli_bad_model(capsys):
+    from tvm_spatial.cli import main
+
+    assert main(["estimate", "no_such_model.onnx"]) == 2
+
+
+def test_parallelism_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Parallelism().rows = 3  # type: ignore[misc]

@@ -1,0 +1,86 @@
+"""The analytical performance/resource model, its report, and resource allocation.
+
+``tvm_spatial.estimate(obj, device="u280", seq=None)`` is the entry point; the model is
+the pure function :func:`model.estimate_work` (LLM dataflow designs) or
+:func:`loops.estimate_schedule` (customized TensorIR kernels); :func:`allocate` chooses
+each process's parallelism with the same function. Constants and their sources:
+:mod:`.costs`; published figures the model is checked against: :mod:`.published`.
+"""
+
+from __future__ import annotations
+
+from .allocation import DEFAULT_BUDGET, Allocation, allocate
+from .model import Estimate, ModelConfig, Parallelism, ProcessEstimate, Resources, Roofline, estimate_work
+from .workload import DesignWork, Matmul, ProcessWork, design_work, transformer_layers
+
+
+def design_from_onnx(path, device: str = "u280", seq: int | None = None):
+    """The Design ``relax.build`` would make from an ONNX file, without compiling the
+    emulation (partition + print only): seconds instead of minutes for GPT2-small."""
+    import onnx
+    from tvm import relax
+
+    from codegen_hls.kernel import build_design
+    from relax_passes import host_operators, partition_for_vitis_spatial
+
+    from ..devices import get_device
+    from ..frontend import from_onnx
+    from ..pipeline import check_static_shapes
+
+    shape_dict = None
+    if seq is not None:
+        model = onnx.load(str(path), load_external_data=False)
+        shape_dict = {}
+        for inp in model.graph.input:
+            dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+            if len(dims) >= 2:
+                dims[-1] = seq
+            shape_dict[inp.name] = dims
+    mod = from_onnx(str(path), shape_dict=shape_dict)
+    check_static_shapes(mod)
+    mod = partition_for_vitis_spatial(mod)
+    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    return build_design(funcs, get_device(device).key, host_operators(mod))
+
+
+def estimate(obj, device: str | None = None, seq: int | None = None, *, precision: str | None = None,
+             config: ModelConfig | None = None, allocate_resources: bool = False,
+             budget: float = DEFAULT_BUDGET) -> Estimate:
+    """Estimate latency and resources of ``obj`` on ``device`` (default: the design's own).
+
+    ``obj``: a relax Executable, an exported library path, a ``Design``
+    (``tvm_spatial.design_of``), an ONNX path (``seq`` sets its sequence length), a
+    :class:`DesignWork`, or a ``tvm_spatial.Schedule`` (a customized kernel).
+    ``precision``: ``"w8a8"``/``"w4a8"`` to estimate the design quantized.
+    ``allocate_resources``: choose each process's parallelism first (see :func:`allocate`);
+    otherwise ``config`` (default: the library's default tiling, whole-tensor buffers)."""
+    import os
+
+    from codegen_hls.design import Design
+
+    from ..devices import get_device
+    from ..schedule import Schedule
+
+    if isinstance(obj, Schedule):
+        from .loops import estimate_schedule
+
+        return estimate_schedule(obj, get_device(device), config.clock_mhz if config else None)
+    if isinstance(obj, (str, os.PathLike)) and str(obj).endswith(".onnx"):
+        obj = design_from_onnx(obj, device or "u280", seq)
+    if not isinstance(obj, (Design, DesignWork)):
+        from ..project_api import design_of
+
+        obj = design_of(obj)
+    work = design_work(obj) if isinstance(obj, Design) else obj
+    work = work.with_precision(precision)
+    dev = get_device(device or work.device)
+    if allocate_resources:
+        return allocate(work, dev, budget=budget).estimate
+    return estimate_work(work, dev, config or ModelConfig())
+
+
+__all__ = [
+    "Allocation", "DEFAULT_BUDGET", "DesignWork", "Estimate", "Matmul", "ModelConfig", "Parallelism",
+    "ProcessEstimate", "ProcessWork", "Resources", "Roofline", "allocate", "design_from_onnx", "design_work",
+    "estimate", "estimate_work", "transformer_layers",
+]

@@ -1,0 +1,182 @@
+"""Resource allocation: how much parallelism each process gets, chosen with the model.
+
+Greedy on the pipeline's bottleneck (the idea of Chen et al.'s balancing): start every
+process at its smallest hardware (a 1x1 MAC array, one lane, one off-chip channel); if
+that already exceeds a per-SLR budget, raise :class:`ResourceBudgetError` naming the
+process that needs most of the resource (its attributes ``kernel``, ``process``, ``slr``,
+``resource``, ``needed``, ``available`` say the same for tools). Otherwise repeatedly take the process with the largest
+per-block time and double what limits it -- off-chip channels when memory-bound, else
+output columns, then rows (tokens) of its MAC array, or lanes of an element-wise process
+-- as long as every resource of its SLR stays within ``budget`` (85 % by default). A
+process that cannot grow is frozen; the loop ends when all are. This is repeated for each
+block size (tokens flowing between processes) and the fastest prefill wins. Then decode:
+memory-bound processes get more channels while the budget allows.
+
+Every step calls :func:`model.process_estimate`, the same pure function the report uses.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, replace
+
+from ..devices import RESOURCES, Device
+from ..errors import ResourceBudgetError
+from . import costs
+from .model import Estimate, ModelConfig, Parallelism, Resources, estimate_work, process_estimate
+from .workload import DesignWork
+
+DEFAULT_BUDGET = 0.85
+MAX_CHANNELS = 32
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The chosen parallelism per process, the block size, and the resulting estimate."""
+
+    config: ModelConfig
+    estimate: Estimate
+    budget: float
+
+    @property
+    def factors(self) -> dict[str, Parallelism]:
+        return dict(self.config.parallelism)
+
+    def matmul_tilings(self) -> dict[str, tuple[int, int]]:
+        """Process name -> (rows, cols): what ``codegen_hls.library.MatmulTiling`` takes."""
+        names = {p.name for p in self.estimate.processes if p.macs}
+        return {n: (par.rows, par.cols) for n, par in self.config.parallelism if n in names}
+
+
+def over_budget(message: str, **culprit) -> ResourceBudgetError:
+    """A :class:`ResourceBudgetError` carrying ``kernel``, ``process``, ``resource``,
+    ``slr``, ``needed`` and ``available`` as attributes (for tools), besides the message."""
+    err = ResourceBudgetError(message)
+    for key, value in culprit.items():
+        setattr(err, key, value)
+    return err
+
+
+def _stream_use(work: DesignWork, device: Device, block: int | None) -> list[Resources]:
+    """SLR use of everything but processes (streams), from the model itself."""
+    empty = replace(work, processes=())
+    return list(estimate_work(empty, device, ModelConfig(block=block)).slr_use)
+
+
+def _fits(use: Resources, cap: dict) -> bool:
+    return all(use.get(r) <= cap[r] for r in RESOURCES)
+
+
+def _grow(p, par: Parallelism, est, max_channels: int) -> list[Parallelism]:
+    """Candidate next steps for a process, best first."""
+    out = []
+    memory = est.block_bound == "memory"
+    if memory and par.channels < max_channels:
+        out.append(replace(par, channels=par.channels * 2))
+    if p.matmul is not None:
+        mm = p.matmul
+        if par.cols < mm.n:
+            out.append(replace(par, cols=min(mm.n, par.cols * 2)))
+        if par.rows < min(mm.m, p.tokens):
+            out.append(replace(par, rows=min(mm.m, par.rows * 2)))
+    elif par.lanes < p.elements:
+        out.append(replace(par, lanes=par.lanes * 2))
+    if not memory and par.channels < max_channels and est.decode_bound == "memory":
+        out.append(replace(par, channels=par.channels * 2))
+    return out
+
+
+def _allocate_block(work: DesignWork, device: Device, block: int | None, budget: float, clock: float):
+    caps = [{r: device.slr(i).get(r) * budget for r in RESOURCES} for i in range(device.slrs)]
+    use = _stream_use(work, device, block)
+    pars: dict[str, Parallelism] = {}
+    ests = {}
+    for p in work.processes:
+        par = Parallelism(rows=1, cols=1) if p.matmul is not None else Parallelism()
+        est = process_estimate(p, par, device, clock, block)
+        pars[p.name], ests[p.name] = par, est
+        slr = min(p.slr, device.slrs - 1)
+        use[slr] = use[slr] + est.resources
+    for i, u in enumerate(use):
+        for r in RESOURCES:
+            if u.get(r) > caps[i][r]:
+                worst = max((p for p in work.processes if min(p.slr, device.slrs - 1) == i),
+                            key=lambda p: ests[p.name].resources.get(r), default=None)
+                name = worst.name if worst else "(streams)"
+                kernel = worst.kernel if worst else ""
+                raise over_budget(
+                    f"SLR {i} of {device.name} needs {u.get(r):.0f} {r} even at the smallest parallelism, "
+                    f"over the {budget:.0%} budget of {caps[i][r]:.0f}; the largest user is process {name} "
+                    f"of kernel {kernel} ({ests[name].resources.get(r):.0f} {r}) -- move layers to another "
+                    "card, quantize, or raise the budget",
+                    kernel=kernel, process=name, resource=r, slr=i, needed=u.get(r), available=caps[i][r],
+                )
+    by_name = {p.name: p for p in work.processes}
+    heap = [(-ests[n].block_cycles, n) for n in pars]
+    heapq.heapify(heap)
+    while heap:
+        neg, name = heapq.heappop(heap)
+        if -neg != ests[name].block_cycles:
+            continue
+        p = by_name[name]
+        slr = min(p.slr, device.slrs - 1)
+        grown = False
+        for cand in _grow(p, pars[name], ests[name], MAX_CHANNELS if device.hbm else device.offchip.channels):
+            est = process_estimate(p, cand, device, clock, block)
+            new_use = use[slr] + est.resources + Resources(*(-ests[name].resources.get(r) for r in RESOURCES))
+            if est.block_cycles < ests[name].block_cycles and _fits(new_use, caps[slr]):
+                use[slr] = new_use
+                pars[name], ests[name] = cand, est
+                heapq.heappush(heap, (-est.block_cycles, name))
+                grown = True
+                break
+    # decode: more channels for memory-bound processes, largest first, while it fits
+    order = sorted(pars, key=lambda n: -ests[n].decode_cycles)
+    for name in order:
+        p = by_name[name]
+        slr = min(p.slr, device.slrs - 1)
+        while ests[name].decode_bound == "memory" and pars[name].channels < MAX_CHANNELS:
+            cand = replace(pars[name], channels=pars[name].channels * 2)
+            est = process_estimate(p, cand, device, clock, block)
+            new_use = use[slr] + est.resources + Resources(*(-ests[name].resources.get(r) for r in RESOURCES))
+            if not _fits(new_use, caps[slr]) or est.block_cycles > ests[name].block_cycles:
+                break
+            use[slr], pars[name], ests[name] = new_use, cand, est
+    return pars
+
+
+def allocate(
+    work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET, blocks=None,
+    clock_mhz: float | None = None,
+) -> Allocation:
+    """Choose every process's parallelism (and the token block) for the fastest prefill
+    within ``budget`` of each SLR resource. Raises :class:`ResourceBudgetError` if even the
+    smallest design does not fit."""
+    clock = clock_mhz or device.clock_mhz
+    tokens = max(1, work.tokens)
+    if blocks is None:
+        blocks = sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= tokens} | {tokens})
+    best = None
+    failure = None
+    for block in blocks:
+        try:
+            pars = _allocate_block(work, device, block, budget, clock)
+        except ResourceBudgetError as err:
+            failure = failure or err
+            continue
+        config = ModelConfig(block=block, clock_mhz=clock_mhz).with_parallelism(pars)
+        est = estimate_work(work, device, config)
+        if best is None or est.prefill_cycles < best.estimate.prefill_cycles:
+            best = Allocation(config, est, budget)
+    if best is None:
+        assert failure is not None
+        raise failure
+    return best
+
+
+def log2_steps(n: int) -> int:
+    return int(math.log2(max(1, n)))
+
+
+__all__ = ["Allocation", "allocate", "DEFAULT_BUDGET", "costs"]

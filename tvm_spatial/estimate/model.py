@@ -1,0 +1,398 @@
+"""The analytical model: (design work, parallelism, device) -> latency and resources.
+
+Pure functions only (DESIGN.md rule 3): the same inputs give the same :class:`Estimate`,
+nothing is read from files or globals, so the report, the allocator and the tuner all call
+:func:`estimate_work` (or :func:`process_estimate` for one process) and agree.
+
+The architecture it models (Chen et al., TRETS'24, Sec. 4; Allo's GPT2 design):
+
+* every process is hardware of its own; a matmul process is a ``rows x cols`` array of
+  multiply-accumulate units (``codegen_hls.library.MatmulTiling``) consuming one ``k`` step
+  per cycle (II=1), so a tile pass takes ``K`` cycles; weights stream from off-chip memory
+  one column tile at a time, over ``channels`` HBM pseudo-channels;
+* element-wise processes handle ``lanes`` elements per cycle (II=1), and ``passes`` times
+  over a row for normalizations;
+* **prefill**: tokens flow between processes in blocks of ``block`` tokens. Process ``i``
+  takes ``tau_i = max(compute, weight traffic)`` per block; a chain of processes takes
+  ``sum(tau_i) + (blocks - 1) * max(tau_i)`` (fill, then the bottleneck once per block).
+  Non-causal attention must see every key first: it cuts the chain into segments that run
+  one after the other. ``block=None`` is the codegen of today: each process buffers whole
+  tensors, so one block holds the whole sequence and processes run one after another;
+* **decode** (one new token, context ``seq``): processes run one after another (each needs
+  the previous one's whole vector); each is compute- or memory-bound:
+  ``max(MACs / (rows*cols), bytes / bandwidth)``; the attention reads the KV cache;
+* rooflines: DSP-bound = all MACs at the whole device's DSP rate for their data type;
+  bandwidth-bound = the unavoidable off-chip bytes (weights once, KV cache) at the card's
+  peak bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from ..devices import RESOURCES, Device
+from . import costs
+from .workload import DesignWork, ProcessWork
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How much hardware one process gets (what the allocator chooses)."""
+
+    rows: int = 1  # matmul: tokens (output rows) per cycle
+    cols: int = 1  # matmul: output columns per cycle
+    lanes: int = 1  # element-wise: elements per cycle
+    channels: int = 1  # off-chip pseudo-channels its weight is striped over
+
+    def __str__(self) -> str:
+        parts = []
+        if self.rows > 1 or self.cols > 1:
+            parts.append(f"{self.rows}x{self.cols}")
+        if self.lanes > 1:
+            parts.append(f"{self.lanes} lanes")
+        if self.channels > 1:
+            parts.append(f"{self.channels} ch")
+        return ", ".join(parts) or "1"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything about the design that is a choice rather than the model's IR."""
+
+    block: int | None = None  # tokens per block between processes; None: whole tensors (today's codegen)
+    parallelism: tuple = ()  # ((process name, Parallelism), ...)
+    default: Parallelism = Parallelism(rows=8, cols=32)  # library default tiling (MatmulTiling())
+    clock_mhz: float | None = None  # None: the card's default clock
+    uram_threshold_bram18: int = 8  # a buffer bank needing more BRAM18s than this goes to URAM
+
+    def of(self, name: str, op_is_matmul: bool) -> Parallelism:
+        for key, par in self.parallelism:
+            if key == name:
+                return par
+        return self.default if op_is_matmul else Parallelism()
+
+    def with_parallelism(self, table: dict) -> "ModelConfig":
+        return replace(self, parallelism=tuple(sorted(table.items())))
+
+
+@dataclass(frozen=True)
+class Resources:
+    dsp: float = 0
+    bram18k: float = 0
+    uram: float = 0
+    lut: float = 0
+    ff: float = 0
+
+    def __add__(self, other: "Resources") -> "Resources":
+        return Resources(*(getattr(self, r) + getattr(other, r) for r in RESOURCES))
+
+    def get(self, resource: str) -> float:
+        return getattr(self, resource)
+
+
+@dataclass(frozen=True)
+class ProcessEstimate:
+    kernel: str
+    name: str
+    op: str
+    layer: int
+    slr: int
+    parallelism: Parallelism
+    trip_counts: tuple[int, ...]  # loop extents of its main (pipelined) nest
+    ii: int
+    macs: int
+    prefill_cycles: float  # compute of the whole sequence
+    block_cycles: float  # tau: one block, max(compute, off-chip)
+    block_bound: str  # "compute" or "memory"
+    decode_cycles: float  # one token
+    decode_bound: str
+    prefill_bytes: int  # off-chip traffic of one prefill
+    decode_bytes: int  # off-chip traffic of one decoded token
+    resources: Resources
+    barrier: bool = False
+
+
+@dataclass(frozen=True)
+class Roofline:
+    dsp_cycles: float  # all MACs at the device's full DSP rate
+    memory_cycles: float  # unavoidable off-chip bytes at peak bandwidth
+
+    @property
+    def bound_cycles(self) -> float:
+        return max(self.dsp_cycles, self.memory_cycles)
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.dsp_cycles >= self.memory_cycles else "memory"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    device: Device
+    clock_mhz: float
+    tokens: int
+    block: int | None
+    processes: tuple[ProcessEstimate, ...]
+    prefill_cycles: float
+    prefill_fill_cycles: float
+    decode_cycles: float
+    bottleneck: str  # process name with the largest tau
+    decode_bottleneck: str
+    slr_use: tuple[Resources, ...]  # per SLR (streams and processes)
+    prefill_roofline: Roofline
+    decode_roofline: Roofline
+    prefill_bytes: int
+    decode_bytes: int
+    host_ops: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    # ---- derived figures ----
+    @property
+    def total(self) -> Resources:
+        out = Resources()
+        for r in self.slr_use:
+            out = out + r
+        return out
+
+    def seconds(self, cycles: float) -> float:
+        return cycles / (self.clock_mhz * 1e6)
+
+    @property
+    def prefill_ms(self) -> float:
+        return self.seconds(self.prefill_cycles) * 1e3
+
+    @property
+    def decode_ms(self) -> float:
+        return self.seconds(self.decode_cycles) * 1e3
+
+    def utilization(self) -> dict[str, float]:
+        """Fraction of the whole device per resource."""
+        return {r: self.total.get(r) / getattr(self.device, r) for r in RESOURCES}
+
+    def slr_utilization(self) -> list[dict[str, float]]:
+        return [
+            {r: use.get(r) / self.device.slr(i).get(r) for r in RESOURCES}
+            for i, use in enumerate(self.slr_use)
+        ]
+
+    @property
+    def max_slr_utilization(self) -> tuple[float, int, str]:
+        """(fraction, slr, resource) of the fullest resource of any SLR."""
+        best = (0.0, 0, "dsp")
+        for i, util in enumerate(self.slr_utilization()):
+            for r, v in util.items():
+                if v > best[0]:
+                    best = (v, i, r)
+        return best
+
+    @property
+    def prefill_dsp_ratio(self) -> float:
+        """Share of the DSP roofline the design reaches in prefill."""
+        return self.prefill_roofline.dsp_cycles / self.prefill_cycles if self.prefill_cycles else 0.0
+
+    @property
+    def decode_memory_ratio(self) -> float:
+        """Share of the bandwidth roofline the design reaches in decode."""
+        return self.decode_roofline.memory_cycles / self.decode_cycles if self.decode_cycles else 0.0
+
+    def process(self, name: str) -> ProcessEstimate:
+        return next(p for p in self.processes if p.name == name)
+
+    # ---- for people (tvm_spatial.estimate.report) ----
+    def print(self, console=None, limit: int | None = 40) -> None:
+        from .report import print_estimate
+
+        print_estimate(self, console, limit)
+
+    def to_html(self, title: str = "tvm-spatial estimate") -> str:
+        from .report import estimate_html
+
+        return estimate_html(self, title)
+
+    def __str__(self) -> str:
+        from .report import estimate_text
+
+        return estimate_text(self)
+
+
+# ---- one process ---------------------------------------------------------------------
+def _bank_memory(depth: int, width: int, banks: int, uram_threshold: int) -> tuple[float, float]:
+    """(BRAM18, URAM) for ``banks`` banks of ``depth`` x ``width`` bits."""
+    if depth <= 0 or banks <= 0:
+        return 0.0, 0.0
+    bram = costs.bram18_for(depth, width)
+    if bram > uram_threshold:
+        return 0.0, float(banks * costs.uram_for(depth, width))
+    return float(banks * bram), 0.0
+
+
+def _channel_bytes_per_cycle(device: Device, clock_mhz: float) -> float:
+    mem = device.offchip
+    per_channel = mem.bandwidth_gbs * 1e9 / mem.channels / (clock_mhz * 1e6)
+    return min(per_channel * costs.HBM_EFFICIENCY, costs.AXI_PORT_BYTES)
+
+
+def process_estimate(
+    p: ProcessWork, par: Parallelism, device: Device, clock_mhz: float, block: int | None,
+    uram_threshold: int = 8,
+) -> ProcessEstimate:
+    """Latency, traffic and resources of one process (pure)."""
+    tokens = max(1, p.tokens)
+    blk = tokens if block is None else max(1, min(block, tokens))
+    n_blocks = math.ceil(tokens / blk)
+    bw = _channel_bytes_per_cycle(device, clock_mhz) * max(1, par.channels)
+    port_res = Resources(
+        0, costs.PORT_BRAM18 * (len(p.ports) + max(0, par.channels - 1)), 0,
+        costs.PORT_LUT * (len(p.ports) + par.channels - 1), costs.PORT_FF * (len(p.ports) + par.channels - 1),
+    )
+    control = Resources(0, 0, 0, costs.PROCESS_LUT, costs.PROCESS_FF)
+    mm = p.matmul
+    if mm is not None:
+        rows, cols = max(1, min(par.rows, blk, mm.m)), max(1, min(par.cols, mm.n))
+        mac = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)]
+        units = rows * cols
+        trips = (mm.batch, math.ceil(mm.m / rows), math.ceil(mm.n / cols), mm.k)
+        prefill = float(mm.batch * math.ceil(mm.m / rows) * math.ceil(mm.n / cols) * mm.k)
+        wbytes = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
+        compute_block = prefill / n_blocks
+        mem_block = (wbytes + p.port_bytes / n_blocks) / bw
+        # decode: one token; the array serves k in parallel along its rows
+        if mm.b_offchip:
+            d_compute = mm.batch * math.ceil(mm.k / rows) * math.ceil(mm.n / cols)
+            d_bytes = wbytes + p.port_bytes / tokens
+        else:  # attention: one query row against the KV cache of ``tokens`` positions
+            d_macs = mm.batch * mm.n * mm.k
+            d_compute = math.ceil(d_macs / units)
+            d_bytes = d_macs * costs.dtype_bits(mm.b_dtype) / 8  # the K (or V) cache, once
+        d_mem = d_bytes / bw
+        a_bits, b_bits = costs.dtype_bits(mm.a_dtype), costs.dtype_bits(mm.b_dtype)
+        # on-chip buffers: the block's input rows (rows banks), the whole second operand
+        # when it is an activation (K or V of every position), the block's output
+        bram = uram = 0.0
+        for depth, width, banks in (
+            (math.ceil(mm.batch * blk * mm.k / rows), a_bits, rows),
+            # a streamed weight flows through the array (a FIFO, no buffer): it is re-read per block
+            ((0, b_bits, 0) if mm.b_offchip else (math.ceil(mm.batch * mm.k * mm.n / cols), b_bits, cols)),
+            (math.ceil(mm.batch * blk * mm.n / cols), 32 if costs.is_float(mm.a_dtype) else a_bits, cols),
+        ):
+            b, u = _bank_memory(depth, width, banks, uram_threshold)
+            bram, uram = bram + b, uram + u
+        res = Resources(units * mac.dsp, bram, uram, units * mac.lut, units * mac.ff) + port_res + control
+        macs = mm.macs
+        ii = 1
+    else:
+        lanes = max(1, par.lanes)
+        passes = costs.ELEMENT_PASSES.get(p.op, 1)
+        mix = costs.ELEMENT_OPS.get(p.op, {})
+        per_element = max(1, p.work // max(1, p.elements)) if not mix else passes
+        iterations = p.elements * per_element
+        trips = (math.ceil(iterations / lanes),)
+        prefill = float(math.ceil(iterations / lanes))
+        compute_block = prefill / n_blocks
+        mem_block = (p.port_bytes / n_blocks) / bw
+        d_compute = math.ceil(iterations / tokens / lanes)
+        d_bytes = p.port_bytes / tokens
+        d_mem = d_bytes / bw
+        dsp = lut = ff = 0.0
+        for op, count in mix.items():
+            c = costs.op_cost(op, p.dtype)
+            dsp += lanes * count * c.dsp
+            lut += lanes * count * c.lut
+            ff += lanes * count * c.ff
+        # buffer: a block of its stream inputs (whole tensors today), banked by lanes
+        bits = costs.dtype_bits(p.dtype)
+        depth = math.ceil(p.in_stream_elements * blk / tokens / lanes) if p.in_stream_elements else 0
+        bram, uram = _bank_memory(depth, bits, lanes, uram_threshold)
+        res = Resources(dsp, bram, uram, lut, ff) + port_res + control
+        macs = 0
+        ii = 1
+        wbytes = 0.0
+    block_cycles = max(compute_block, mem_block) + costs.PIPELINE_DEPTH
+    decode_cycles = max(d_compute, d_mem) + costs.PIPELINE_DEPTH
+    return ProcessEstimate(
+        kernel=p.kernel, name=p.name, op=p.op, layer=p.layer, slr=p.slr, parallelism=par,
+        trip_counts=trips, ii=ii, macs=macs, prefill_cycles=prefill, block_cycles=block_cycles,
+        block_bound="memory" if mem_block > compute_block else "compute",
+        decode_cycles=decode_cycles, decode_bound="memory" if d_mem > d_compute else "compute",
+        prefill_bytes=int(wbytes * n_blocks + p.port_bytes), decode_bytes=int(d_bytes),
+        resources=res, barrier=p.barrier,
+    )
+
+
+# ---- the whole design ----------------------------------------------------------------
+def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int) -> tuple[float, float]:
+    """(latency, fill) of a chain of processes with per-block times ``taus``."""
+    total = fill = 0.0
+    segment: list[float] = []
+
+    def close():
+        nonlocal total, fill
+        if segment:
+            total += sum(segment) + (n_blocks - 1) * max(segment)
+            fill += sum(segment)
+
+    for tau, barrier in zip(taus, barriers):
+        if barrier:
+            close()
+            segment = []
+        segment.append(tau)
+    close()
+    return total, fill
+
+
+def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelConfig()) -> Estimate:
+    """The model. Pure: (design work, device, config) -> Estimate."""
+    clock = config.clock_mhz or device.clock_mhz
+    procs = tuple(
+        process_estimate(
+            p, config.of(p.name, p.matmul is not None), device, clock, config.block, config.uram_threshold_bram18
+        )
+        for p in work.processes
+    )
+    tokens = max(1, work.tokens)
+    blk = tokens if config.block is None else max(1, min(config.block, tokens))
+    n_blocks = math.ceil(tokens / blk)
+    latency, fill = pipeline_cycles([p.block_cycles for p in procs], [p.barrier for p in procs], n_blocks)
+    peak_bytes = device.offchip.bandwidth_gbs * 1e9 / (clock * 1e6)  # per cycle, whole card
+    prefill_bytes = sum(p.prefill_bytes for p in procs)
+    latency = max(latency, prefill_bytes / (peak_bytes * costs.HBM_EFFICIENCY))
+    decode = sum(p.decode_cycles for p in procs)
+    decode_bytes = sum(p.decode_bytes for p in procs)
+
+    slr_use = [Resources() for _ in range(device.slrs)]
+    for p in procs:
+        slr_use[min(p.slr, device.slrs - 1)] += p.resources
+    for s in work.streams:
+        if s.depth * s.bits <= costs.REGISTER_ARRAY_BITS * 2:
+            r = Resources(0, 0, 0, costs.STREAM_LUT_PER_32BIT * math.ceil(s.bits / 32) * math.ceil(s.depth / 32) + 20, 40)
+        else:
+            depth = max(1, math.ceil(s.depth * blk / tokens))
+            b, u = _bank_memory(depth, s.bits, 1, config.uram_threshold_bram18)
+            r = Resources(0, b, u, 60, 80)
+        slr_use[min(s.slr, device.slrs - 1)] += r
+
+    # rooflines: the whole card's DSPs on the MACs; weights read once, KV cache per token
+    dsp_work = 0.0
+    dsp_work_decode = 0.0
+    for p, w in zip(procs, work.processes):
+        if w.matmul is not None:
+            per = costs.MAC_COSTS[costs.mac_class(w.matmul.a_dtype, w.matmul.b_dtype)].dsp
+            dsp_work += w.matmul.macs * per
+            dsp_work_decode += w.matmul.macs * per / tokens
+    weights = sum(
+        w.matmul.k * w.matmul.n * costs.dtype_bits(w.matmul.b_dtype) / 8
+        for w in work.processes if w.matmul is not None and w.matmul.b_offchip
+    )
+    others = sum(w.port_bytes for w in work.processes)
+    prefill_roof = Roofline(dsp_work / device.dsp, (weights + others) / peak_bytes)
+    decode_roof = Roofline(dsp_work_decode / device.dsp, decode_bytes / peak_bytes)
+    bottleneck = max(procs, key=lambda p: p.block_cycles).name if procs else ""
+    decode_bottleneck = max(procs, key=lambda p: p.decode_cycles).name if procs else ""
+    return Estimate(
+        device=device, clock_mhz=clock, tokens=tokens, block=config.block, processes=procs,
+        prefill_cycles=latency, prefill_fill_cycles=fill, decode_cycles=decode,
+        bottleneck=bottleneck, decode_bottleneck=decode_bottleneck, slr_use=tuple(slr_use),
+        prefill_roofline=prefill_roof, decode_roofline=decode_roof,
+        prefill_bytes=int(prefill_bytes), decode_bytes=int(decode_bytes), host_ops=work.host_ops,
+    )

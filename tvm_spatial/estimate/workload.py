@@ -1,0 +1,282 @@
+"""What the analytical model reads: the work of each dataflow process, taken from the IR.
+
+Why a separate record: the model (``model.py``) must be a pure function, cheap enough to
+call thousands of times from the allocator and the tuner. This module does the reading
+once: from a :class:`codegen_hls.design.Design` (its processes, ports and streams, plus the
+stage signatures of its HLS text, which carry every tensor's static shape) it builds a
+:class:`DesignWork` of plain frozen records.
+
+What it infers, and how (the Design does not carry these yet; see the report's
+interface requests): a process's matmul shape from the one stage whose three array
+parameters have the shapes ``[..., M, K] x [..., K, N] -> [..., M, N]``; whether the
+second operand is a weight (an ``m_axi`` port) or an activation (a stream); the token
+count from the linear layers' ``M``; causal attention from a ``[.., S, S]`` mask port.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from .costs import dtype_bits
+
+_CTYPES = {
+    "float": "float32", "double": "float64", "int64_t": "int64", "int32_t": "int32", "int16_t": "int16",
+    "int8_t": "int8", "uint8_t": "uint8", "bool": "bool",
+}
+MATMUL_OPS = ("linear", "attention_scores", "attention_context", "matmul")
+
+
+@dataclass(frozen=True)
+class Matmul:
+    batch: int
+    m: int  # rows: tokens
+    n: int
+    k: int
+    a_dtype: str
+    b_dtype: str
+    b_offchip: bool  # the second operand is a weight read through an m_axi port
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class ProcessWork:
+    kernel: str
+    name: str
+    op: str
+    layer: int
+    slr: int
+    work: int  # iterations of all its TIR blocks (Process.work)
+    tokens: int  # rows of its token dimension
+    elements: int  # elements it produces
+    dtype: str  # its element type
+    matmul: Matmul | None = None
+    ports: tuple[str, ...] = ()  # m_axi ports it reads or writes
+    port_bytes: int = 0  # bytes through its ports per inference, matmul weight excluded
+    in_stream_elements: int = 0  # elements it buffers from its input streams
+    barrier: bool = False  # needs the whole sequence before its first output
+
+
+@dataclass(frozen=True)
+class StreamWork:
+    name: str
+    bits: int
+    depth: int
+    elements: int
+    slr: int
+
+
+@dataclass(frozen=True)
+class DesignWork:
+    device: str
+    tokens: int
+    causal: bool
+    processes: tuple[ProcessWork, ...]
+    streams: tuple[StreamWork, ...]
+    host_ops: tuple[str, ...] = ()
+
+    def with_precision(self, precision: str | None) -> "DesignWork":
+        """The same design in another number format: ``"w8a8"`` (int8 weights and
+        activations of every matmul) or ``"w4a8"`` (4-bit weights of linear layers,
+        int8 activations and attention), as Allo's GPT2; element-wise stays as it is."""
+        if not precision:
+            return self
+        formats = {"w8a8": ("int8", "int8"), "w4a8": ("int4", "int8"), "fp32": ("float32", "float32")}
+        if precision not in formats:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(formats)}")
+        w, a = formats[precision]
+        procs = []
+        for p in self.processes:
+            if p.matmul is not None:
+                b = w if p.matmul.b_offchip else a
+                p = replace(p, matmul=replace(p.matmul, a_dtype=a, b_dtype=b), dtype=a)
+            procs.append(p)
+        return replace(self, processes=tuple(procs))
+
+
+# ---- reading a Design ---------------------------------------------------------------
+_SIG = re.compile(r"static void (\w+)\(([^)]*)\)\s*\{")
+_PARAM = re.compile(r"(?:const\s+)?(.+?)\s+(\w+)((?:\[\d+\])*)\s*$")
+
+
+def _ctype_dtype(ctype: str) -> str:
+    ctype = ctype.strip()
+    if ctype in _CTYPES:
+        return _CTYPES[ctype]
+    m = re.match(r"ap_(u?)int<(\d+)>", ctype)
+    if m:
+        return f"{'u' if m.group(1) else ''}int{m.group(2)}"
+    m = re.match(r"ap_fixed<(\d+)", ctype)
+    if m:
+        return f"int{m.group(1)}"
+    return "float32"
+
+
+def _signatures(source: str) -> dict[str, list[tuple[str, str, tuple[int, ...]]]]:
+    """C function name -> [(param name, dtype, shape)] of array parameters."""
+    table = {}
+    for m in _SIG.finditer(source):
+        params = []
+        for text in m.group(2).split(","):
+            text = text.strip()
+            if not text or "hls::stream" in text:
+                continue
+            pm = _PARAM.match(text)
+            if pm is None:
+                continue
+            shape = tuple(int(d) for d in re.findall(r"\[(\d+)\]", pm.group(3)))
+            params.append((pm.group(2), _ctype_dtype(pm.group(1).replace("const", "")), shape))
+        table[m.group(1)] = params
+    return table
+
+
+def _bodies(source: str) -> dict[str, str]:
+    """C function name -> its body text (functions end at a closing brace in column 0)."""
+    out = {}
+    for m in _SIG.finditer(source):
+        end = source.find("\n}\n", m.end())
+        out[m.group(1)] = source[m.end(): end if end >= 0 else len(source)]
+    return out
+
+
+def _matmul_of(params) -> tuple | None:
+    if len(params) != 3:
+        return None
+    (_, ad, a), (_, bd, b), (_, _, c) = params
+    if min(len(a), len(b), len(c)) < 2:
+        return None
+    m, k = a[-2], a[-1]
+    k2, n = b[-2], b[-1]
+    if k != k2 or c[-2:] != (m, n):
+        return None
+    batch = 1
+    for d in c[:-2]:
+        batch *= d
+    return batch, m, n, k, ad, bd
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def design_work(design) -> DesignWork:
+    """Read a Design (``tvm_spatial.design_of(...)``) into the model's input."""
+    processes: list[ProcessWork] = []
+    streams: list[StreamWork] = []
+    causal = False
+    for kernel in design.kernels:
+        sigs = _signatures(kernel.source)
+        bodies = _bodies(kernel.source)
+        ports = {p.name: p for p in kernel.ports}
+        stream_of = {s.name: s for s in kernel.streams}
+        slr_of = {p.name: p.slr for p in kernel.processes}
+        for proc in kernel.processes:
+            body = bodies.get(proc.name, "")
+            calls = re.findall(rf"\b({re.escape(kernel.name)}__\w+)\(([^;]*)\);", body)
+            matmul = None
+            elements = 0
+            dtype = "float32"
+            for func, args in calls:
+                params = sigs.get(func, [])
+                if params:
+                    elements = _prod(params[-1][2])
+                    dtype = params[-1][1]
+                found = _matmul_of(params) if proc.op in MATMUL_OPS else None
+                if found is not None and matmul is None:
+                    batch, m, n, k, ad, bd = found
+                    arg_names = [a.strip() for a in args.split(",")]
+                    b_port = len(arg_names) > 1 and arg_names[1] in ports
+                    matmul = Matmul(batch, m, n, k, ad, bd, b_port)
+            weight_port = None
+            if matmul is not None and matmul.b_offchip:
+                weight_port = next(
+                    (n for n in proc.inputs if n in ports and _prod(ports[n].shape) == matmul.k * matmul.n), None
+                )
+            used_ports = tuple(n for n in (*proc.inputs, *proc.outputs) if n in ports)
+            port_bytes = sum(
+                _prod(ports[n].shape) * dtype_bits(ports[n].dtype) // 8 for n in used_ports if n != weight_port
+            )
+            if proc.op == "embedding":  # a gather reads one row per token, not the table
+                table = max((ports[n] for n in used_ports), key=lambda p: _prod(p.shape), default=None)
+                if table is not None and len(table.shape) == 2:
+                    port_bytes -= _prod(table.shape) * dtype_bits(table.dtype) // 8
+                    port_bytes += elements * dtype_bits(table.dtype) // 8
+            in_elems = sum(stream_of[n].elements for n in proc.inputs if n in stream_of)
+            if proc.op == "masked_softmax":
+                for n in proc.inputs:
+                    if n in ports and len(ports[n].shape) >= 2 and ports[n].shape[-1] == ports[n].shape[-2] > 1:
+                        causal = True
+            if not elements:
+                outs = [stream_of[n].elements for n in proc.outputs if n in stream_of]
+                outs += [_prod(ports[n].shape) for n in proc.outputs if n in ports]
+                elements = max(outs, default=proc.work)
+            processes.append(
+                ProcessWork(
+                    kernel=kernel.name, name=proc.name, op=proc.op, layer=proc.layer, slr=proc.slr,
+                    work=proc.work, tokens=0, elements=elements, dtype=dtype, matmul=matmul,
+                    ports=used_ports, port_bytes=port_bytes, in_stream_elements=in_elems,
+                )
+            )
+        for s in kernel.streams:
+            streams.append(StreamWork(s.name, dtype_bits(s.dtype), s.depth, s.elements, slr_of.get(s.producer, 0)))
+    linears = [p.matmul.m for p in processes if p.matmul is not None and p.matmul.b_offchip]
+    tokens = max(linears, default=1)
+    procs = []
+    for p in processes:
+        barrier = (not causal) and p.op == "attention_scores"
+        procs.append(replace(p, tokens=tokens, barrier=barrier))
+    return DesignWork(design.device, tokens, causal, tuple(procs), tuple(streams), tuple(design.host_ops))
+
+
+# ---- a transformer layer by its sizes (published designs, when there is no Design) ----
+def transformer_layers(
+    *, layers: int, hidden: int, heads: int, ffn: int, seq: int, causal: bool = True,
+    weight_dtype: str = "float32", act_dtype: str = "float32", vocab: int = 0, device: str = "u280",
+    separate_qkv: bool = False,
+) -> DesignWork:
+    """The processes a GPT2/BERT layer stack becomes (the same operator instances the
+    codegen makes one process each: qkv, scores, softmax, context, projection, residual,
+    layer norms, fc1, gelu, fc2), for validating against designs published by size."""
+    dh = hidden // heads
+    procs: list[ProcessWork] = []
+
+    def add(op, layer, matmul=None, elements=0, ports=(), port_bytes=0, barrier=False):
+        name = f"l{layer}_p{len(procs)}_{op}"
+        el = elements or (matmul.batch * matmul.m * matmul.n if matmul else 0)
+        procs.append(ProcessWork("model", name, op, layer, 0, el, seq, el, act_dtype if matmul else "float32",
+                                 matmul, ports, port_bytes, el, barrier))
+
+    quantized = not act_dtype.startswith("float")
+
+    def lin(layer, k, n):
+        if quantized:  # fp32 activations -> int8 before, int32 accumulators -> fp32 after
+            add("quantize", layer, elements=seq * k)
+        add("linear", layer, Matmul(1, seq, n, k, act_dtype, weight_dtype, True), ports=("w", "b"),
+            port_bytes=n * 4)
+        if quantized:
+            add("dequantize", layer, elements=seq * n)
+
+    for layer in range(layers):
+        add("layer_norm", layer, elements=seq * hidden, ports=("g", "b"), port_bytes=hidden * 8)
+        for _ in range(3 if separate_qkv else 1):
+            lin(layer, hidden, hidden if separate_qkv else 3 * hidden)
+        add("attention_scores", layer, Matmul(heads, seq, seq, dh, act_dtype, act_dtype, False),
+            barrier=not causal)
+        add("masked_softmax", layer, elements=heads * seq * seq)
+        add("attention_context", layer, Matmul(heads, seq, dh, seq, act_dtype, act_dtype, False))
+        lin(layer, hidden, hidden)
+        add("residual_add", layer, elements=seq * hidden)
+        add("layer_norm", layer, elements=seq * hidden, ports=("g", "b"), port_bytes=hidden * 8)
+        lin(layer, hidden, ffn)
+        add("gelu", layer, elements=seq * ffn)
+        lin(layer, ffn, hidden)
+        add("residual_add", layer, elements=seq * hidden)
+    if vocab:
+        lin(layers, hidden, vocab)
+    return DesignWork(device, seq, causal, tuple(procs), ())
