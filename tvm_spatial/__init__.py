@@ -31,6 +31,7 @@ from .errors import (
 )
 from .pipeline import HostFallbackWarning
 from .errors import ContextLengthError, GenerationError, KVCacheInterfaceError, VocabularyError
+from .generate import Generation, Generator
 from .project_api import design_of, export_project
 from .report import BuildReport, build_report
 from .schedule import Schedule, customize
@@ -75,6 +76,8 @@ __all__ = [
     "GenerationError",
     "KVCacheInterfaceError",
     "VocabularyError",
+    "Generation",
+    "Generator",
 ]
 
 

@@ -90,7 +90,8 @@ def cmd_compile(args) -> int:
     from .project_api import export_project
     from .report import build_report
 
-    with Progress(console=console, transient=True) as progress:
+    # not on a terminal, a transient progress bar would leave an empty line before an error
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("importing the model", total=4)
         mod, _ = _load_model(args.model, args.shape)
         progress.update(task, advance=1, description="partitioning, printing HLS, compiling the emulation")
