@@ -295,8 +295,8 @@ class _KernelWriter:
                     for consumer in self.procs:
                         if consumer is producer or not any(slot is s for s in consumer.inputs):
                             continue
-                        tag = producer.name.split("_p", 1)[-1]
-                        name = self.namer.fresh(f"s_{tag}_to_p{self.procs.index(consumer)}")
+                        src, dst = self.procs.index(producer), self.procs.index(consumer)
+                        name = self.namer.fresh(f"s_{src}_{producer.op}_to_p{dst}")
                         deep = multi_input[id(consumer)]
                         depth = max(SHALLOW_STREAM_DEPTH, slot.elements) if deep else SHALLOW_STREAM_DEPTH
                         self.streams.append(Stream(name, slot.dtype, slot.elements, depth, producer.name, consumer.name))
@@ -454,7 +454,7 @@ def check_stream_balance(kernel: str, streams: list[Stream], procs: list[Proc]) 
         seen.add(stream.name)
         if stream.producer not in names or stream.consumer not in names or stream.producer == stream.consumer:
             raise CodegenError(f"{kernel}: stream {stream.name} needs distinct producer and consumer processes")
-        if stream.elements <= 0 or stream.depth < 1:
+        if stream.elements < 0 or stream.depth < 1:
             raise CodegenError(f"{kernel}: stream {stream.name} carries {stream.elements} elements at depth {stream.depth}")
 
 

@@ -36,7 +36,7 @@ from .project_api import design_of, export_project
 from .report import BuildReport, build_report
 from .schedule import Schedule, customize
 from .prim_build import SpatialModule, build
-from .errors import ResourceBudgetError
+from .errors import LintError, ResourceBudgetError, UsageError
 from .estimate import Allocation, Estimate, allocate
 from .estimate import estimate  # the function; the package stays importable as tvm_spatial.estimate.*
 
@@ -69,6 +69,8 @@ __all__ = [
     "allocate",
     "Allocation",
     "ResourceBudgetError",
+    "LintError",
+    "UsageError",
     "export_project",
     "frontend",
     "get_device",

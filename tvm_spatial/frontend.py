@@ -31,6 +31,15 @@ def load_onnx(model_or_path) -> onnx.ModelProto:
     return model
 
 
+def validate(model: onnx.ModelProto) -> None:
+    """ONNX's own checker: catches files that parse but are not models (e.g. truncated)."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid model"
+        raise ModelImportError(f"not a valid ONNX model: {first}") from err
+
+
 def input_shapes(model: onnx.ModelProto, shape_dict: dict | None = None) -> dict[str, list[int]]:
     """Static shape of every graph input; a dimension neither fixed in the file nor given
     in ``shape_dict`` is a :class:`DynamicShapeError` naming input and dimension."""
@@ -66,7 +75,12 @@ def check_operators(model: onnx.ModelProto) -> None:
 
     known = _get_convert_map()
     for node in model.graph.node:
-        if node.domain in ("", "ai.onnx") and node.op_type not in known:
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOperatorError(
+                f"ONNX operator {node.domain}:{node.op_type} (node {node.name or node.output[0]!r}) is "
+                "from a custom domain the Relax ONNX importer does not know; export with standard ops"
+            )
+        if node.op_type not in known:
             raise UnsupportedOperatorError(
                 f"ONNX operator {node.op_type} (node {node.name or node.output[0]!r}) is not "
                 "supported by the Relax ONNX importer; export without it or decompose it"
@@ -78,8 +92,12 @@ def from_onnx(model_or_path, shape_dict: dict | None = None, *, opset: int | Non
     from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx
 
     model = load_onnx(model_or_path)
+    try:
+        check_operators(model)
+        validate(model)
+    except UnicodeDecodeError as err:  # a corrupted name inside the protobuf
+        raise ModelImportError(f"not a valid ONNX model: a name is not UTF-8 ({err.reason})") from err
     shapes = input_shapes(model, shape_dict)
-    check_operators(model)
     try:
         return tvm_from_onnx(model, shape_dict=shapes, opset=opset, keep_params_in_input=False)
     except Exception as err:

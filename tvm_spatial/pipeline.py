@@ -15,7 +15,8 @@ import tvm
 from tvm import relax
 from tvm.relax import pipeline as relax_pipeline
 
-from .errors import DynamicShapeError
+from .devices import get_device
+from .errors import DynamicShapeError, ResourceBudgetError
 from .target import device_of, is_spatial_target
 
 _WRAPPED_NAMES = ("default", "default_build")
@@ -47,6 +48,37 @@ def check_static_shapes(mod: tvm.IRModule) -> None:
                     )
 
 
+def check_tensor_sizes(mod: tvm.IRModule, device) -> None:
+    """Every tensor (inputs, weights, intermediates) must fit in the card's off-chip memory;
+    a larger one is refused here, before any C++ is printed or compiled."""
+    memory = device.hbm or device.ddr
+    kind = "HBM" if device.hbm else "DDR"
+    limit = int(memory.capacity_gb * 2**30)
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        named = [(p.name, p.ty) for p in func.params]
+        for block in func.body.blocks:
+            named += [(b.var.name, b.var.ty) for b in block.bindings]
+            named += [(f"a constant used by {b.var.name}", a.ty) for b in block.bindings
+                      if isinstance(b.value, relax.Call) for a in b.value.args
+                      if isinstance(a, tvm.ir.GenericConst)]
+        for name, ty in named:
+            if not isinstance(ty, relax.TensorType) or ty.shape is None:
+                continue
+            dims = [int(d.value) for d in ty.shape.values if isinstance(d, tvm.tirx.IntImm)]
+            elements = 1
+            for d in dims:
+                elements *= d
+            size = elements * max(1, tvm.runtime.DataType(str(ty.dtype)).bits // 8)
+            if size > limit:
+                raise ResourceBudgetError(
+                    f"tensor {name} of {gv.name_hint} (shape {dims}) has {elements} elements "
+                    f"({size / 2**30:.1f} GiB), "
+                    f"more than the {device.name}'s {memory.capacity_gb:g} GiB of {kind}"
+                )
+
+
 def spatial_passes(device_key: str) -> tvm.transform.Pass:
     """Partition for vitis_spatial, report host operators, run the codegen."""
     from relax_passes import host_operators, partition_for_vitis_spatial
@@ -54,6 +86,7 @@ def spatial_passes(device_key: str) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="VitisSpatialOffload")
     def offload(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         check_static_shapes(mod)
+        check_tensor_sizes(mod, get_device(device_key))
         mod = partition_for_vitis_spatial(mod)
         host_ops = host_operators(mod)
         if host_ops:
