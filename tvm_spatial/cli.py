@@ -165,6 +165,14 @@ def cmd_demo(args) -> int:
     ref = relax.VirtualMachine(ref_ex, tvm.cpu())["main"](*args_tvm).numpy()
     project = export_project(ex, args.output, force=args.force)
     build_report(ex).print(console)
+    from .estimate import estimate
+    from .estimate.report import summary_table
+
+    # what the analytical model expects of this design on the card, parallelism allocated;
+    # the full per-process report is `tvm-spatial estimate`
+    console.print("analytical estimate with the allocator's parallelism "
+                  "(not yet applied to the generated HLS):")
+    console.print(summary_table(estimate(ex, device=args.device, allocate_resources=True)))
     err = float(np.max(np.abs(out - ref)))
     ok = np.allclose(out, ref, rtol=1e-5, atol=1e-5)
     console.print(f"build time: vitis_spatial {spatial_s:.2f} s, llvm {llvm_s:.2f} s")
