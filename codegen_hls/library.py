@@ -18,11 +18,14 @@ are used (TVM's own passes), so a tile accumulator is declared inside its tile l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
+
+import tvm_spatial.annotations as ann
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,44 @@ def schedule_matmul(func: tirx.PrimFunc, tiling: MatmulTiling = DEFAULT_MATMUL_T
     accumulate = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(accumulate, io)
     sch.decompose_reduction(block, k)
+    if extents[1] % tile.cols and extents[1] > tile.cols:
+        sch.annotate(jo, _PEEL_LAST, 1)
     return sch.mod["main"]
+
+
+# Loop annotation (internal to the library, removed before printing): emit the last
+# iteration of this loop separately, so every other iteration has constant bounds.
+_PEEL_LAST = "tvm_spatial.library.peel_last"
+
+
+def peel_last_iterations(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Split each loop annotated ``_PEEL_LAST`` into ``extent - 1`` whole iterations and
+    the last one. Why: a matmul whose width is not a multiple of the tile (a 50257-word
+    LM head) otherwise guards every tile with ``j < n``; the compiler then cannot
+    vectorize the inner loop with a constant trip count, although only the last tile is
+    partial. After this, simplification drops the guard from all whole tiles."""
+
+    def peel(node):
+        if not (isinstance(node, tirx.For) and _PEEL_LAST in node.annotations):
+            return node
+        extent = int(node.extent)
+        last_index = tirx.IntImm(str(node.extent.ty), extent - 1)
+        last = tvm_ffi.structural_map(
+            node.body, lambda x: last_index if isinstance(x, tirx.Var) and x.same_as(node.loop_var) else x
+        )
+        kept = {key: value for key, value in node.annotations.items() if key != _PEEL_LAST}
+        whole = tirx.For(node.loop_var, node.min, extent - 1, node.kind, node.body, node.thread_binding, kept)
+        return tirx.SeqStmt([whole, last])
+
+    return func.with_body(tvm_ffi.structural_map(func.body, peel))
 
 
 _HLS_LOWERING = None
 
 
-def prepare_for_hls(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """Library schedule, then init lowering and buffer placement/compaction."""
+def prepare_for_hls(func: tirx.PrimFunc, array: "MacArray | None" = None) -> tirx.PrimFunc:
+    """Library schedule, then init lowering and buffer placement/compaction. With
+    ``array``, a matmul is tiled and annotated for that MAC array (:func:`schedule_array`)."""
     global _HLS_LOWERING
     if _HLS_LOWERING is None:
         _HLS_LOWERING = tvm.transform.Sequential(
@@ -112,8 +145,139 @@ def prepare_for_hls(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
                 s_tir.transform.ConvertBlocksToOpaque(),
                 s_tir.transform.CompactBufferAllocation(),
-                tirx.transform.StmtSimplify(),
             ]
         )
-    scheduled = schedule_matmul(func)
-    return _HLS_LOWERING(tvm.IRModule({"main": scheduled}))["main"]
+    scheduled = schedule_matmul(func) if array is None else schedule_array(func, array)[0]
+    lowered = peel_last_iterations(_HLS_LOWERING(tvm.IRModule({"main": scheduled}))["main"])
+    return tirx.transform.StmtSimplify()(tvm.IRModule({"main": lowered}))["main"]
+
+
+# ---- the hardware array of a matmul process (what the allocation chooses) -------------
+@dataclass(frozen=True)
+class MacArray:
+    """``rows x cols`` multiply-accumulate units of one matmul process: the parallelism the
+    analytical model assumes (``tvm_spatial.estimate.Parallelism``).
+
+    How the HLS text realizes it without changing the emulation's loop structure: the
+    matmul keeps the host-friendly tile of :class:`MatmulTiling` (``tile``, a whole
+    number of arrays and at least ``latency`` of them, so that consecutive updates of one
+    accumulator are that many cycles apart); the ``k`` loop is pipelined at
+    ``II = tile / array`` (the number of array positions in the tile), the tile loops
+    are unrolled, and the accumulator is partitioned cyclically by ``rows`` and ``cols``:
+    ``rows * cols`` banks with one update per cycle each bound the adders and multipliers
+    to ``rows * cols`` units, time-shared over the ``II`` cycles of a ``k`` step."""
+
+    rows: int = 8
+    cols: int = 32
+    latency: int = 1  # cycles of the accumulate recurrence (fp32 add: 4)
+
+    def tile(self, m: int, n: int) -> tuple["MatmulTiling", "MacArray"]:
+        """(the loop tile, the realized array) for an ``m x n`` output. The array is fitted
+        to the output as :meth:`MatmulTiling.fit` fits a tile (sides that divide it); the
+        tile then grows from it by whole arrays -- columns first up to the library's
+        default tile, then rows -- until it is at least the default tile's size and holds
+        ``latency`` arrays, as far as the output allows. The realized array divides the tile."""
+        real = MatmulTiling(self.rows, self.cols).fit(m, n)
+        want = max(DEFAULT_MATMUL_TILING.rows * DEFAULT_MATMUL_TILING.cols, self.latency * real.rows * real.cols)
+        t_rows, t_cols = real.rows, real.cols
+        while t_rows * t_cols < want:
+            wider, taller = _next_multiple(n, t_cols, 1), _next_multiple(m, t_rows, 1)
+            if wider and (t_cols < DEFAULT_MATMUL_TILING.cols or not taller):
+                t_cols = wider
+            elif taller:
+                t_rows = taller
+            else:
+                break
+        tile = MatmulTiling(t_rows, t_cols).fit(m, n)
+        return tile, MacArray(math.gcd(real.rows, tile.rows), math.gcd(real.cols, tile.cols), self.latency)
+
+
+def _next_multiple(extent: int, side: int, other: int) -> int:
+    """The smallest multiple of ``side`` above it that :meth:`MatmulTiling.fit` keeps as the
+    tile's side along ``extent`` (a divisor, or a vector-friendly width of an output with
+    no such divisor); 0 if none. ``other`` is only a placeholder for the other side."""
+    for cand in range(2 * side, extent + 1, side):
+        if MatmulTiling(other, cand).fit(other, extent).cols == cand:
+            return cand
+    return 0
+
+
+def _matmul_shape(func: tirx.PrimFunc) -> tuple[int, int, int, int] | None:
+    """(batch, m, n, k) of a matmul-like PrimFunc with static extents, else None."""
+    name = _matmul_block(func)
+    if name is None:
+        return None
+    found = []
+
+    def visit(node):
+        if isinstance(node, s_tir.SBlock) and node.name_hint == name:
+            found.append(node)
+
+    tvm_ffi.structural_walk(func.body, visit)
+    extents = [iv.dom.extent for iv in found[0].iter_vars]
+    if not all(isinstance(e, tirx.IntImm) for e in extents):
+        return None
+    *batch, m, n, k = (int(e) for e in extents)
+    return math.prod(batch), m, n, k
+
+
+def matmul_info(func: tirx.PrimFunc):
+    """(batch, m, n, k) and the two operands' dtypes of a matmul PrimFunc, else None."""
+    shape = _matmul_shape(func)
+    if shape is None or len(func.params) < 2:
+        return None
+    return shape, tuple(str(p.ty.dtype) for p in func.params[:2])
+
+
+def schedule_array(func: tirx.PrimFunc, array: MacArray) -> tuple[tirx.PrimFunc, MatmulTiling | None, MacArray | None]:
+    """:func:`schedule_matmul` with the tile of ``array`` (``MacArray.tile``), plus the
+    pragmas that make the tile an array of ``rows x cols`` MACs. Returns the function,
+    the tile and the realized array (``None, None`` for a function that is not a matmul)."""
+    shape = _matmul_shape(func)
+    if shape is None:
+        return func, None, None
+    _, m, n, _ = shape
+    tile, real = array.tile(m, n)
+    scheduled = schedule_matmul(func, tile)
+    if scheduled is func:
+        return func, None, None
+    positions = (tile.rows // real.rows) * (tile.cols // real.cols)
+    sch = s_tir.Schedule(tvm.IRModule({"main": scheduled}))
+    update = init = None
+    accumulator = None
+    for block in _blocks(scheduled):
+        if any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars):
+            update = block.name_hint
+            accumulator = block.writes[0].source
+    for block in _blocks(scheduled):
+        if accumulator is not None and not len(block.reads) and any(w.source.same_as(accumulator) for w in block.writes):
+            init = block.name_hint
+    if update is None:
+        return scheduled, tile, real
+    *_, k, ii, ji = sch.get_loops(sch.get_sblock(update))
+    sch.annotate(k, ann.PIPELINE_II, positions)
+    for loop in (ii, ji):
+        sch.annotate(loop, ann.UNROLL, 0)
+    if init is not None:
+        for loop in sch.get_loops(sch.get_sblock(init))[-2:]:
+            sch.annotate(loop, ann.UNROLL, 0)
+    out = sch.mod["main"]
+    rank = len(accumulator.shape)
+    for dim, factor in ((rank - 1, real.rows), (rank, real.cols)):
+        extent = tile.rows if dim == rank - 1 else tile.cols
+        if factor >= extent:
+            out = ann.with_partition(out, accumulator.name, ann.Partition(dim, 0, "complete"))
+        elif factor > 1:
+            out = ann.with_partition(out, accumulator.name, ann.Partition(dim, factor, "cyclic"))
+    return out, tile, real
+
+
+def _blocks(func: tirx.PrimFunc) -> list:
+    found = []
+
+    def visit(node):
+        if isinstance(node, s_tir.SBlock) and len(node.iter_vars):
+            found.append(node)
+
+    tvm_ffi.structural_walk(func.body, visit)
+    return found

@@ -3,7 +3,8 @@
 Matched operators become composite functions; ``MergeCompositeFunctions`` then groups
 each connected region of them into one function annotated ``Codegen="vitis_spatial"``
 (one Vitis kernel per region). Constants are *not* bound into the regions: weights
-become kernel ports, which is where a spatial design wants them (off-chip, in HBM).
+become kernel ports, which is where a spatial design wants them (off-chip, in HBM) —
+except 0-d constants that legalization folds into literals (``scalar_constants``).
 Whatever was not matched stays on the host and is listed by :func:`host_operators`.
 """
 
@@ -15,6 +16,7 @@ from tvm.relax.transform import FuseOpsByPattern, MergeCompositeFunctions
 
 from .patterns import CODEGEN, fuse_patterns
 from .roles import name_roles
+from .scalar_constants import bind_scalar_constants
 
 # Relax bookkeeping ops that are not computation and need no kernel.
 _NOT_COMPUTE = frozenset(
@@ -34,6 +36,7 @@ def partition_for_vitis_spatial(mod: tvm.IRModule) -> tvm.IRModule:
     mod = relax.transform.Normalize()(mod)
     mod = relax.transform.FoldConstant()(mod)  # exporters leave shape arithmetic on constants
     mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
+    mod = bind_scalar_constants(mod)
     mod = name_roles(mod)
     mod = MergeCompositeFunctions()(mod)
     return _name_kernels(mod)
