@@ -120,6 +120,9 @@ CASES = {
     "mean": _unary(lambda x: op.mean(x, axis=[-1], keepdims=True)),
     "sum": _unary(lambda x: op.sum(x, axis=[0, 2])),
     "max": _unary(lambda x: op.max(x, axis=[1])),
+    "min": _unary(lambda x: op.min(x, axis=[0, 2], keepdims=True)),
+    # ONNX Max/Min of several inputs import as stack + max/min over the new axis
+    "stack": _binary(lambda a, b: op.max(op.stack([a, b], axis=0), axis=[0]), (2, 3), (2, 3)),
     "variance": _unary(lambda x: op.variance(x, axis=[-1])),
     "astype": lambda rng: ([rng.standard_normal((3, 4)).astype(F32) * 10], lambda x: op.astype(x, "int32")),
     "reshape": _unary(lambda x: op.reshape(x, (6, 8))),
