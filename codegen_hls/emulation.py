@@ -12,6 +12,12 @@ Environment:
 
 ``TVM_SPATIAL_CACHE_DIR``
     Where compiled objects are cached (default ``$XDG_CACHE_HOME/tvm-spatial/emulation``).
+``TVM_SPATIAL_RUNTIME``
+    ``emulation`` (the default) runs the compiled kernels here; ``xrt`` hands every kernel
+    call to :mod:`codegen_hls.xrt_runtime` (through the global FFI function
+    ``XRT_DISPATCH``), which runs it on the ``.xclbin`` named by ``TVM_SPATIAL_XCLBIN``
+    through XRT. Read at every call, so :func:`tvm_spatial.runtime_mode` can switch an
+    already-loaded executable.
 ``TVM_SPATIAL_EMULATION_FLAGS``
     Extra compiler flags (split like a shell command line) appended to every emulation
     compile, e.g. ``SANITIZE_FLAGS`` to build the kernels with ASan+UBSan. They are part of
@@ -43,6 +49,10 @@ from .code_writer import CodeWriter
 from .design import Design, Kernel, Port
 
 MANIFEST_SYMBOL = "vitis_spatial_design"
+RUNTIME_ENV = "TVM_SPATIAL_RUNTIME"
+RUNTIME_MODES = ("emulation", "xrt")
+# Global FFI function a kernel entry calls in xrt mode: (kernel name, design manifest, tensors...).
+XRT_DISPATCH = "tvm_spatial.runtime.run_kernel_on_xrt"
 
 # Warnings the Xilinx headers trigger on their own (DESIGN.md); kernel code stays clean.
 HEADER_WARNING_EXCEPTIONS = ("-Wno-unknown-pragmas", "-Wno-uninitialized", "-Wno-maybe-uninitialized")
@@ -181,6 +191,37 @@ def _write_runtime_support(w: CodeWriter) -> None:
             w.line("data[i] = static_cast<char*>(t->data) + t->byte_offset;")
         w.line("return 0;")
     w.line("}")
+    w.line()
+    w.line(f"// {RUNTIME_ENV}: 1 = run here, 0 = hand the call to XRT, -1 = an error is set.")
+    with w.block("static int run_here(const char* kernel)"):
+        w.line(f'const char* mode = std::getenv("{RUNTIME_ENV}");')
+        w.line('if (mode == nullptr || *mode == 0 || std::strcmp(mode, "emulation") == 0) return 1;')
+        w.line('if (std::strcmp(mode, "xrt") == 0) return 0;')
+        w.line(f'fail("ValueError", std::string(kernel) + ": {RUNTIME_ENV}=" + mode +')
+        w.line(f'     " is not a runtime mode (valid: {", ".join(RUNTIME_MODES)})");')
+        w.line("return -1;")
+    w.line()
+    w.line("// Calls the Python XRT runner with (kernel, manifest, the kernel's tensors...).")
+    w.line("static int run_on_xrt(const char* kernel, const char* manifest, const TVMFFIAny* args,")
+    w.line("                      int32_t num_args, TVMFFIAny* result) {")
+    with w.indented():
+        w.line(f'static const char name[] = "{XRT_DISPATCH}";')
+        w.line("TVMFFIByteArray bytes{name, sizeof(name) - 1};")
+        w.line("TVMFFIObjectHandle fn = nullptr;")
+        w.line("if (TVMFFIFunctionGetGlobal(&bytes, &fn) != 0) return -1;")
+        with w.block("if (fn == nullptr)"):
+            w.line(f'return fail("RuntimeError", std::string(kernel) + ": {RUNTIME_ENV}=xrt, but the XRT "')
+            w.line('            "runner is not registered in this process: import tvm_spatial first");')
+        w.line("std::vector<TVMFFIAny> call(static_cast<size_t>(num_args) + 2);")
+        w.line("call[0].type_index = kTVMFFIRawStr;")
+        w.line("call[0].v_c_str = kernel;")
+        w.line("call[1].type_index = kTVMFFIRawStr;")
+        w.line("call[1].v_c_str = manifest;")
+        w.line("for (int32_t i = 0; i < num_args; ++i) call[i + 2] = args[i];")
+        w.line("int rc = TVMFFIFunctionCall(fn, call.data(), num_args + 2, result);")
+        w.line("TVMFFIObjectDecRef(fn);")
+        w.line("return rc;")
+    w.line("}")
     w.line("}  // namespace tvs_emulation")
 
 
@@ -212,6 +253,9 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
         w.line("};")
         w.line(f"void* data[{max(n, 1)}];")
         w.line(f'if (tvs_emulation::bind("{kernel.name}", args, num_args, ports, {n}, data) != 0) return -1;')
+        w.line(f'int here = tvs_emulation::run_here("{kernel.name}");')
+        w.line("if (here < 0) return -1;")
+        w.line(f'if (here == 0) return tvs_emulation::run_on_xrt("{kernel.name}", tvs_manifest, args, num_args, result);')
         casts = ", ".join(f"static_cast<{_pointer_type(p)}>(data[{a}])" for p, a in zip(kernel.ports, args))
         w.line(f"{kernel.name}({casts});")
         w.line("result->type_index = kTVMFFINone;")
@@ -231,9 +275,12 @@ def emulation_source(design: Design) -> str:
     """The translation unit compiled for emulation (kernels are #included, not copied)."""
     w = CodeWriter()
     w.line("// tvm-spatial emulation entry points. The kernels are included verbatim.")
-    w.lines(["#include <tvm/ffi/c_api.h>", "#include <string>"])
+    w.lines(["#include <tvm/ffi/c_api.h>", "#include <cstdlib>", "#include <cstring>", "#include <string>",
+             "#include <vector>"])
     for kernel in design.kernels:
         w.line(f'#include "{kernel.filename}"')
+    w.line()
+    w.line(f"static const char tvs_manifest[] = {_raw_string(design.to_json())};")
     w.line()
     _write_runtime_support(w)
     for kernel in design.kernels:
@@ -242,8 +289,7 @@ def emulation_source(design: Design) -> str:
     w.line(f'extern "C" TVM_FFI_DLL_EXPORT int __tvm_ffi_{MANIFEST_SYMBOL}(')
     w.line("    void*, const TVMFFIAny*, int32_t, TVMFFIAny* result) {")
     with w.indented():
-        w.line(f"static const char manifest[] = {_raw_string(design.to_json())};")
-        w.line("TVMFFIByteArray bytes{manifest, sizeof(manifest) - 1};")
+        w.line("TVMFFIByteArray bytes{tvs_manifest, sizeof(tvs_manifest) - 1};")
         w.line("return TVMFFIStringFromByteArray(&bytes, result);")
     w.line("}")
     return w.text()

@@ -14,15 +14,21 @@ an xclbin that does not declare this design's kernels and arguments (read with
 hardware, or the device (no ``xocl`` device at that index; ``XCL_EMULATION_MODE=noop``
 without the noop shim).
 
-Not done yet: routing ``relax.VirtualMachine`` calls here instead of to the emulated
-kernels. That needs the emulation entry points (``codegen_hls/emulation.py``) to consult
-a mode (e.g. ``TVM_SPATIAL_RUNTIME=xrt`` with ``TVM_SPATIAL_XCLBIN``) and call back into
-this runner; today this module is the execution path and the preflight for it.
+``relax.VirtualMachine`` reaches this runner through the kernel entry points of the
+emulation library: with ``TVM_SPATIAL_RUNTIME=xrt`` (see :func:`tvm_spatial.runtime_mode`)
+each entry, after checking its arguments, calls :func:`run_kernel_on_xrt` (registered as
+the global FFI function ``emulation.XRT_DISPATCH``) instead of the compiled kernel. The
+xclbin comes from ``TVM_SPATIAL_XCLBIN`` and the device from ``TVM_SPATIAL_DEVICE_INDEX``.
+
+Ports that share a Relax argument (``Port.arg``: one tensor read by several processes)
+each keep their own XRT buffer: each is its own ``m_axi`` argument, possibly in its own
+HBM bank, so the host copies the tensor once per port.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -32,17 +38,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import tvm_ffi
 
 from tvm_spatial.errors import ToolchainError
 
 from .design import Design, Kernel
-from .emulation import cache_dir, host_compiler
+from .emulation import RUNTIME_ENV, XRT_DISPATCH, cache_dir, host_compiler
 from .host_code import host_cpp
 from .xclbin import XclbinFormatError, read_interface
 
 XRT_LIBRARY = "libxrt_coreutil.so.2"
 SYSFS_XOCL = "/sys/bus/pci/drivers/xocl"
 SYSTEM_XRT_INCLUDE = Path("/usr/include/xrt")
+XCLBIN_ENV = "TVM_SPATIAL_XCLBIN"
+DEVICE_INDEX_ENV = "TVM_SPATIAL_DEVICE_INDEX"
 
 
 def _xilinx_xrt() -> Path | None:
@@ -218,3 +227,44 @@ class XRTRunner:
                 for port in kernel.ports
                 if port.direction == "out"
             }
+
+
+@functools.lru_cache(maxsize=8)
+def _design_of_manifest(manifest: str) -> Design:
+    return Design.from_json(manifest)
+
+
+def runner_from_environment(design: Design) -> XRTRunner:
+    """The runner ``TVM_SPATIAL_XCLBIN`` / ``TVM_SPATIAL_DEVICE_INDEX`` describe."""
+    xclbin = os.environ.get(XCLBIN_ENV)
+    if not xclbin:
+        raise ToolchainError(
+            f"{RUNTIME_ENV}=xrt needs the design's .xclbin: set {XCLBIN_ENV}=path/to/design.xclbin "
+            "(or use tvm_spatial.runtime_mode('xrt', xclbin=...)); build it with make TARGET=hw "
+            "in the Vitis project"
+        )
+    index_text = os.environ.get(DEVICE_INDEX_ENV, "0")
+    try:
+        index = int(index_text)
+    except ValueError:
+        raise ToolchainError(f"{DEVICE_INDEX_ENV}={index_text!r} is not a device index (0, 1, ...)") from None
+    if index < 0:
+        raise ToolchainError(f"{DEVICE_INDEX_ENV}={index} is not a device index (0, 1, ...)")
+    return XRTRunner(design, Path(xclbin), index)
+
+
+def run_kernel_on_xrt(kernel_name: str, manifest: str, *tensors) -> None:
+    """One kernel call of a Relax VM in xrt mode: inputs from the tensors the VM passed,
+    outputs written back into its output tensors."""
+    design = _design_of_manifest(manifest)
+    runner = runner_from_environment(design)
+    kernel = runner._kernel(kernel_name)
+    args = [port.arg if port.arg >= 0 else i for i, port in enumerate(kernel.ports)]
+    inputs = {port.name: tensors[arg].numpy() for port, arg in zip(kernel.ports, args) if port.direction == "in"}
+    outputs = runner.run(kernel.name, inputs)
+    for port, arg in zip(kernel.ports, args):
+        if port.direction == "out":
+            tensors[arg].copyfrom(np.ascontiguousarray(outputs[port.name]))
+
+
+tvm_ffi.register_global_func(XRT_DISPATCH, run_kernel_on_xrt, override=True)

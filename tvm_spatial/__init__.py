@@ -34,6 +34,7 @@ from .errors import ContextLengthError, GenerationError, KVCacheInterfaceError, 
 from .generate import Generation, Generator
 from .project_api import design_of, export_project
 from .report import BuildReport, build_report
+from .runtime_mode import runtime_mode
 from .schedule import Schedule, customize
 from .prim_build import SpatialModule, build
 from .errors import LintError, ResourceBudgetError, UsageError
@@ -80,6 +81,7 @@ __all__ = [
     "VocabularyError",
     "Generation",
     "Generator",
+    "runtime_mode",
 ]
 
 

@@ -7,7 +7,9 @@ still half-initialized, and must not depend on it.
 
 
 def autoload() -> None:
-    """Register the vitis_spatial target tags, pipeline hook and BYOC codegen (idempotent)."""
+    """Register the vitis_spatial target tags, pipeline hook, BYOC codegen and the XRT
+    dispatcher kernel entries call in xrt mode (idempotent)."""
+    import codegen_hls.xrt_runtime  # noqa: F401 - registers the dispatcher at import
     from codegen_hls.byoc import register as register_codegen
 
     from .pipeline import install as install_pipeline
