@@ -316,6 +316,8 @@ class _KernelWriter:
                     continue
                 func = prepare_for_hls(self.legal[stage.prim_name])
                 text = FunctionPrinter(func, self.stage_function(stage.prim_name)).print()
+                # arbitrary-precision types may appear only inside a stage (a cast, a local buffer)
+                self.uses_ap |= any(f"{t}<" in text for t in ("ap_int", "ap_uint", "ap_fixed", "ap_ufixed"))
                 w.line()
                 w.lines(text.rstrip("\n").split("\n"))
                 for param in func.params:

@@ -133,10 +133,12 @@ SINGLE_OPS: tuple[tuple[str, int | tuple[int, ...]], ...] = (
 
 
 def pattern_table() -> list[PatternEntry]:
-    """Transformer operators first (:mod:`relax_passes.llm_patterns`), then single ops."""
+    """Quantized matmuls (:mod:`relax_passes.quant_patterns`), transformer operators
+    (:mod:`relax_passes.llm_patterns`), then single ops."""
     from .llm_patterns import llm_pattern_table
+    from .quant_patterns import quant_pattern_table
 
-    entries = llm_pattern_table()
+    entries = quant_pattern_table() + llm_pattern_table()  # quantized matmuls before their parts
     for op, arity in SINGLE_OPS:
         entries.append(PatternEntry(op.replace("nn.", ""), _single(op, arity), static_shapes))
     return entries

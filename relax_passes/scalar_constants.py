@@ -55,7 +55,9 @@ def _uses_fold_into_literals(func: relax.Function, param: relax.Var) -> bool:
 
 def bind_scalar_constants(mod: tvm.IRModule) -> tvm.IRModule:
     """Move 0-d constant arguments of composite-function calls into the composites
-    (see the module docstring). Composites called more than once are left alone."""
+    (see the module docstring). A composite called from several places (FuseOpsByPattern
+    shares one function among identical matches, e.g. every layer's GELU) gets a bound copy
+    per distinct set of constants."""
     composites = {
         gv: func
         for gv, func in mod.functions.items()
@@ -78,7 +80,7 @@ def bind_scalar_constants(mod: tvm.IRModule) -> tvm.IRModule:
         def visit_call_(self, call):  # noqa: N802 - TVM's visitor naming
             call = super().visit_call_(call)
             gv = call.op
-            if not (isinstance(gv, tvm.ir.GlobalVar) and gv in composites and calls.get(gv) == 1):
+            if not (isinstance(gv, tvm.ir.GlobalVar) and gv in composites):
                 return call
             func = composites[gv]
             bound = {
@@ -88,16 +90,18 @@ def bind_scalar_constants(mod: tvm.IRModule) -> tvm.IRModule:
             }
             if not bound:
                 return call
-            replaced.append(gv)
+            replaced[gv] = replaced.get(gv, 0) + 1
+            # add_func shares one function among structurally equal bindings
             new_gv = self.builder_.add_func(func.bind_params(bound), gv.name_hint)
             kept = [arg for param, arg in zip(func.params, call.args) if param not in bound]
             return relax.Call(new_gv, kept, call.attrs, call.ty_args)
 
-    replaced: list = []
+    replaced: dict = {}
     binder = _Binder(mod)
     for gv in callers:
         binder.builder_.update_func(gv, binder.visit_expr(mod[gv]))
     result = binder.builder_.get()
-    for gv in replaced:
-        del result[gv]
+    for gv, count in replaced.items():
+        if count == calls[gv]:  # no call of the unbound function is left
+            del result[gv]
     return result

@@ -102,3 +102,17 @@ def test_compile_then_run_matches_onnxruntime(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(out), "--inputs", str(tmp_path / "bad.npz")]) == 2
     assert "input_ids" in capsys.readouterr().out
+
+
+def test_run_with_an_xclbin_that_is_not_there_says_so(tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "proj"
+    assert main(["compile", str(tiny_onnx), "-o", str(out), "--shape", "x=3,8"]) == 0
+    np.savez(tmp_path / "in.npz", x=np.ones((3, 8), "float32"))
+    capsys.readouterr()
+    missing = tmp_path / "nowhere.xclbin"
+    assert main(["run", str(out), "--inputs", str(tmp_path / "in.npz"), "--xclbin", str(missing)]) == 2
+    printed = capsys.readouterr().out.replace("\n", "")
+    # XRT's preflight names the first missing piece: no card here, else the missing file
+    assert printed.startswith("error: ")
+    assert "no Alveo device with index 0" in printed or f"xclbin {missing} does not exist" in printed
+    assert not (out / "outputs.npz").exists()

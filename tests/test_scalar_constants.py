@@ -45,3 +45,12 @@ def test_a_constant_of_an_operator_that_keeps_it_as_a_tensor_stays_a_port():
     kernel = tvm_spatial.design_of(ex).kernels[0]
     scalar_ports = [p.name for p in kernel.ports if p.direction == "in" and tuple(p.shape) in ((), (1,))]
     assert len(scalar_ports) == 1, [(p.name, p.shape) for p in kernel.ports]
+
+
+def test_an_operator_shared_by_two_layers_gets_its_constants_bound_too():
+    """FuseOpsByPattern shares one composite among identical matches (every layer's GELU)."""
+    x = np.random.default_rng(2).standard_normal((4, 64)).astype("float32")
+    ex, _ = build_and_compare(_module(lambda v: _gelu_tanh(op.multiply(_gelu_tanh(v), _gelu_tanh(v)))), [x])
+    kernel = tvm_spatial.design_of(ex).kernels[0]
+    assert [p.direction for p in kernel.ports] == ["in", "in", "out"], [p.name for p in kernel.ports]
+    assert "powf" not in kernel.source and "std::pow" not in kernel.source

@@ -37,6 +37,7 @@ from .report import BuildReport, build_report
 from .runtime_mode import runtime_mode
 from .schedule import Schedule, customize
 from .prim_build import SpatialModule, build
+from .quantization import quantize
 from .errors import LintError, ResourceBudgetError, UsageError
 from .estimate import Allocation, Estimate, allocate
 from .estimate import estimate  # the function; the package stays importable as tvm_spatial.estimate.*
@@ -81,6 +82,7 @@ __all__ = [
     "VocabularyError",
     "Generation",
     "Generator",
+    "quantize",
     "runtime_mode",
 ]
 

@@ -84,6 +84,23 @@ def _build(mod, device: str):
 EMULATION_LIBRARY = "emulation/design.so"  # inside a compiled project directory
 
 
+def _quantize(mod, scheme: str, calibration: str | None):
+    """``--quant``: calibrate on ``--calibration`` (an .npz) or on random vocabulary tokens."""
+    if scheme == "none":
+        if calibration:
+            raise UsageError("--calibration needs --quant w8a8 or --quant w4a8")
+        return mod
+    from .quantization import load_calibration, quantize
+
+    return quantize(mod, scheme, load_calibration(calibration) if calibration else None)
+
+
+QUANT_HELP = ("quantize linear layers (W8A8: int8 weights, W4A8: 4-bit weights, two per byte) and "
+              "attention matmuls (int8); softmax, layer norm, residual and GELU stay fp32. Activation "
+              "scales are calibrated on --calibration, or else on a few random-token inputs drawn "
+              "from the model's vocabulary (default: none)")
+
+
 def cmd_compile(args) -> int:
     from rich.progress import Progress
 
@@ -94,6 +111,7 @@ def cmd_compile(args) -> int:
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("importing the model", total=4)
         mod, _ = _load_model(args.model, args.shape)
+        mod = _quantize(mod, args.quant, args.calibration)
         progress.update(task, advance=1, description="partitioning, printing HLS, compiling the emulation")
         ex, seconds = _build(mod, args.device)
         progress.update(task, advance=1, description="writing the Vitis project")
@@ -132,16 +150,21 @@ def cmd_run(args) -> int:
     extra = sorted(set(arrays) - set(names))
     if missing or extra:
         raise UsageError(f"the design's inputs are {names}; {inputs_path} lacks {missing} and has extra {extra}")
-    start = time.perf_counter()
-    out = vm["main"](*[tvm.runtime.tensor(arrays[n]) for n in names])
-    seconds = time.perf_counter() - start
+    from .runtime_mode import runtime_mode
+
+    mode = "xrt" if args.xclbin else "emulation"
+    with runtime_mode(mode, xclbin=args.xclbin, device_index=args.device_index):
+        start = time.perf_counter()
+        out = vm["main"](*[tvm.runtime.tensor(arrays[n]) for n in names])
+        seconds = time.perf_counter() - start
     outputs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
     results = {f"output{i}": o.numpy() for i, o in enumerate(outputs)}
     target = Path(args.output) if args.output else Path(args.project) / "outputs.npz"
     np.savez(target, **results)
     for name, value in results.items():
         console.print(f"{name}: {value.dtype}{list(value.shape)}")
-    console.print(f"ran in {seconds * 1e3:.1f} ms (emulation); outputs written to [bold]{target}[/bold]")
+    where = f"XRT, {args.xclbin}" if args.xclbin else "emulation"
+    console.print(f"ran in {seconds * 1e3:.1f} ms ({where}); outputs written to [bold]{target}[/bold]")
     return 0
 
 
@@ -208,7 +231,12 @@ def cmd_generate(args) -> int:
         warnings.simplefilter("always")
         with console.status("building the prefill and decode designs"):
             start = time.perf_counter()
-            generator = Generator(prefill, decode, target=_target(args.device))
+            if args.quant == "none":
+                generator = Generator(prefill, decode, target=_target(args.device))
+            else:
+                from .quantization import quantized_generator
+
+                generator = quantized_generator(prefill, decode, args.quant, target=_target(args.device))
             seconds = time.perf_counter() - start
     for w in caught:
         console.print(f"[yellow]warning:[/yellow] {w.message}")
@@ -276,20 +304,28 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a model to a Vitis project")
     common(p)
     p.add_argument("--shape", action="append", metavar="NAME=D0,D1,...", help="static input shape")
+    p.add_argument("--quant", choices=["none", "w8a8", "w4a8"], default="none", help=QUANT_HELP)
+    p.add_argument("--calibration", metavar="NPZ", help="calibration inputs for --quant: one array per "
+                   "model input, by name, with a leading sample axis")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("demo", help="compile a bundled example, run it in emulation, compare with llvm")
     common(p)
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("run", help="run a compiled project's design in emulation")
+    p = sub.add_parser("run", help="run a compiled project's design in emulation (or through XRT with --xclbin)")
     p.add_argument("project", help="a directory written by 'tvm-spatial compile'")
     p.add_argument("--inputs", required=True, help=".npz file with one array per model input, by name")
     p.add_argument("--output", help="where to write the outputs (.npz; default PROJECT/outputs.npz)")
+    p.add_argument("--xclbin", help="run the kernels on a card through XRT with this .xclbin (default: emulation)")
+    p.add_argument("--device-index", type=int, default=0, help="XRT device index with --xclbin (default 0)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("generate", help="greedy tokens from GPT2 prefill + decode models, in emulation")
     p.add_argument("model", help="a directory, a prefix P (P_prefill.onnx, P_decode.onnx) or one of the files")
     p.add_argument("--input-ids", required=True, metavar="ID,ID,...", help="the prompt's token ids")
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (default 16)")
     p.add_argument("--device", default="u280", help="FPGA card: u280 (default), u250, u55c")
+    p.add_argument("--quant", choices=["none", "w8a8", "w4a8"], default="none",
+                   help=QUANT_HELP.replace("on --calibration, or else ", "") + "; the decode design is "
+                   "calibrated on random tokens stepped through the fp32 model from an empty cache")
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("estimate", help="estimate latency and resources of a model's design (analytical model)")
     p.add_argument("model", help="an ONNX file or a bundled example (mlp, encoder_block)")

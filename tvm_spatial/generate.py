@@ -201,7 +201,9 @@ class Generator:
     or ``"llvm"`` for TVM's own CPU build as a reference).
     """
 
-    def __init__(self, prefill_onnx, decode_onnx, *, target: str = "vitis_spatial"):
+    def __init__(self, prefill_onnx, decode_onnx, *, target: str = "vitis_spatial", transform=None):
+        """``transform(stage, mod, signature) -> mod``, if given, rewrites each imported
+        model ("prefill", "decode") before it is built, e.g. to quantize it."""
         import tvm
         from tvm import relax
 
@@ -214,7 +216,10 @@ class Generator:
         for stage, model in (("prefill", prefill_onnx), ("decode", decode_onnx)):
             if model is None:
                 continue
-            ex = relax.build(from_onnx(model), target=target)
+            mod = from_onnx(model)
+            if transform is not None:
+                mod = transform(stage, mod, self.signature)
+            ex = relax.build(mod, target=target)
             self.executables[stage] = ex
             self._vms[stage] = relax.VirtualMachine(ex, tvm.cpu())["main"]
         self._tvm = tvm
