@@ -191,6 +191,8 @@ class FunctionPrinter:
         self.partitions = ann.partitions(func)
         self.streams = ann.streams(func)
         self.reuse = ann.reuse_buffers(func)
+        self.fixed = ann.fixed_types(func)
+        self.quantized = ann.quantized(func)
 
     # ---- declarations -------------------------------------------------
     def signature(self, storage: str = "static void") -> str:
@@ -204,9 +206,11 @@ class FunctionPrinter:
                 )
             cname = self.names.bind(param)
             if param.name in self.streams:
+                params.append(self.stream_parameter(param, cname))
+                continue
+            if param.name in self.fixed:
                 raise CodegenError(
-                    f"{self.name}: parameter {param.name} is a stream; streams connect stages "
-                    "inside a function (use to() on an on-chip buffer)"
+                    f"{self.name}: parameter {param.name} is fixed point; parameters keep host types"
                 )
             const = "" if param in written else "const "
             decl = array_declarator(cname, buffer_shape(param))
@@ -267,8 +271,11 @@ class FunctionPrinter:
         reuse = self.reuse.get(buffer_var.name)
         if reuse is not None:
             self.out.line(f"// {reuse.kind} buffer: reuses {reuse.source} along loop {reuse.axis}")
+        quant = self.quantized.get(buffer_var.name)
+        if quant is not None:
+            self.out.line(f"// quantized: {quant.dtype} codes of {quant.scale!r} steps")
         storage = "" if _is_register_scope(buffer_var) else "static "
-        self.out.line(f"{storage}{c_type(buffer_dtype(buffer_var))} {decl};")
+        self.out.line(f"{storage}{self.element_type(buffer_var)} {decl};")
         self.partition_pragmas(buffer_var)
 
     def for_loop(self, loop: tirx.For) -> None:
@@ -366,6 +373,8 @@ class FunctionPrinter:
         return self.names[buffer_var] + "".join(f"[{self.expr(i)}]" for i in indices)
 
     def expr(self, node) -> str:  # noqa: C901 - one dispatch table over TIR expression kinds
+        if isinstance(node, tvm.ir.TensorLoad) and node.source.name in self.fixed:
+            return self.fixed_load(node)
         if isinstance(node, tvm.ir.TensorLoad) and node.source.name in self.streams:
             return f"{self.stream_access(node.source, node.indices)}.read()"
         if isinstance(node, tirx.IntImm):
@@ -497,8 +506,30 @@ class FunctionPrinter:
         cname = self.names.bind(buffer_var)
         dims = buffer_shape(buffer_var)[: stream.array_dims]
         decl = cname + "".join(f"[{d}]" for d in dims)
-        self.out.line(f"static hls::stream<{c_type(buffer_dtype(buffer_var))}> {decl};")
+        self.out.line(f"static hls::stream<{self.element_type(buffer_var)}> {decl};")
         self.out.line(f"#pragma HLS STREAM variable={cname} depth={stream.depth}")
+
+    def stream_parameter(self, param, cname: str) -> str:
+        """A parameter the schedule streamed (``to`` on it): one FIFO by reference; the
+        caller passes its own stream. Arrays of streams do not cross calls."""
+        if self.streams[param.name].array_dims:
+            raise CodegenError(f"{self.name}: parameter {param.name} is an array of streams")
+        return f"hls::stream<{self.element_type(param)}>& {cname}"
+
+    def element_type(self, buffer_var) -> str:
+        """The C element type of a buffer: its dtype's, or the fixed-point type ``cast``
+        gave it (``hls.fixed``)."""
+        fixed = self.fixed.get(buffer_var.name)
+        return fixed.c_type() if fixed is not None else c_type(buffer_dtype(buffer_var))
+
+    def fixed_load(self, node) -> str:
+        """A fixed-point element read back into its carrier dtype (exact: see hls.fixed)."""
+        source = node.source
+        if source.name in self.streams:
+            access = f"{self.stream_access(source, node.indices)}.read()"
+        else:
+            access = self.buffer_access(source, node.indices)
+        return f"static_cast<{c_type(buffer_dtype(source))}>({access})"
 
     def stream_access(self, buffer_var, indices) -> str:
         stream = self.streams[buffer_var.name]

@@ -91,7 +91,7 @@ def test_every_primitive_declares_its_handles():
     from tvm_spatial.schedule import Schedule
 
     for name in ("split", "reorder", "fuse", "unroll", "pipeline", "unfold", "dataflow", "compute_at",
-                 "partition", "reshape", "cast", "buffer_at", "reuse_at", "to", "specialize"):
+                 "partition", "reshape", "cast", "quantize", "buffer_at", "reuse_at", "to", "specialize"):
         assert getattr(Schedule, name).roles, name
 
 
@@ -154,8 +154,8 @@ def test_to_between_stages_that_are_not_producer_and_consumer():
     s = customize(producer_consumer)
     with pytest.raises(ScheduleError, match="not a producer/consumer pair"):
         s.to("B", "B")  # sblock B writes B but does not read it
-    with pytest.raises(ScheduleError, match="parameter"):
-        s.to("A", "B")
+    with pytest.raises(ScheduleError, match="C does not read parameter A"):
+        s.to("A", "C")  # a parameter streams only into the stage that reads it
 
 
 def test_our_errors_do_not_hijack_tvms():

@@ -9,7 +9,9 @@ the callable module, and ``codegen_hls.project`` writes it as a Vitis project.
 
 Partitioned top-level parameters: an ``m_axi`` port cannot be partitioned, so the top
 function copies such a port into an on-chip array with the parameter's partition (and back
-out if the kernel writes it) -- the interface the customized function declared.
+out if the kernel writes it) -- the interface the customized function declared. Likewise a
+streamed parameter (``to`` on it): the top function feeds it from the port (or drains it
+into the port) as one more stage of a dataflow region.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def kernel_of(s, name: str | None = None):
         written = printer.written_buffers()
         callees[fname] = (cnames[fname], frozenset(i for i, p in enumerate(func.params) if p in written))
         uses_ap |= any(needs_ap_types(str(b.ty.dtype)) for b in _buffers_of(func))
+        uses_ap |= bool(ann.fixed_types(func))
         uses_stream |= bool(ann.streams(func))
 
     top_func = mod[top]
@@ -113,11 +116,26 @@ def kernel_of(s, name: str | None = None):
             w.line(line)
     w.line()
     parts = ann.partitions(top_func)
+    port_streams = {n: st for n, st in ann.streams(top_func).items() if any(q.name == n for q in top_func.params)}
     with w.block(top_declaration(kernel_name, ports)):
         write_port_interfaces(w, ports)
+        if port_streams:
+            w.line("#pragma HLS DATAFLOW")
         args = []
         copies_out = []
+        stream_outs = []
         for param, p in zip(top_func.params, ports):
+            stream = port_streams.get(param.name)
+            if stream is not None:
+                local = namer.fresh(f"{p.name}_stream")
+                w.line(f"static hls::stream<{c_type(p.dtype)}> {local};")
+                w.line(f"#pragma HLS STREAM variable={local} depth={stream.depth}")
+                if p.direction == "in":
+                    _copy(w, p.name, local, p.shape, into_stream=True)
+                else:
+                    stream_outs.append((local, p.name, p.shape))
+                args.append(local)
+                continue
             layout = parts.get(param.name, ())
             if not layout:
                 args.append(p.name)
@@ -133,11 +151,14 @@ def kernel_of(s, name: str | None = None):
         w.line(f"{cnames[top]}({', '.join(args)});")
         for src, dst, shape in copies_out:
             _copy(w, src, dst, shape)
+        for src, dst, shape in stream_outs:
+            _copy(w, src, dst, shape, from_stream=True)
     kernel = Kernel(name=kernel_name, source=w.text(), ports=tuple(ports), ops=tuple(order))
     return kernel, uses_ap
 
 
-def _copy(w, src: str, dst: str, shape) -> None:
+def _copy(w, src: str, dst: str, shape, *, into_stream=False, from_stream=False) -> None:
+    """Copy an array element by element (into or out of a stream: in row-major order)."""
     dims = shape or (1,)
     idx = [f"i{k}" for k in range(len(dims))]
     for k, d in enumerate(dims):
@@ -145,7 +166,12 @@ def _copy(w, src: str, dst: str, shape) -> None:
     if len(dims) == len(idx):
         w.line("#pragma HLS PIPELINE II=1")
     access = "".join(f"[{i}]" for i in idx)
-    w.line(f"{dst}{access} = {src}{access};")
+    if into_stream:
+        w.line(f"{dst}.write({src}{access});")
+    elif from_stream:
+        w.line(f"{dst}{access} = {src}.read();")
+    else:
+        w.line(f"{dst}{access} = {src}{access};")
     for _ in dims:
         w.close()
 

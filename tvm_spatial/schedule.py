@@ -3,9 +3,16 @@
 ``s = customize(func)`` wraps a PrimFunc (TVMScript, TE-made) or an IRModule of PrimFuncs
 (one of them, ``main`` by default, calls the others). Every primitive applies at once,
 either rewriting the TIR through ``tvm.s_tir.Schedule`` (split, reorder, fuse, compute_at,
-buffer_at, reshape, cast, reuse_at) or recording a typed annotation in the IR (pipeline,
-unroll, unfold, dataflow, partition, to); the keys and their meaning are in
-:mod:`tvm_spatial.annotations`, the only place the HLS printer reads them from.
+buffer_at, reshape, integer cast and quantize, reuse_at) or recording a typed annotation in
+the IR (pipeline, unroll, unfold, dataflow, partition, to, fixed-point cast); the keys and
+their meaning are in :mod:`tvm_spatial.annotations`, the only place the HLS printer reads
+them from.
+
+Data types: ``cast(buf, "int8")`` narrows an on-chip buffer; ``cast(buf, "ap_fixed<16,8>")``
+makes it fixed point (TIR keeps the float dtype as carrier, the HLS declares the
+``ap_fixed`` type, so emulation and synthesis share ``ap_fixed.h``'s numerics);
+``quantize(buf, "int4", scale=0.25)`` stores integer codes and reads ``code * scale`` back.
+Parameters keep host types.
 
 Every primitive appends ``(name, arguments)`` to ``s.log``. A primitive *declares* which of
 its arguments are loops, sblocks, buffers or functions (``@primitive(loop=..., buffer=...)``);
@@ -18,17 +25,21 @@ Handles: loops by ``"sblock/loop"``, or by ``"loop"`` when that name is unique i
 function, optionally prefixed with ``"function:"``; sblocks and buffers by name. Handles are
 names, not TVM random variables, so they stay valid after any number of primitives.
 
-Interfaces: a function's interface type is, per buffer parameter, its dtype, shape,
-partition layout and stream-ness. ``compose`` applies a sub-function's schedule (its log)
-inside the caller -- to every call, or with ``id`` to one call site, on its own copy of the
-callee -- propagates the callee's parameter partitions to the caller's buffers, and checks
-every call: a disagreement raises :class:`InterfaceMismatchError` naming both sides.
+Interfaces: a function's interface type is, per buffer parameter, its element type, shape,
+partition layout and stream-ness (``to`` on a parameter makes it an ``hls::stream&``).
+``compose`` applies a sub-function's schedule (its log) inside the caller -- to every call,
+or with ``id`` to one call site, on its own copy of the callee -- propagates the callee's
+parameter partitions to the caller's buffers, and checks its calls: a disagreement raises
+:class:`InterfaceMismatchError` naming both sides. A stream parameter waits for the caller's
+``to(buffer, callee)`` (which checks the callee's side at once); ``build`` checks every call.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
+import re
 from dataclasses import dataclass
 
 import tvm
@@ -218,10 +229,15 @@ def primitive(**roles):
                 method.__name__, tuple((p, v) for p, v in bound.arguments.items() if p != "self"), star
             )
             self._depth += 1
+            before = self._mod  # all or nothing: a refused primitive leaves the module as it was
             try:
                 result = method(*bound.args, **bound.kwargs)
             except s_tir.ScheduleError as exc:
+                self._mod = before
                 raise ScheduleError(f"{entry}: TVM refused it: {_tvm_reason(exc)}") from None
+            except BaseException:
+                self._mod = before
+                raise
             finally:
                 self._depth -= 1
             if self._depth == 0:
@@ -305,29 +321,65 @@ def _global_calls(stmt) -> list:
 
 @dataclass(frozen=True)
 class InterfaceType:
-    """What a buffer looks like across a call: element type, shape, partition, stream-ness."""
+    """What a buffer looks like across a call: element type (a fixed-point type when cast
+    to one), shape, partition, stream-ness."""
 
     dtype: str
     shape: tuple[int, ...]
     partition: tuple[ann.Partition, ...] = ()
     stream: ann.Stream | None = None
+    fixed: ann.Fixed | None = None
+
+    @property
+    def is_stream(self) -> bool:
+        return self.stream is not None
 
     def accepted_by(self, param: "InterfaceType") -> bool:
         """Can a buffer of this type be passed to a parameter of type ``param``? Element type,
-        shape and stream-ness must agree; every partition the parameter declares must be the
-        buffer's too (a parameter without a partition takes the caller's, as in Vitis)."""
+        shape and stream-ness must agree (a stream's depth is the caller's channel, not part
+        of the type); every partition the parameter declares must be the buffer's too (a
+        parameter without a partition takes the caller's, as in Vitis)."""
         return (
-            (self.dtype, self.shape, self.stream) == (param.dtype, param.shape, param.stream)
+            (self.dtype, self.shape, self.fixed) == (param.dtype, param.shape, param.fixed)
+            and self.is_stream == param.is_stream
+            and (not self.is_stream or self.stream.array_dims == param.stream.array_dims)
             and all(p in self.partition for p in param.partition)
         )
 
     def __str__(self) -> str:
-        text = f"{self.dtype}[{', '.join(map(str, self.shape))}]"
+        text = f"{self.fixed if self.fixed is not None else self.dtype}[{', '.join(map(str, self.shape))}]"
         if self.partition:
             text += " partitioned " + "; ".join(str(p) for p in self.partition)
-        if self.stream is not None:
-            text += f" stream(depth={self.stream.depth})"
+        text += f" stream(depth={self.stream.depth})" if self.stream is not None else " array"
         return text
+
+
+@dataclass(frozen=True)
+class _CallUse:
+    callee: str
+    param: str
+    uses: frozenset  # {"read", "write"}
+    in_loop: bool
+
+
+def _calls_in(stmt, in_loop=False):
+    """(call, inside a loop?) for every call of another PrimFunc in ``stmt``."""
+    if isinstance(stmt, tirx.SeqStmt):
+        for child in stmt.seq:
+            yield from _calls_in(child, in_loop)
+    elif isinstance(stmt, tirx.For):
+        yield from _calls_in(stmt.body, True)
+    elif isinstance(stmt, s_tir.SBlockRealize):
+        yield from _calls_in(stmt.block.body, in_loop)
+    elif isinstance(stmt, tirx.IfThenElse):
+        yield from _calls_in(stmt.then_case, in_loop)
+        if stmt.else_case is not None:
+            yield from _calls_in(stmt.else_case, in_loop)
+    elif isinstance(stmt, tirx.AttrStmt):
+        yield from _calls_in(stmt.body, in_loop)
+    elif isinstance(stmt, tirx.Evaluate):
+        for call in _global_calls(stmt):
+            yield call, in_loop
 
 
 @dataclass
@@ -443,6 +495,17 @@ class Schedule:
             return self._buffer(value)
         if role == "func":
             return self._function(value)
+        if role == "consumer":  # an sblock, a called function, or None
+            if value is None or isinstance(value, SBlock):
+                return None if value is None else self._sblock(value)
+            if isinstance(value, Function):
+                return self._function(value)
+            try:
+                return self._sblock(value)
+            except ScheduleError as exc:
+                if isinstance(value, str) and value in self.function_names():
+                    return Function(value)
+                raise ScheduleError(f"{exc}; or a function: {', '.join(self.function_names())}") from None
         if role == "loop_or_func":
             if value is None:
                 return Function(self.top)
@@ -819,35 +882,185 @@ class Schedule:
 
     @primitive(buffer="buffer")
     def cast(self, buffer, dtype):
-        """Store the on-chip ``buffer`` in ``dtype`` (e.g. ``int8``, ``int4``); values are
-        converted where it is written and read."""
-        if self._is_param(buffer):
-            raise ScheduleError(
-                f"cast({buffer}): it is a parameter (an off-chip port); ports keep host types. "
-                "Cast an on-chip buffer (cache_read/buffer_at one first)"
-            )
+        """Store the on-chip ``buffer`` as ``dtype``: an integer type (``int8``, ``int4``:
+        values convert where it is written and read) or a fixed-point type
+        (``"ap_fixed<16,8>"``, ``"ap_ufixed<8,2,AP_RND,AP_SAT>"`` or an
+        :class:`~tvm_spatial.annotations.Fixed`; see ``hls.fixed``)."""
+        self._refuse_port(buffer, "cast", dtype)
+        fixed = self._fixed_type(buffer, dtype, "cast")
+        self._refuse_passed(buffer, "cast", dtype)
+        if fixed is not None:
+            self._set_fixed(buffer, fixed)
+            return
         from codegen_hls.c_types import c_type  # what the printer can express
 
         try:
             c_type(dtype)
         except Exception as exc:  # CodegenError: say what is valid
-            raise ScheduleError(f"cast({buffer}, {dtype!r}): {exc}") from None
+            raise ScheduleError(
+                f"cast({buffer}, {dtype!r}): {exc}; or a fixed-point type such as 'ap_fixed<16,8>'"
+            ) from None
+        self._refuse_retyped(buffer, "cast")
+        self._hoist_allocation(buffer)
         sch = self._tir(buffer.func)
         writer = sch.get_sblock(self._any_sblock_of(buffer, store=True))
         index = [w.source.name for w in sch.get(writer).writes].index(buffer.name)
         sch.unsafe_set_dtype(writer, index, dtype)
         self._commit(sch)
 
+    @primitive(buffer="buffer")
+    def quantize(self, buffer, dtype="int8", scale=None):
+        """Store the on-chip ``buffer`` quantized and read it back as its float dtype:
+
+        * ``dtype`` an integer type (``int8``, ``int4``, ``uint8``...) with ``scale``: stores
+          keep ``q = clamp(round_half_even(x / scale), min, max)`` and loads give
+          ``float(q) * scale``; the TIR does this arithmetic, ``hls.quantize`` records it.
+        * ``dtype`` a fixed-point type (no scale: the binary point is the scale): as
+          ``cast(buffer, dtype)``."""
+        self._refuse_port(buffer, "quantize", dtype)
+        where = f"quantize({buffer}, {dtype!r})"
+        fixed = self._fixed_type(buffer, dtype, "quantize")
+        self._refuse_passed(buffer, "quantize", dtype)
+        if fixed is not None:
+            if scale is not None:
+                raise ScheduleError(f"{where}: a fixed-point type has no scale (its binary point is the scale); drop scale=")
+            self._set_fixed(buffer, fixed, "quantize")
+            return
+        match = re.fullmatch(r"(u?)int(\d+)", str(dtype))
+        if match is None or not 2 <= int(match.group(2)) <= 16:  # codes exact in a float32 carrier
+            raise ScheduleError(
+                f"{where}: quantize to an integer type int2..int16 / uint2..uint16 (e.g. 'int8', "
+                "'int4') with scale=, or to a fixed-point type such as 'ap_fixed<8,3>'"
+            )
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ScheduleError(f"{where}: scale must be a positive finite number (the step of one code), got {scale!r}")
+        self._refuse_retyped(buffer, "quantize")
+        self._any_sblock_of(buffer, store=True)  # an sblock must write it
+        self._hoist_allocation(buffer)
+        bits, unsigned = int(match.group(2)), bool(match.group(1))
+        lo, hi = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        func = _quantize_rewrite(self, buffer, float(scale), lo, hi)
+        self._set_func(buffer.func, func)
+        sch = self._tir(buffer.func)
+        writer = sch.get_sblock(self._any_sblock_of(buffer, store=True))
+        index = [w.source.name for w in sch.get(writer).writes].index(buffer.name)
+        sch.unsafe_set_dtype(writer, index, str(dtype))
+        self._commit(sch)
+        func = _codes_through_int32(self._func(buffer.func), self._buffer_var(buffer))
+        self._set_func(buffer.func, ann.with_quantized(func, buffer.name, ann.Quantized(str(dtype), float(scale))))
+
+    def _refuse_port(self, buffer: Buffer, what: str, dtype) -> None:
+        if self._is_param(buffer):
+            port = "an off-chip port" if buffer.func == self.top else f"part of {buffer.func}'s interface"
+            raise ScheduleError(
+                f"{what}({buffer}, {dtype!r}): it is a parameter ({port}); parameters keep host "
+                f"types. {what.capitalize()} an on-chip buffer instead: e.g. accumulate the output "
+                "in one with buffer_at and cast that, or cast the intermediate buffer between stages"
+            )
+
+    def _refuse_passed(self, buffer: Buffer, what: str, dtype) -> None:
+        """A buffer passed to another function keeps the parameter's element type: the
+        parameter cannot change (it keeps host types), so neither can the buffer."""
+        for c in self._calls_passing(buffer):
+            want = _interface(self._func(c.callee), self._param_var(c.callee, c.param))
+            raise InterfaceMismatchError(
+                f"{what}({buffer}, {dtype!r}): {buffer.func} passes buffer {buffer.name!r} to parameter "
+                f"{c.param!r} of {c.callee} ({want}), and a parameter keeps its host type; change the "
+                f"type of a buffer inside {c.callee} instead (customize {c.callee} and compose it)"
+            )
+
+    def _refuse_retyped(self, buffer: Buffer, what: str) -> None:
+        func = self._func(buffer.func)
+        if buffer.name in ann.fixed_types(func) or buffer.name in ann.quantized(func):
+            raise ScheduleError(f"{what}({buffer}): the buffer already has a fixed-point or quantized type")
+
+    def _fixed_type(self, buffer: Buffer, dtype, what: str):
+        """``dtype`` as a fixed-point type, or None when it is not spelled as one."""
+        if isinstance(dtype, ann.Fixed):
+            return dtype
+        try:
+            fixed = ann.Fixed.parse(str(dtype))
+        except ValueError as exc:
+            raise ScheduleError(f"{what}({buffer}, {dtype!r}): {exc}") from None
+        if fixed is None and "fixed" in str(dtype):
+            raise ScheduleError(
+                f"{what}({buffer}, {dtype!r}): spell a fixed-point type as Vitis does: "
+                "'ap_fixed<W,I>' or 'ap_ufixed<W,I,ROUNDING,OVERFLOW>'"
+            )
+        return fixed
+
+    def _set_fixed(self, buffer: Buffer, fixed: ann.Fixed, what: str = "cast") -> None:
+        func = self._func(buffer.func)
+        if buffer.name in ann.quantized(func):
+            raise ScheduleError(f"{what}({buffer}, {fixed}): the buffer is already quantized to integers")
+        carrier = str(self._buffer_var(buffer).ty.dtype)
+        bits = ann.CARRIER_BITS.get(carrier)
+        if bits is None:
+            raise ScheduleError(
+                f"{what}({buffer}, {fixed}): a fixed-point buffer carries its values as float in TIR; "
+                f"{buffer.name} is {carrier}: give it a float32/float64 buffer"
+            )
+        if fixed.width > bits:
+            raise ScheduleError(
+                f"{what}({buffer}, {fixed}): {fixed.width} bits do not convert exactly to its {carrier} "
+                f"carrier; use a width up to {bits}{' or a float64 buffer' if bits < 53 else ''}"
+            )
+        self._set_func(buffer.func, ann.with_fixed(func, buffer.name, fixed))
+
+    def _hoist_allocation(self, ref: Buffer) -> None:
+        """TVM's buffer primitives (cache_write, unsafe_set_dtype) need a buffer allocated by
+        an sblock; ``T.alloc_buffer`` at function level is an AllocBuffer statement instead.
+        Move it into the root sblock (same buffer, same place in the HLS)."""
+        func = self._func(ref.func)
+        root = func.body
+        if not isinstance(root, s_tir.SBlockRealize):
+            return
+        block = root.block
+        if any(b.name == ref.name for b in block.alloc_buffers) or self._is_param(ref):
+            return
+        body = block.body
+        seq = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
+        found = [s for s in seq if isinstance(s, tirx.AllocBuffer) and s.buffer.name == ref.name]
+        if not found:
+            raise ScheduleError(
+                f"buffer {ref} is allocated inside a loop or sblock; this primitive needs a buffer "
+                "allocated at function level (move its T.alloc_buffer to the top of the function)"
+            )
+        rest = [s for s in seq if not s.same_as(found[0])]
+        new_block = s_tir.SBlock(
+            block.iter_vars, list(block.reads), list(block.writes), block.name_hint,
+            tirx.SeqStmt(rest) if len(rest) != 1 else rest[0], block.init,
+            [*block.alloc_buffers, found[0].buffer], list(block.match_buffers), block.annotations,
+        )
+        self._set_func(ref.func, func.with_body(s_tir.SBlockRealize(list(root.iter_values), root.predicate, new_block)))
+
     @primitive(buffer="buffer", axis="loop")
     def buffer_at(self, buffer, axis):
-        """Accumulate ``buffer`` (an output of the sblock under ``axis``) in an on-chip buffer
-        and write it back once per iteration of ``axis``. Returns the local buffer."""
+        """Accumulate ``buffer`` (written by the sblock under ``axis``) in a local buffer the
+        size of the region one iteration of ``axis`` writes, and write that region back once
+        per iteration. Every reduction loop must be inside ``axis``. Returns the local buffer."""
+        where = f"buffer_at({buffer}, {axis})"
         writers = self._accessing_sblocks(buffer, store=True)
+        if not writers:
+            raise ScheduleError(
+                f"{where}: no sblock writes {buffer.name}; buffer_at buffers what a loop nest writes"
+            )
         if axis.sblock not in writers:
             raise ScheduleError(
-                f"buffer_at({buffer}, {axis}): sblock {axis.sblock} does not write {buffer.name}; "
-                f"it is written by {', '.join(writers) or 'nothing'}"
+                f"{where}: sblock {axis.sblock} does not write {buffer.name}; it is written by "
+                f"{', '.join(writers)}: name a loop above one of those"
             )
+        if len(writers) > 1:
+            raise ScheduleError(
+                f"{where}: {buffer.name} is written by several sblocks ({', '.join(writers)}); "
+                "buffer_at needs a single writer (e.g. before decompose_reduction)"
+            )
+        if buffer.name in ann.streams(self._func(buffer.func)):
+            raise ScheduleError(f"{where}: {buffer.name} is a stream; it has no elements to buffer")
+        self._check_reductions_inside(buffer, axis, where)
+        mine = [a for a in self._accesses(buffer) if a.sblock == axis.sblock]
+        _region_below(mine, self._for(axis).loop_var, buffer.name, axis.name, where)
+        self._hoist_allocation(buffer)
         before = set(self._buffers(buffer.func))
         sch = self._tir(buffer.func)
         block = sch.get_sblock(axis.sblock)
@@ -859,7 +1072,32 @@ class Schedule:
         sch = self._tir(buffer.func)
         sch.reverse_compute_at(sch.get_sblock(writeback), self._loop_rv(sch, axis))
         self._commit(sch)
+        func = _shrink_local(self, Buffer(buffer.func, local), axis, where)
+        fixed = ann.fixed_types(func).get(buffer.name)
+        if fixed is not None:  # the accumulation keeps the buffer's fixed-point numerics
+            func = ann.with_fixed(func, local, fixed)
+        self._set_func(buffer.func, func)
         return Buffer(buffer.func, local)
+
+    def _check_reductions_inside(self, buffer: Buffer, axis: Loop, where: str) -> None:
+        """One element must be complete within one iteration of ``axis``: no reduction
+        iterator of the writer may move with ``axis`` or a loop outside it."""
+        loops = self._loops_above(SBlock(axis.func, axis.sblock))
+        names = [l.loop_var.name for l in loops]
+        position = names.index(axis.name)
+        realize = next(r for r, _ in self._realizes(axis.func) if r.block.name_hint == axis.sblock)
+        reducing = [
+            k for k, loop in enumerate(loops)
+            if any(iv.iter_type == tirx.IterVar.CommReduce and _uses(value, loop.loop_var)
+                   for iv, value in zip(realize.block.iter_vars, realize.iter_values))
+        ]
+        if reducing and reducing[0] <= position:
+            valid = names[: reducing[0]]
+            raise ScheduleError(
+                f"{where}: the reduction loop {names[reducing[0]]} is not inside {axis.name}, so an "
+                f"element of {buffer.name} is still accumulating when an iteration of {axis.name} "
+                f"ends; choose a loop outside every reduction loop: {', '.join(valid) or 'none (reorder first)'}"
+            )
 
     @primitive(buffer="buffer", axis="loop")
     def reuse_at(self, buffer, axis):
@@ -872,33 +1110,63 @@ class Schedule:
         return Buffer(buffer.func, name)
 
     # ---- communication customizations -----------------------------------------------
-    @primitive(buffer="buffer", consumer="sblock")
-    def to(self, buffer, consumer, depth=2):
-        """Turn the on-chip ``buffer`` between its producer and ``consumer`` into
-        ``hls::stream`` FIFO(s) of ``depth``. Producer and consumer must write and read every
-        element exactly once, in the same order; leading dimensions indexed only by unfolded
-        loops select one stream of an array of streams (a systolic array's links)."""
-        if buffer.func != consumer.func:
-            raise ScheduleError(f"to({buffer}, {consumer}): buffer and consumer are in different functions")
+    @primitive(buffer="buffer", consumer="consumer")
+    def to(self, buffer, consumer=None, depth=2):
+        """Turn ``buffer`` into ``hls::stream`` FIFO(s) of ``depth``.
+
+        * An on-chip buffer between its producer and ``consumer`` (an sblock, or a called
+          function that reads it): producer and consumer write and read every element
+          exactly once, in the same order; leading dimensions indexed only by unfolded
+          loops select one stream of an array of streams (a systolic array's links). A call
+          passing it must pass it to a stream parameter.
+        * A parameter (``consumer`` None, or the sblock that reads it): the function takes a
+          stream by reference instead of an array -- part of its interface type, so every
+          caller must pass a stream. Read once in order, or written once in order, by one
+          stage. (For the top function, ``build`` feeds it from the off-chip port.)"""
+        where = f"to({buffer}, {consumer})"
+        if isinstance(consumer, SBlock) and buffer.func != consumer.func:
+            raise ScheduleError(f"{where}: buffer and consumer are in different functions")
         if not isinstance(depth, int) or depth < 1:
-            raise ScheduleError(f"to({buffer}, {consumer}): depth must be a positive int")
-        if self._is_param(buffer):
-            raise ScheduleError(
-                f"to({buffer}, {consumer}): {buffer.name} is a parameter of {buffer.func}; stream an "
-                "on-chip buffer between two stages of the function"
-            )
+            raise ScheduleError(f"{where}: depth must be a positive int")
         if ann.partitions(self._func(buffer.func)).get(buffer.name):
-            raise ScheduleError(f"to({buffer}, {consumer}): the buffer is partitioned; a stream cannot be")
+            raise ScheduleError(f"{where}: the buffer is partitioned; a stream cannot be")
         accesses = self._accesses(buffer)
-        readers = list(dict.fromkeys(a.sblock for a in accesses if not a.store))
-        writers = list(dict.fromkeys(a.sblock for a in accesses if a.store))
-        if consumer.name not in readers or not writers:
-            raise ScheduleError(
-                f"to({buffer}, {consumer}): not a producer/consumer pair: {buffer.name} is written by "
-                f"{', '.join(writers) or 'nothing'} and read by {', '.join(readers) or 'nothing'}; "
-                "name a consumer that reads it"
-            )
-        array_dims = _stream_array_dims(accesses)
+        calls = self._calls_passing(buffer)
+        readers = list(dict.fromkeys([a.sblock for a in accesses if not a.store]
+                                     + [c.callee for c in calls if "read" in c.uses]))
+        writers = list(dict.fromkeys([a.sblock for a in accesses if a.store]
+                                     + [c.callee for c in calls if "write" in c.uses]))
+        pair = (f"{buffer.name} is written by {', '.join(writers) or 'nothing'} and read by "
+                f"{', '.join(readers) or 'nothing'}")
+        array_dims = _stream_array_dims(accesses) if accesses else 0
+        if self._is_param(buffer):
+            stages = list(dict.fromkeys(readers + writers))
+            if consumer is not None and consumer.name not in readers:
+                raise ScheduleError(f"{where}: {consumer.name} does not read parameter {buffer.name}; {pair}")
+            if readers and writers:
+                raise ScheduleError(
+                    f"{where}: parameter {buffer.name} is both read and written ({pair}); a stream "
+                    "parameter is either an input or an output"
+                )
+            if len(stages) != 1:
+                raise ScheduleError(
+                    f"{where}: parameter {buffer.name} is accessed by {', '.join(stages) or 'nothing'}; a "
+                    "stream parameter feeds (or is fed by) exactly one stage"
+                )
+            if array_dims:
+                raise ScheduleError(f"{where}: an array of streams cannot be a parameter; stream a single FIFO")
+        else:
+            if consumer is None:
+                raise ScheduleError(
+                    f"{where}: name the consumer of on-chip buffer {buffer.name} (an sblock or a called "
+                    f"function that reads it); {pair}"
+                )
+            if consumer.name not in readers or not writers:
+                raise ScheduleError(
+                    f"{where}: not a producer/consumer pair: {pair}; name a consumer that reads it"
+                )
+            if calls and array_dims:
+                raise ScheduleError(f"{where}: an array of streams cannot be passed to a function")
         shape = _shape(self._buffer_var(buffer))
         for access in accesses:
             _check_stream_order(buffer, access, array_dims, shape)
@@ -910,12 +1178,53 @@ class Schedule:
             for blk, count in per_block.items():
                 if count > 1:
                     raise ScheduleError(
-                        f"to({buffer}, {consumer}): sblock {blk} {'writes' if kind else 'reads'} "
+                        f"{where}: sblock {blk} {'writes' if kind else 'reads'} "
                         f"{buffer.name} {count} times per iteration; a stream element can be "
                         f"{'written' if kind else 'read'} once: bind it to a local value first"
                     )
+        for c in calls:
+            self._check_stream_call(buffer, c, where)
         func = ann.with_stream(self._func(buffer.func), buffer.name, ann.Stream(depth, array_dims))
         self._set_func(buffer.func, func)
+
+    def _check_stream_call(self, buffer: Buffer, c: "_CallUse", where: str) -> None:
+        if c.in_loop:
+            raise ScheduleError(
+                f"{where}: {buffer.func} calls {c.callee} with {buffer.name} inside a loop; a stream "
+                "crosses a call whole: call it outside loops"
+            )
+        if c.uses == {"read", "write"}:
+            raise ScheduleError(f"{where}: {c.callee} both reads and writes its parameter {c.param}")
+        want = _interface(self._func(c.callee), self._param_var(c.callee, c.param))
+        if not want.is_stream:
+            raise InterfaceMismatchError(
+                f"{where}: {buffer.func} streams buffer {buffer.name!r} into parameter {c.param!r} of "
+                f"{c.callee}, which takes an array ({want}); stream the parameter too (to('{c.param}') "
+                f"in {c.callee}'s schedule, then compose it), or keep {buffer.name} an array"
+            )
+
+    def _param_var(self, func: str, name: str):
+        return next(p for p in self._func(func).params if p.name == name)
+
+    def _calls_passing(self, ref: Buffer) -> list["_CallUse"]:
+        """Every call in ``ref``'s function that passes ``ref``: callee, parameter, whether
+        the callee reads/writes it, and whether the call sits in a loop."""
+        var = self._buffer_var(ref)
+        found = []
+        for call, in_loop in _calls_in(self._func(ref.func).body):
+            callee = self._func(call.op.name_hint)
+            for arg, param in zip(call.args, callee.params):
+                if isinstance(arg, tirx.Var) and arg.same_as(var):
+                    uses = self._param_uses(callee_name := call.op.name_hint, param.name)
+                    found.append(_CallUse(callee_name, param.name, frozenset(uses), in_loop))
+        return found
+
+    def _param_uses(self, func: str, param: str) -> set:
+        ref = Buffer(func, param)
+        uses = {"write" if a.store else "read" for a in self._accesses(ref)}
+        for c in self._calls_passing(ref):
+            uses |= c.uses
+        return uses
 
     # ---- composition ----------------------------------------------------------------
     @primitive(callee="func")
@@ -991,7 +1300,7 @@ class Schedule:
             for entry in sub.log:
                 entry.renamed({callee: target}).apply(self)
             self._propagate_partitions(target)
-            self.check_interfaces()
+            self.check_interfaces(target, pending_streams=True)
         except Exception:
             self._mod, self._log[:] = saved[0], saved[1]
             raise
@@ -1036,26 +1345,44 @@ class Schedule:
                     if part not in have and not any(h.dim == part.dim for h in have):
                         self.partition(Buffer(caller, arg.name), part.dim, part.factor, part.kind)
 
-    def check_interfaces(self) -> None:
-        """Raise :class:`InterfaceMismatchError` for the first call whose argument's interface
-        type differs from the callee parameter's."""
+    def check_interfaces(self, callee: str | None = None, *, pending_streams: bool = False) -> None:
+        """Raise :class:`InterfaceMismatchError` for the first call (of ``callee``, or of
+        any function) whose argument's interface type differs from the callee parameter's.
+
+        ``pending_streams``: accept an array passed to a stream parameter -- compose checks
+        so, because the caller streams its buffer only after composing the callee (``to``
+        checks the callee's side); ``build`` checks everything."""
         for caller, call, name in self._call_sites():
-            callee = self._func(name)
-            if len(call.args) != len(callee.params):
+            if callee is not None and name != callee:
+                continue
+            func = self._func(name)
+            if len(call.args) != len(func.params):
                 raise InterfaceMismatchError(
-                    f"{caller} calls {name} with {len(call.args)} arguments; it has {len(callee.params)} parameters"
+                    f"{caller} calls {name} with {len(call.args)} arguments; it has {len(func.params)} parameters"
                 )
-            for arg, param in zip(call.args, callee.params):
+            for arg, param in zip(call.args, func.params):
                 if not _is_buffer(arg):
                     continue
                 have = _interface(self._func(caller), arg)
-                want = _interface(callee, param)
-                if not have.accepted_by(want):
-                    raise InterfaceMismatchError(
-                        f"{caller} passes buffer {arg.name!r} ({have}) to parameter {param.name!r} "
-                        f"of {name} ({want}); customize the caller's buffer to match (e.g. the same "
-                        "partition), or the callee's parameter"
-                    )
+                want = _interface(func, param)
+                if have.accepted_by(want):
+                    continue
+                only_stream = have.accepted_by(InterfaceType(want.dtype, want.shape, want.partition, None, want.fixed))
+                if pending_streams and only_stream and want.is_stream:
+                    continue
+                if only_stream and want.is_stream:
+                    hint = (f"stream it in {caller}: s.to('{caller}:{arg.name}', <the stage that reads it>)"
+                            f" (or keep parameter {param.name} of {name} an array)")
+                elif only_stream:
+                    hint = (f"stream parameter {param.name} of {name} too (to('{param.name}') in its "
+                            f"schedule), or keep {arg.name} an array")
+                else:
+                    hint = ("customize the caller's buffer to match (e.g. the same partition or element "
+                            "type), or the callee's parameter")
+                raise InterfaceMismatchError(
+                    f"{caller} passes buffer {arg.name!r} ({have}) to parameter {param.name!r} of {name} "
+                    f"({want}); {hint}"
+                )
 
     # ---- replay ---------------------------------------------------------------------
     def replay(self, log) -> "Schedule":
@@ -1091,6 +1418,7 @@ def _interface(func, var) -> InterfaceType:
         _shape(var),
         tuple(sorted(ann.partitions(func).get(var.name, ()), key=lambda p: (p.dim, p.kind, p.factor))),
         ann.streams(func).get(var.name),
+        ann.fixed_types(func).get(var.name),
     )
 
 
@@ -1370,3 +1698,138 @@ def _block_accesses(realize, var) -> list[_Access]:
     if block.init is not None:
         tvm_ffi.structural_walk(block.init, visit)
     return found
+
+
+# ---------------------------------------------------------------------------------------
+# quantize: the TIR rewrite
+
+
+def _quantize_rewrite(s: "Schedule", buffer: Buffer, scale: float, lo: int, hi: int):
+    """Every store of ``buffer`` keeps ``clamp(round(x / scale), lo, hi)`` and every load
+    reads ``x * scale`` (still in the float dtype; ``unsafe_set_dtype`` then narrows the
+    buffer, which casts at both ends)."""
+    func = s._func(buffer.func)
+    var = s._buffer_var(buffer)
+    dtype = str(var.ty.dtype)
+    if dtype not in ann.CARRIER_BITS:
+        raise ScheduleError(f"quantize({buffer}): {buffer.name} is {dtype}; quantize a float32/float64 buffer")
+    step = tirx.FloatImm(dtype, scale)
+    low, high = tirx.FloatImm(dtype, float(lo)), tirx.FloatImm(dtype, float(hi))
+
+    def rewrite(node):
+        if isinstance(node, tirx.BufferStore) and node.buffer.same_as(var):
+            code = tirx.max(tirx.min(tirx.round(node.value / step), high), low)
+            return tirx.BufferStore(var, code, list(node.indices))
+        if isinstance(node, tvm.ir.TensorLoad) and node.source.same_as(var):
+            return node * step
+        return node
+
+    return func.with_body(tvm_ffi.structural_map(func.body, rewrite))
+
+
+def _codes_through_int32(func, var):
+    """A float code goes to an ``ap_int`` through int32: Xilinx's float -> ap_int conversion
+    is not C's truncation for negative fractions (and -0.0), int32 -> ap_int is exact."""
+    from codegen_hls.c_types import needs_ap_types
+
+    dtype = str(var.ty.dtype)
+    if not needs_ap_types(dtype):
+        return func
+
+    def rewrite(node):
+        if isinstance(node, tirx.BufferStore) and node.buffer.same_as(var):
+            value = node.value
+            if isinstance(value, tirx.Cast) and str(value.value.ty.dtype).startswith("float"):
+                value = tirx.Cast(dtype, tirx.Cast("int32", value.value))
+                return tirx.BufferStore(var, value, list(node.indices))
+        return node
+
+    return func.with_body(tvm_ffi.structural_map(func.body, rewrite))
+
+
+# ---------------------------------------------------------------------------------------
+# buffer_at: shrink the local buffer to the region below the axis
+
+
+def _shrink_local(s: "Schedule", local: Buffer, axis: Loop, where: str):
+    """Give ``local`` (a full-size cache of the output) the shape of the region one
+    iteration of ``axis`` touches. Per dimension, every access index is ``offset(loops at
+    or outside axis) + residual(loops inside)``; the region is the residual's range. The
+    offsets must be multiples of the region's extent (aligned tiles), so the local index is
+    ``index mod extent`` -- still an expression of the sblock's own iterators. Dimensions
+    of extent 1 are dropped."""
+    func = s._func(local.func)
+    var = s._buffer_var(local)
+    shape = _shape(var)
+    extents = _region_below(s._accesses(local), s._for(axis).loop_var, local.name, axis.name, where)
+    kept = [d for d, e in enumerate(extents) if e > 1] or [len(shape) - 1]
+    new_shape = [extents[d] for d in kept]
+    new_var = tirx.decl_buffer(new_shape, str(var.ty.dtype), local.name, scope="local")
+    domains = Analyzer()
+
+    def bind_iters(node):
+        if isinstance(node, s_tir.SBlock):
+            for iv in node.iter_vars:
+                if isinstance(iv.dom.min, tirx.IntImm) and isinstance(iv.dom.extent, tirx.IntImm):
+                    domains.bind(iv.var, iv.dom)
+
+    tvm_ffi.structural_walk(func.body, bind_iters)
+
+    def local_index(indices):
+        return [domains.simplify(tirx.floormod(indices[d], extents[d])) for d in kept]
+
+    def rewrite(node):
+        if isinstance(node, tirx.BufferStore) and node.buffer.same_as(var):
+            return tirx.BufferStore(new_var, node.value, local_index(node.indices))
+        if isinstance(node, tvm.ir.TensorLoad) and node.source.same_as(var):
+            return tirx.BufferLoad(new_var, local_index(node.indices))
+        if isinstance(node, tvm.ir.TensorRegion) and node.source.same_as(var):
+            return _region(new_var, _full(new_var))
+        if isinstance(node, s_tir.SBlock) and any(b.same_as(var) for b in node.alloc_buffers):
+            return s_tir.SBlock(
+                node.iter_vars, list(node.reads), list(node.writes), node.name_hint, node.body, node.init,
+                [new_var if b.same_as(var) else b for b in node.alloc_buffers], list(node.match_buffers),
+                node.annotations,
+            )
+        return node
+
+    return func.with_body(tvm_ffi.structural_map(func.body, rewrite))
+
+
+def _region_below(accesses: list, axis_var, name: str, axis_name: str, where: str) -> list[int]:
+    """Per dimension, the extent of the region of a buffer that one iteration of the axis
+    touches. Every index must be ``offset(loops at or outside the axis) + residual(loops
+    inside)`` with the offsets multiples of the extent: disjoint, aligned tiles."""
+    analyzer = Analyzer()
+    extents = [1] * (len(accesses[0].indices) if accesses else 0)
+    split = []  # per access: the offset per dimension
+    for a in accesses:
+        names = [l.loop_var for l in a.loops]
+        position = next((k for k, v in enumerate(names) if v.same_as(axis_var)), None)
+        if position is None:
+            raise ScheduleError(f"{where}: sblock {a.sblock} accesses {name} outside loop {axis_name}")
+        inner = a.loops[position + 1:]
+        for loop in a.loops:
+            analyzer.bind(loop.loop_var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
+        parts = []
+        for d, index in enumerate(a.indices):
+            offset = analyzer.simplify(_substitute(index, {l.loop_var: l.min for l in inner}))
+            residual = analyzer.simplify(index - offset)
+            bound = analyzer.const_int_bound(residual)
+            if any(_uses(offset, l.loop_var) for l in inner) or bound.min_value < 0:
+                raise ScheduleError(
+                    f"{where}: {name} is indexed by {index} along dimension {d + 1}; the "
+                    f"region below {axis_name} must be a box offset by the outer loops"
+                )
+            extents[d] = max(extents[d], int(bound.max_value) + 1)
+            parts.append(offset)
+        split.append(parts)
+    for parts in split:
+        for d, offset in enumerate(parts):
+            if extents[d] > 1 and not analyzer.can_prove_equal(tirx.floormod(offset, extents[d]), 0):
+                raise ScheduleError(
+                    f"{where}: the regions of {name} below {axis_name} overlap or are not "
+                    f"aligned along dimension {d + 1} (offset {offset}, extent {extents[d]}); "
+                    "buffer_at needs each iteration to write its own tile"
+                )
+    return extents
