@@ -68,6 +68,35 @@ def _gather_nd(rng):
     )
 
 
+def _special_values(rng):
+    a = rng.standard_normal((3, 8)).astype(F32)
+    a[0, :3] = [np.inf, -np.inf, np.nan]
+
+    def fn(x):
+        finite = op.where(op.isfinite(x), x, relax.const(np.float32(0.0)))
+        return op.where(op.isinf(x), relax.const(np.float32(7.0)), op.add(op.sin(finite), op.cos(finite)))
+
+    return [a], fn
+
+
+def _comparisons(rng):
+    a, b = rng.standard_normal((2, 6)).astype(F32), rng.standard_normal((2, 6)).astype(F32)
+    a[0, :2] = b[0, :2]  # ties, where >=, <= and != differ from >, <, ==
+
+    def fn(x, y):
+        ge = op.astype(op.greater_equal(x, y), "float32")
+        le = op.astype(op.less_equal(x, y), "float32")
+        ne = op.astype(op.not_equal(x, y), "float32")
+        return op.add(op.add(ge, op.multiply(le, relax.const(np.float32(2.0)))), op.multiply(ne, relax.const(np.float32(4.0))))
+
+    return [a, b], fn
+
+
+def _bitwise(rng):
+    a, b = rng.integers(-100, 100, (3, 5)).astype("int32"), rng.integers(-100, 100, (3, 5)).astype("int32")
+    return [a, b], lambda x, y: op.bitwise_xor(op.bitwise_and(x, y), op.bitwise_or(x, op.negative(y)))
+
+
 def _logic(rng):
     a, b = rng.standard_normal((2, 6)).astype(F32), rng.standard_normal((2, 6)).astype(F32)
     a[0, 0] = np.nan
@@ -84,6 +113,9 @@ CASES = {
     "gather_elements": _gather_elements,
     "gather_nd": _gather_nd,
     "logical_isnan": _logic,
+    "isfinite_isinf_sin_cos": _special_values,
+    "greater_equal_less_equal_not_equal": _comparisons,
+    "bitwise_and_or_xor": _bitwise,
     "matmul": _binary(op.matmul, (2, 4, 8), (8, 5)),
     "batched_matmul": _binary(op.matmul, (2, 3, 4, 8), (2, 3, 8, 5)),
     "linear": lambda rng: (
@@ -167,4 +199,6 @@ def test_every_table_operator_has_a_case():
     names = {o.replace("nn.", "") for o, _ in SINGLE_OPS}
     covered = set(CASES) | {"less", "where", "isnan", "logical_and", "logical_or", "logical_not"}
     covered |= {"floor_divide", "floor_mod"}  # in test_spine
+    covered |= {"isfinite", "isinf", "sin", "cos", "greater_equal", "less_equal", "not_equal"}
+    covered |= {"bitwise_and", "bitwise_or", "bitwise_xor"}  # combined cases above
     assert names <= covered, sorted(names - covered)
