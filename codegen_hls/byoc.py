@@ -3,8 +3,9 @@
 TVM's ``RunCodegen`` calls it once per build with every function annotated
 ``Codegen="vitis_spatial"``. It prints the design (one kernel per function), compiles
 the emulation, and returns one module implementing all of them. Options come from
-``RunCodegen(target_options={"vitis_spatial": {...}})`` — the device key and the operators
-left on the host.
+``RunCodegen(target_options={"vitis_spatial": {...}})`` — the device key, the operators
+left on the host, and the allocation policy (JSON of ``tvm_spatial.tuning.AllocationPolicy``:
+which MAC array each matmul process gets).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ def _option(options, key, default):
 def vitis_spatial_codegen(functions, options, constant_names):  # noqa: ARG001 - TVM's signature
     device = str(_option(options, "device", "u280"))
     host_ops = [str(op) for op in _option(options, "host_ops", [])]
-    design = build_design(list(functions), device=device, host_ops=host_ops)
+    from tvm_spatial.tuning.policy import AllocationPolicy, choose_arrays
+
+    policy = AllocationPolicy.from_json(_option(options, "allocation", None))
+    arrays = choose_arrays(list(functions), device, host_ops, policy)
+    design = build_design(list(functions), device=device, host_ops=host_ops, arrays=arrays)
     return [emulation_module(design)]
 
 

@@ -46,6 +46,17 @@ class Process:
     work: int  # iteration-space size of its TIR (a cost proxy for balancing)
     inputs: tuple[str, ...]  # ports and streams it reads
     outputs: tuple[str, ...]  # ports and streams it writes
+    elements: int = 0  # elements of the tensor it computes last
+    dtype: str = ""  # and their type
+    # A matmul process (linear, attention): what the analytical model reads, as realized.
+    matmul: tuple[int, ...] = ()  # (batch, m, n, k)
+    dtypes: tuple[str, ...] = ()  # (A, B) operand types
+    weight_port: str = ""  # the m_axi port B is read from ("" when B is a stream)
+    array: tuple[int, ...] = ()  # (rows, cols) of its MAC array (the HLS pragmas' parallelism)
+    tile: tuple[int, ...] = ()  # (rows, cols) of the loop tile the array works through
+
+
+_TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile")
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,7 @@ class Design:
                 ports=tuple(Port(**{**p, "shape": tuple(p["shape"])}) for p in k["ports"]),
                 ops=tuple(k["ops"]),
                 processes=tuple(
-                    Process(**{**p, "inputs": tuple(p["inputs"]), "outputs": tuple(p["outputs"])})
+                    Process(**{**p, **{key: tuple(p[key]) for key in _TUPLE_FIELDS if key in p}})
                     for p in k.get("processes", ())
                 ),
                 streams=tuple(Stream(**st) for st in k.get("streams", ())),

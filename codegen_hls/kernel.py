@@ -31,12 +31,14 @@ from tvm_spatial.errors import CodegenError, DynamicShapeError
 from .c_types import c_type, needs_ap_types
 from .code_writer import CodeWriter
 from .design import Design, Kernel, Port, Process, Stream
-from .library import prepare_for_hls
+from .library import MacArray, matmul_info, prepare_for_hls
 from .printer import FunctionPrinter, Namer, array_declarator
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 # Operators that keep the row-major element order: free on a stream.
 _STREAM_VIEWS = frozenset({"reshape", "squeeze", "expand_dims"})
+# Operators whose matmul stage gets a MAC array (the analytical model's matmul processes).
+MATMUL_OPS = ("linear", "attention_scores", "attention_context", "matmul")
 SHALLOW_STREAM_DEPTH = 2
 
 
@@ -227,8 +229,10 @@ def _index(shape: tuple[int, ...]) -> str:
 class _KernelWriter:
     """Decides every tensor's storage (port, stream, buffer) and prints the kernel."""
 
-    def __init__(self, name: str, legal: tvm.IRModule, interp: _Interpreter, params, results, device) -> None:
+    def __init__(self, name: str, legal: tvm.IRModule, interp: _Interpreter, params, results, device,
+                 arrays=None) -> None:
         self.name = name
+        self.arrays = dict(arrays or {})  # process name -> (rows, cols) of its MAC array
         self.legal = legal
         self.procs = interp.procs
         self.params = params
@@ -304,18 +308,35 @@ class _KernelWriter:
         check_stream_balance(self.name, self.streams, self.procs)
 
     # ---- printing -------------------------------------------------------
-    def stage_function(self, prim_name: str) -> str:
-        if prim_name not in self.printed:
-            self.printed[prim_name] = f"{self.name}__{prim_name}"
-        return self.printed[prim_name]
+    def mac_array(self, proc: Proc, stage: Stage) -> MacArray | None:
+        """The MAC array of a matmul process's matmul stage (realized), else None."""
+        if proc.op not in MATMUL_OPS:
+            return None
+        info = matmul_info(self.legal[stage.prim_name])
+        if info is None:
+            return None
+        (_, m, n, _), dtypes = info
+        latency = accumulate_latency(*dtypes)
+        # default: the array whose tile is the library's default tile (8 x 32 updates per
+        # k step, ``latency`` cycles apart): fast on the host, no accumulate stall in HLS
+        rows, cols = self.arrays.get(proc.name, (max(1, MacArray.rows // latency), MacArray.cols))
+        return MacArray(rows, cols, latency).tile(m, n)[1]
+
+    def stage_function(self, prim_name: str, array: MacArray | None = None) -> str:
+        key = (prim_name, array)
+        if key not in self.printed:
+            suffix = "" if array is None else f"_a{array.rows}x{array.cols}"
+            self.printed[key] = f"{self.name}__{prim_name}{suffix}"
+        return self.printed[key]
 
     def print_stage_functions(self, w: CodeWriter) -> None:
         for proc in self.procs:
             for stage in proc.stages:
-                if stage.prim_name in self.printed:
+                array = self.mac_array(proc, stage)
+                if (stage.prim_name, array) in self.printed:
                     continue
-                func = prepare_for_hls(self.legal[stage.prim_name])
-                text = FunctionPrinter(func, self.stage_function(stage.prim_name)).print()
+                func = prepare_for_hls(self.legal[stage.prim_name], array)
+                text = FunctionPrinter(func, self.stage_function(stage.prim_name, array)).print()
                 # arbitrary-precision types may appear only inside a stage (a cast, a local buffer)
                 self.uses_ap |= any(f"{t}<" in text for t in ("ap_int", "ap_uint", "ap_fixed", "ap_ufixed"))
                 w.line()
@@ -379,7 +400,7 @@ class _KernelWriter:
                             w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
                     self.uses_ap |= needs_ap_types(slot.dtype)
                 names = ", ".join(slot.cname for slot in stage.args)
-                w.line(f"{self.stage_function(stage.prim_name)}({names});")
+                w.line(f"{self.stage_function(stage.prim_name, self.mac_array(proc, stage))}({names});")
             if proc.op == "copy":
                 proc.outputs[0].cname = proc.inputs[0].cname
             for slot in proc.outputs:
@@ -412,21 +433,41 @@ class _KernelWriter:
                 w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
             for proc, args in calls:
                 w.line(f"{proc.name}({', '.join(args)});")
-        works = [sum(_work(self.legal[s.prim_name]) for s in p.stages) for p in self.procs]
-        slrs = _slrs(works, self.device.slrs)
-        layers = _layers(self.procs)
-        processes = []
-        for proc, work, slr, layer, (_, args) in zip(self.procs, works, slrs, layers, calls):
-            n_in = sum(1 for s in proc.inputs if (id(s), id(proc)) in self.port_of or (id(s), id(proc)) in self.stream_of)
-            processes.append(Process(proc.name, proc.op, layer, slr, work, tuple(args[:n_in]), tuple(args[n_in:])))
         return Kernel(
             name=self.name,
             source=w.text(),
             ports=tuple(self.ports),
             ops=ops,
-            processes=tuple(processes),
+            processes=self.records([args for _, args in calls]),
             streams=tuple(self.streams),
         )
+
+    def records(self, calls=None) -> tuple[Process, ...]:
+        """The Process records (after ``plan``; ``calls``: each process's call arguments,
+        else taken from its signature): what the design JSON and the analytical model read."""
+        works = [sum(_work(self.legal[s.prim_name]) for s in p.stages) for p in self.procs]
+        slrs = _slrs(works, self.device.slrs)
+        layers = _layers(self.procs)
+        calls = calls or [self.process_signature(p)[1] for p in self.procs]
+        processes = []
+        for proc, work, slr, layer, args in zip(self.procs, works, slrs, layers, calls):
+            n_in = sum(1 for s in proc.inputs if (id(s), id(proc)) in self.port_of or (id(s), id(proc)) in self.stream_of)
+            extra = {}
+            last = proc.stages[-1].args[-1] if proc.stages else (proc.outputs[0] if proc.outputs else None)
+            if last is not None:
+                extra.update(elements=last.elements, dtype=last.dtype)
+            for stage in proc.stages:
+                array = self.mac_array(proc, stage)
+                if array is None:
+                    continue
+                (batch, m, n, k), dtypes = matmul_info(self.legal[stage.prim_name])
+                tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
+                weight = self.port_of.get((id(stage.args[1]), id(proc)), "") if len(stage.args) > 1 else ""
+                extra.update(matmul=(batch, m, n, k), dtypes=dtypes, weight_port=weight,
+                             array=(array.rows, array.cols), tile=(tile.rows, tile.cols))
+                break
+            processes.append(Process(proc.name, proc.op, layer, slr, work, tuple(args[:n_in]), tuple(args[n_in:]), **extra))
+        return tuple(processes)
 
 
 def write_preamble(w: CodeWriter, name: str, summary: str) -> None:
@@ -475,9 +516,14 @@ def check_stream_balance(kernel: str, streams: list[Stream], procs: list[Proc]) 
             raise CodegenError(f"{kernel}: stream {stream.name} carries {stream.elements} elements at depth {stream.depth}")
 
 
-def build_kernel(func: relax.Function, device_key: str = "u280") -> tuple[Kernel, bool, bool]:
-    """Print one offloaded function. Returns the kernel, and whether it needs ap types /
-    streams (so the common header includes only what is used)."""
+def accumulate_latency(a_dtype: str, b_dtype: str) -> int:
+    """Cycles of a MAC's accumulate recurrence for these operand types (the model's costs)."""
+    from tvm_spatial.estimate import costs
+
+    return costs.MAC_COSTS[costs.mac_class(a_dtype, b_dtype)].latency
+
+
+def _planned_writer(func: relax.Function, device_key: str, arrays=None) -> "_KernelWriter":
     name = kernel_name_for(func)
     plain = func
     for attr in ("Codegen", "global_symbol"):
@@ -492,7 +538,26 @@ def build_kernel(func: relax.Function, device_key: str = "u280") -> tuple[Kernel
         env[p] = slot
         params.append(slot)
     results = _flatten(interp.run(main, env, None))
-    writer = _KernelWriter(name, legal, interp, params, results, get_device(device_key))
+    return _KernelWriter(name, legal, interp, params, results, get_device(device_key), arrays)
+
+
+def plan_design(funcs, device: str, host_ops=()) -> Design:
+    """The design's processes, ports and streams without printing any C++ (kernel sources
+    are empty): what the allocation reads, in a fraction of the printing time."""
+    kernels = []
+    for func in sorted(funcs, key=kernel_name_for):
+        writer = _planned_writer(func, device)
+        writer.plan()
+        ops = tuple(p.op for p in writer.procs if p.op != "copy")
+        kernels.append(Kernel(writer.name, "", tuple(writer.ports), ops, writer.records(), tuple(writer.streams)))
+    return Design(device=device, kernels=tuple(kernels), common_header="", host_ops=tuple(host_ops))
+
+
+def build_kernel(func: relax.Function, device_key: str = "u280", arrays=None) -> tuple[Kernel, bool, bool]:
+    """Print one offloaded function. Returns the kernel, and whether it needs ap types /
+    streams (so the common header includes only what is used). ``arrays``: process name
+    -> (rows, cols) of its matmul's MAC array (default: the library's 8 x 32 tile)."""
+    writer = _planned_writer(func, device_key, arrays)
     kernel = writer.print()
     return kernel, writer.uses_ap, bool(kernel.streams)
 
@@ -526,12 +591,13 @@ def common_header(uses_ap: bool, uses_streams: bool = False) -> str:
     return w.text()
 
 
-def build_design(funcs, device: str, host_ops=()) -> Design:
-    """All offloaded functions of one build, in a stable (name-sorted) order."""
+def build_design(funcs, device: str, host_ops=(), arrays=None) -> Design:
+    """All offloaded functions of one build, in a stable (name-sorted) order. ``arrays``:
+    process name -> (rows, cols) of its MAC array (``tvm_spatial.estimate.Allocation``)."""
     kernels = []
     uses_ap = uses_streams = False
     for func in sorted(funcs, key=kernel_name_for):
-        kernel, ap, streams = build_kernel(func, device)
+        kernel, ap, streams = build_kernel(func, device, arrays)
         kernels.append(kernel)
         uses_ap |= ap
         uses_streams |= streams

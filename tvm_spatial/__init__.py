@@ -41,6 +41,7 @@ from .quantization import quantize
 from .errors import LintError, ResourceBudgetError, UsageError
 from .estimate import Allocation, Estimate, allocate
 from .estimate import estimate  # the function; the package stays importable as tvm_spatial.estimate.*
+from .tuning import allocation
 
 __version__ = "0.1.0"
 
@@ -69,6 +70,7 @@ __all__ = [
     "estimate",
     "Estimate",
     "allocate",
+    "allocation",
     "Allocation",
     "ResourceBudgetError",
     "LintError",
@@ -82,8 +84,8 @@ __all__ = [
     "VocabularyError",
     "Generation",
     "Generator",
-    "quantize",
     "runtime_mode",
+    "quantize",
 ]
 
 

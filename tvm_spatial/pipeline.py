@@ -96,7 +96,9 @@ def spatial_passes(device_key: str) -> tvm.transform.Pass:
                 HostFallbackWarning,
                 stacklevel=2,
             )
-        options = {"device": device_key, "host_ops": host_ops}
+        from .tuning.policy import current_policy
+
+        options = {"device": device_key, "host_ops": host_ops, "allocation": current_policy().to_json()}
         return relax.transform.RunCodegen(target_options={"vitis_spatial": options})(mod)
 
     return offload

@@ -9,7 +9,7 @@ each process's parallelism with the same function. Constants and their sources:
 
 from __future__ import annotations
 
-from .allocation import DEFAULT_BUDGET, Allocation, allocate
+from .allocation import DEFAULT_BUDGET, Allocation, allocate, allocate_for_codegen, realized_config
 from .model import Estimate, ModelConfig, Parallelism, ProcessEstimate, Resources, Roofline, estimate_work
 from .workload import DesignWork, Matmul, ProcessWork, design_work, transformer_layers
 
@@ -53,7 +53,8 @@ def estimate(obj, device: str | None = None, seq: int | None = None, *, precisio
     :class:`DesignWork`, or a ``tvm_spatial.Schedule`` (a customized kernel).
     ``precision``: ``"w8a8"``/``"w4a8"`` to estimate the design quantized.
     ``allocate_resources``: choose each process's parallelism first (see :func:`allocate`);
-    otherwise ``config`` (default: the library's default tiling, whole-tensor buffers)."""
+    otherwise ``config`` (default: what a built design realized -- each matmul's recorded
+    MAC array, whole-tensor buffers -- or the library's default tiling)."""
     import os
 
     from codegen_hls.design import Design
@@ -71,6 +72,8 @@ def estimate(obj, device: str | None = None, seq: int | None = None, *, precisio
         from ..project_api import design_of
 
         obj = design_of(obj)
+    if config is None and isinstance(obj, Design):
+        config = realized_config(obj)
     work = design_work(obj) if isinstance(obj, Design) else obj
     work = work.with_precision(precision)
     dev = get_device(device or work.device)
@@ -80,7 +83,7 @@ def estimate(obj, device: str | None = None, seq: int | None = None, *, precisio
 
 
 __all__ = [
-    "Allocation", "DEFAULT_BUDGET", "DesignWork", "Estimate", "Matmul", "ModelConfig", "Parallelism",
+    "Allocation", "DEFAULT_BUDGET", "allocate_for_codegen", "realized_config", "DesignWork", "Estimate", "Matmul", "ModelConfig", "Parallelism",
     "ProcessEstimate", "ProcessWork", "Resources", "Roofline", "allocate", "design_from_onnx", "design_work",
     "estimate", "estimate_work", "transformer_layers",
 ]

@@ -44,7 +44,8 @@ class Allocation:
         return dict(self.config.parallelism)
 
     def matmul_tilings(self) -> dict[str, tuple[int, int]]:
-        """Process name -> (rows, cols): what ``codegen_hls.library.MatmulTiling`` takes."""
+        """Process name -> (rows, cols) of each matmul's MAC array: what the codegen realizes
+        (``codegen_hls.library.MacArray``) and ``tvm_spatial.allocation(arrays=...)`` takes."""
         names = {p.name for p in self.estimate.processes if p.macs}
         return {n: (par.rows, par.cols) for n, par in self.config.parallelism if n in names}
 
@@ -68,7 +69,35 @@ def _fits(use: Resources, cap: dict) -> bool:
     return all(use.get(r) <= cap[r] for r in RESOURCES)
 
 
-def _grow(p, par: Parallelism, est, max_channels: int) -> list[Parallelism]:
+def realizable_array(mm, rows: int, cols: int) -> tuple[int, int]:
+    """The MAC array the codegen realizes for a requested one (``codegen_hls.library.MacArray``)."""
+    from codegen_hls.library import MacArray
+
+    latency = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
+    real = MacArray(rows, cols, latency).tile(mm.m, mm.n)[1]
+    return real.rows, real.cols
+
+
+def _next_array(mm, par: Parallelism, axis: str, limit: int, realize) -> Parallelism | None:
+    """Double ``axis`` (rows or cols) of the array, or more until the realized array grows."""
+    size = getattr(par, axis)
+    want = size * 2
+    while size < limit:
+        want = min(limit, want)
+        cand = replace(par, **{axis: want})
+        if realize is not None:
+            rows, cols = realize(mm, cand.rows, cand.cols)
+            cand = replace(par, rows=rows, cols=cols)
+        if getattr(cand, axis) > size:
+            return cand
+        if want >= limit:
+            return None
+        want *= 2
+    return None
+
+
+def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = None,
+          realize=None) -> list[Parallelism]:
     """Candidate next steps for a process, best first."""
     out = []
     memory = est.block_bound == "memory"
@@ -76,18 +105,19 @@ def _grow(p, par: Parallelism, est, max_channels: int) -> list[Parallelism]:
         out.append(replace(par, channels=par.channels * 2))
     if p.matmul is not None:
         mm = p.matmul
-        if par.cols < mm.n:
-            out.append(replace(par, cols=min(mm.n, par.cols * 2)))
-        if par.rows < min(mm.m, p.tokens):
-            out.append(replace(par, rows=min(mm.m, par.rows * 2)))
-    elif par.lanes < p.elements:
+        for axis, limit in (("cols", mm.n), ("rows", min(mm.m, p.tokens))):
+            cand = _next_array(mm, par, axis, limit, realize)
+            if cand is not None:
+                out.append(cand)
+    elif par.lanes < min(p.elements, max_lanes or p.elements):
         out.append(replace(par, lanes=par.lanes * 2))
     if not memory and par.channels < max_channels and est.decode_bound == "memory":
         out.append(replace(par, channels=par.channels * 2))
     return out
 
 
-def _allocate_block(work: DesignWork, device: Device, block: int | None, budget: float, clock: float):
+def _allocate_block(work: DesignWork, device: Device, block: int | None, budget: float, clock: float,
+                    max_channels: int | None = None, max_lanes: int | None = None, realize=None):
     caps = [{r: device.slr(i).get(r) * budget for r in RESOURCES} for i in range(device.slrs)]
     use = _stream_use(work, device, block)
     pars: dict[str, Parallelism] = {}
@@ -122,7 +152,8 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
         p = by_name[name]
         slr = min(p.slr, device.slrs - 1)
         grown = False
-        for cand in _grow(p, pars[name], ests[name], MAX_CHANNELS if device.hbm else device.offchip.channels):
+        channels = max_channels or (MAX_CHANNELS if device.hbm else device.offchip.channels)
+        for cand in _grow(p, pars[name], ests[name], channels, max_lanes, realize):
             est = process_estimate(p, cand, device, clock, block)
             new_use = use[slr] + est.resources + Resources(*(-ests[name].resources.get(r) for r in RESOURCES))
             if est.block_cycles < ests[name].block_cycles and _fits(new_use, caps[slr]):
@@ -136,7 +167,7 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
     for name in order:
         p = by_name[name]
         slr = min(p.slr, device.slrs - 1)
-        while ests[name].decode_bound == "memory" and pars[name].channels < MAX_CHANNELS:
+        while ests[name].decode_bound == "memory" and pars[name].channels < (max_channels or MAX_CHANNELS):
             cand = replace(pars[name], channels=pars[name].channels * 2)
             est = process_estimate(p, cand, device, clock, block)
             new_use = use[slr] + est.resources + Resources(*(-ests[name].resources.get(r) for r in RESOURCES))
@@ -148,11 +179,16 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
 
 def allocate(
     work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET, blocks=None,
-    clock_mhz: float | None = None,
+    clock_mhz: float | None = None, max_channels: int | None = None, max_lanes: int | None = None,
+    realize=None,
 ) -> Allocation:
     """Choose every process's parallelism (and the token block) for the fastest prefill
     within ``budget`` of each SLR resource. Raises :class:`ResourceBudgetError` if even the
-    smallest design does not fit."""
+    smallest design does not fit.
+
+    ``blocks``, ``max_channels``, ``max_lanes`` and ``realize`` (``(matmul, rows, cols) ->
+    (rows, cols)`` actually built) restrict the choice to what a code generator realizes:
+    :func:`allocate_for_codegen` is the allocation ``relax.build`` applies."""
     clock = clock_mhz or device.clock_mhz
     tokens = max(1, work.tokens)
     if blocks is None:
@@ -161,7 +197,7 @@ def allocate(
     failure = None
     for block in blocks:
         try:
-            pars = _allocate_block(work, device, block, budget, clock)
+            pars = _allocate_block(work, device, block, budget, clock, max_channels, max_lanes, realize)
         except ResourceBudgetError as err:
             failure = failure or err
             continue
@@ -175,8 +211,32 @@ def allocate(
     return best
 
 
+# What today's codegen realizes of a Parallelism: the MAC array of each matmul process
+# (tile loops unrolled, accumulator partitioned); whole tensors between processes (no token
+# blocks), one m_axi port per reader (one channel), element-wise processes one element per cycle.
+CODEGEN_LIMITS = dict(blocks=(None,), max_channels=1, max_lanes=1)
+
+
+def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET) -> Allocation:
+    """The allocation ``relax.build(..., "vitis_spatial")`` applies: :func:`allocate`
+    restricted to what the codegen realizes (``CODEGEN_LIMITS``, arrays as
+    :func:`realizable_array`), so the estimate of the built design equals this one."""
+    return allocate(work, device, budget=budget, realize=realizable_array, **CODEGEN_LIMITS)
+
+
+def realized_config(design) -> ModelConfig:
+    """The ModelConfig a built Design realizes: each matmul process's recorded MAC array,
+    whole tensors between processes, one channel per port."""
+    table = {}
+    for kernel in design.kernels:
+        for proc in kernel.processes:
+            if proc.array:
+                table[proc.name] = Parallelism(rows=proc.array[0], cols=proc.array[1])
+    return ModelConfig().with_parallelism(table)
+
+
 def log2_steps(n: int) -> int:
     return int(math.log2(max(1, n)))
 
 
-__all__ = ["Allocation", "allocate", "DEFAULT_BUDGET", "costs"]
+__all__ = ["Allocation", "allocate", "allocate_for_codegen", "realized_config", "DEFAULT_BUDGET", "costs"]

@@ -253,7 +253,11 @@ def process_estimate(
         mac = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)]
         units = rows * cols
         trips = (mm.batch, math.ceil(mm.m / rows), math.ceil(mm.n / cols), mm.k)
-        prefill = float(mm.batch * math.ceil(mm.m / rows) * math.ceil(mm.n / cols) * mm.k)
+        # the accumulate recurrence: one accumulator is updated every ``positions`` cycles
+        # (arrays in the codegen's tile, at most the output's); fewer than ``latency`` stall
+        positions = math.ceil(mm.m / rows) * math.ceil(mm.n / cols)
+        stall = mac.latency / min(mac.latency, positions)
+        prefill = float(mm.batch * positions * mm.k) * stall
         wbytes = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
         compute_block = prefill / n_blocks
         mem_block = (wbytes + p.port_bytes / n_blocks) / bw
@@ -280,7 +284,7 @@ def process_estimate(
             bram, uram = bram + b, uram + u
         res = Resources(units * mac.dsp, bram, uram, units * mac.lut, units * mac.ff) + port_res + control
         macs = mm.macs
-        ii = 1
+        ii = math.ceil(stall)
     else:
         lanes = max(1, par.lanes)
         passes = costs.ELEMENT_PASSES.get(p.op, 1)

@@ -180,8 +180,12 @@ def design_work(design) -> DesignWork:
             body = bodies.get(proc.name, "")
             calls = re.findall(rf"\b({re.escape(kernel.name)}__\w+)\(([^;]*)\);", body)
             matmul = None
-            elements = 0
-            dtype = "float32"
+            elements = proc.elements
+            dtype = proc.dtype or "float32"
+            if proc.matmul:  # the codegen recorded it (designs since the allocation was applied)
+                batch, m, n, k = proc.matmul
+                matmul = Matmul(batch, m, n, k, *proc.dtypes, bool(proc.weight_port))
+                calls = ()
             for func, args in calls:
                 params = sigs.get(func, [])
                 if params:
@@ -193,8 +197,8 @@ def design_work(design) -> DesignWork:
                     arg_names = [a.strip() for a in args.split(",")]
                     b_port = len(arg_names) > 1 and arg_names[1] in ports
                     matmul = Matmul(batch, m, n, k, ad, bd, b_port)
-            weight_port = None
-            if matmul is not None and matmul.b_offchip:
+            weight_port = proc.weight_port or None
+            if weight_port is None and matmul is not None and matmul.b_offchip:
                 weight_port = next(
                     (n for n in proc.inputs if n in ports and _prod(ports[n].shape) == matmul.k * matmul.n), None
                 )

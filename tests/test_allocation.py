@@ -1,0 +1,200 @@
+"""The model-driven allocation realized in the HLS: ``relax.build(..., "vitis_spatial")``
+gives every matmul process the MAC array ``allocate_for_codegen`` chose, the HLS text
+implies that array (pipeline II, unrolled tile loops, partitioned accumulator), the design
+records it, and the estimate of the built design reads it back."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tvm import relax
+
+import tvm_spatial
+from codegen_hls.kernel import build_design, plan_design
+from codegen_hls.library import MacArray
+from tvm_spatial.devices import get_device
+from tvm_spatial.estimate import allocate_for_codegen, costs, design_work, estimate_work, realized_config
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _offloaded(name: str, device: str = "u280"):
+    from relax_passes import host_operators, partition_for_vitis_spatial
+
+    mod = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(FIXTURES / f"{name}.onnx"))
+    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    return funcs, host_operators(mod)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    funcs, host_ops = _offloaded("bert_tiny")
+    plan = plan_design(funcs, "u280", host_ops)
+    alloc = allocate_for_codegen(design_work(plan), get_device("u280"))
+    design = build_design(funcs, "u280", host_ops, arrays=alloc.matmul_tilings())
+    return plan, alloc, design
+
+
+def _function_body(source: str, name: str) -> str:
+    start = source.index(f"static void {name}(")
+    return source[start: source.index("\n}\n", start)]
+
+
+def _stage_of(kernel, proc) -> str:
+    body = _function_body(kernel.source, proc.name)
+    return re.search(rf"\b({re.escape(kernel.name)}__\w+_a\d+x\d+)\(", body).group(1)
+
+
+def test_every_matmul_process_realizes_its_allocated_array(bert):
+    plan, alloc, design = bert
+    chosen = alloc.matmul_tilings()
+    procs = [p for p in design.kernels[0].processes if p.matmul]
+    assert procs and {p.name for p in procs} == set(chosen)
+    for p in procs:
+        assert p.array == tuple(chosen[p.name]), p.name
+        rows, cols = p.array
+        t_rows, t_cols = p.tile
+        assert t_rows % rows == 0 and t_cols % cols == 0
+        batch, m, n, k = p.matmul
+        assert m % t_rows == 0 and n % t_cols == 0  # the fixtures' shapes are tile multiples
+
+
+def test_hls_text_implies_the_array(bert):
+    """Count the MAC units the HLS text implies, independently of the model: the unrolled tile
+    holds tile_rows x tile_cols updates per k step, issued over II cycles, so II * units must
+    cover the tile; the accumulator's partition gives rows x cols banks, one update each per
+    cycle, so there are at most that many units."""
+    _, _, design = bert
+    kernel = design.kernels[0]
+    for p in (p for p in kernel.processes if p.matmul):
+        text = _function_body(kernel.source, _stage_of(kernel, p))
+        ii = int(re.search(r"for \(int k = 0; k < \d+; \+\+k\) \{\n\s*#pragma HLS PIPELINE II=(\d+)", text).group(1))
+        decl = re.search(r"float (\w+)((?:\[\d+\])+);\n((?:\s*#pragma HLS ARRAY_PARTITION[^\n]*\n)+)", text)
+        acc, pragmas = decl.group(1), decl.group(3)
+        shape = [int(d) for d in re.findall(r"\d+", decl.group(2))]
+        dims = tuple(shape[-2:])
+        assert dims == p.tile and all(d == 1 for d in shape[:-2])
+        banks = []
+        for dim, extent in zip((len(shape) - 1, len(shape)), dims):
+            m = re.search(rf"variable={acc} type=(\w+)(?: factor=(\d+))? dim={dim}", pragmas)
+            banks.append(1 if m is None else extent if m.group(1) == "complete" else int(m.group(2)))
+        units = banks[0] * banks[1]
+        assert units == p.array[0] * p.array[1], p.name
+        assert ii * units == dims[0] * dims[1], p.name
+        assert text.count("#pragma HLS UNROLL") >= 4  # init and update tile loops
+
+
+def test_estimate_of_the_built_design_reads_back_the_allocation(bert):
+    _, alloc, design = bert
+    est = tvm_spatial.estimate(design)
+    assert est.prefill_cycles == pytest.approx(alloc.estimate.prefill_cycles)
+    assert est.total.dsp == pytest.approx(alloc.estimate.total.dsp)
+    assert est.max_slr_utilization[0] <= 0.85 + 1e-9
+    dsp = sum(p.array[0] * p.array[1] * costs.MAC_COSTS["fp32"].dsp
+              for p in design.kernels[0].processes if p.array)
+    assert sum(e.resources.dsp for e in est.processes if e.macs) == pytest.approx(dsp)
+
+
+def test_design_json_round_trips_the_realized_fields(bert):
+    _, _, design = bert
+    again = type(design).from_json(design.to_json())
+    assert again == design
+    assert realized_config(again) == realized_config(design)
+
+
+def test_allocation_fits_where_the_library_default_does_not(bert):
+    plan, alloc, _ = bert
+    work, dev = design_work(plan), get_device("u280")
+    default = estimate_work(work, dev)  # the library's 8 x 32 array in every matmul process
+    # in fp32 that is over the U280's DSPs
+    assert default.max_slr_utilization[0] > 1.0
+    assert alloc.estimate.max_slr_utilization[0] <= 0.85 + 1e-9
+
+
+def test_policy_default_and_overrides():
+    funcs, host_ops = _offloaded("bert_tiny")
+    from tvm_spatial.tuning.policy import AllocationPolicy, choose_arrays
+
+    assert choose_arrays(funcs, "u280", host_ops, AllocationPolicy(mode="default")) is None
+    name = next(p.name for p in plan_design(funcs, "u280", host_ops).kernels[0].processes if p.op == "linear")
+    policy = AllocationPolicy.from_json(AllocationPolicy(arrays=((name, (2, 16)),)).to_json())
+    arrays = choose_arrays(funcs, "u280", host_ops, policy)
+    assert arrays[name] == (2, 16) and len(arrays) > 1
+    with tvm_spatial.allocation("default", arrays={name: (4, 8)}) as current:
+        assert tvm_spatial.tuning.current_policy() is current
+    assert tvm_spatial.tuning.current_policy().mode == "model"
+    with pytest.raises(tvm_spatial.UsageError, match="budget"):
+        with tvm_spatial.allocation(budget=1.5):
+            pass
+
+
+def test_device_comes_from_the_target_tag():
+    """A tighter budget (or another card) gives another allocation; the codegen follows it."""
+    funcs, host_ops = _offloaded("bert_tiny")
+    from tvm_spatial.tuning.policy import AllocationPolicy, choose_arrays
+
+    wide = choose_arrays(funcs, "u280", host_ops, AllocationPolicy())
+    narrow = choose_arrays(funcs, "u280", host_ops, AllocationPolicy(budget=0.3))
+    units = lambda arrays: sum(r * c for r, c in arrays.values())  # noqa: E731
+    assert units(narrow) < units(wide)
+    for key in ("u250", "u55c"):
+        arrays = choose_arrays(funcs, key, host_ops, AllocationPolicy())
+        design = build_design(funcs, key, host_ops, arrays=arrays)
+        est = tvm_spatial.estimate(design)
+        assert est.device.key == key and est.max_slr_utilization[0] <= 0.85 + 1e-9
+
+
+@pytest.mark.parametrize("shape", [(16, 96), (1, 768), (128, 50257), (12, 20)])
+@pytest.mark.parametrize("array", [(1, 1), (2, 3), (4, 16), (8, 32), (16, 256)])
+def test_mac_array_tile(shape, array):
+    m, n = shape
+    tile, real = MacArray(*array, latency=4).tile(m, n)
+    assert tile.rows % real.rows == 0 and tile.cols % real.cols == 0
+    assert real.rows <= array[0] and real.cols <= array[1]
+    positions = (tile.rows // real.rows) * (tile.cols // real.cols)
+    available = math.ceil(m / real.rows) * math.ceil(n / real.cols)
+    assert positions >= min(4, available)  # the fp32 accumulate recurrence is covered when possible
+    assert tile.rows * tile.cols <= max(8 * 32 * 2, 4 * 2 * real.rows * real.cols)  # small on the host
+
+
+@pytest.mark.parametrize("array", [(1, 1), (2, 3), (2, 8)])
+def test_odd_arrays_compute_the_same_matmul(array):
+    """Odd arrays, and one whose columns do not divide the output (8 of 45: a partial last
+    tile), still compute the matmul: the emulation against numpy."""
+    from helpers import run_vm
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((6, 20), "float32"))
+    w = relax.Var("w", relax.TensorType((20, 45), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.matmul(x, w))
+        bb.emit_func_output(y)
+    rng = np.random.default_rng(0)
+    xs, ws = rng.standard_normal((6, 20), dtype=np.float32), rng.standard_normal((20, 45), dtype=np.float32)
+    from relax_passes import partition_for_vitis_spatial
+
+    part = partition_for_vitis_spatial(bb.get())
+    funcs = [f for _, f in part.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    names = [p.name for p in plan_design(funcs, "u280").kernels[0].processes if p.matmul]
+    with tvm_spatial.allocation(arrays={n: array for n in names}):
+        ex = relax.build(bb.get(), target="vitis_spatial")
+    design = tvm_spatial.design_of(ex)
+    assert all(p.array == array for p in design.kernels[0].processes if p.matmul)
+    (got,) = run_vm(ex, [xs, ws])
+    np.testing.assert_allclose(got, xs @ ws, rtol=1e-5, atol=1e-5)
+
+
+def test_design_over_budget_warns_and_builds_or_raises_when_strict():
+    funcs, host_ops = _offloaded("bert_tiny")
+    from tvm_spatial.tuning.policy import AllocationPolicy, DesignOverBudgetWarning, choose_arrays
+
+    with pytest.warns(DesignOverBudgetWarning, match=r"does not fit.*SLR \d.*process k0_\w+"):
+        assert choose_arrays(funcs, "u280", host_ops, AllocationPolicy(budget=0.001)) is None
+    with pytest.raises(tvm_spatial.ResourceBudgetError) as err:
+        choose_arrays(funcs, "u280", host_ops, AllocationPolicy(budget=0.001, strict=True))
+    assert err.value.process.startswith("k0_") and err.value.resource in ("dsp", "bram18k", "uram", "lut", "ff")

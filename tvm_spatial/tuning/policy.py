@@ -1,0 +1,143 @@
+"""How ``relax.build(..., "vitis_spatial")`` chooses each matmul process's MAC array.
+
+Why a context manager: TVM's build configuration for a Python plugin has no other home --
+``PassContext`` rejects config keys that were not registered in C++, and our target is an
+``llvm`` tag whose attributes are fixed. TVM's own meta-schedule uses the same convention
+(``with database: relax.build(...)``), and that is honoured too:
+
+* default: the analytical model's allocation for the target's device
+  (:func:`tvm_spatial.estimate.allocate_for_codegen`, 85 % of every per-SLR resource);
+* ``with tvm_spatial.allocation("default"):`` the library's default 8 x 32 array everywhere;
+* ``with tvm_spatial.allocation(budget=0.5):`` the model's allocation at another budget;
+* ``with tvm_spatial.allocation(arrays={"k0_..._p4_linear": (2, 16)}):`` explicit arrays for
+  some processes (the others as the mode says);
+* ``with database:`` (a ``tvm.s_tir.meta_schedule`` database holding records of
+  :mod:`tvm_spatial.tuning`): the best tuned arrays of this design, if it was tuned.
+
+A design that does not fit the card even at the smallest arrays (GPT2-small today: its
+whole-tensor buffers need more URAM than the U280 has) is still built for emulation with
+the library's default arrays and a :class:`DesignOverBudgetWarning` that names the kernel,
+process and resource; ``allocation(strict=True)`` raises the ``ResourceBudgetError`` instead.
+
+The choice travels to the codegen inside ``RunCodegen``'s options (as JSON), and every
+process of the built design records the array it realized (``Process.array``), which
+``tvm_spatial.estimate`` reads back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+from ..errors import ResourceBudgetError
+from ..estimate import DEFAULT_BUDGET
+
+MODES = ("model", "default")
+
+
+class DesignOverBudgetWarning(UserWarning):
+    """The design does not fit the card even at the smallest arrays (``strict=False``), so
+    ``relax.build`` keeps the library's default arrays and builds the emulation anyway."""
+
+
+@dataclass(frozen=True)
+class AllocationPolicy:
+    mode: str = "model"  # "model": the analytical model's allocation; "default": the library's 8 x 32
+    budget: float = DEFAULT_BUDGET
+    arrays: tuple = field(default=())  # ((process name, (rows, cols)), ...) overrides
+    use_database: bool = True  # apply tuned records of the current meta-schedule database
+    strict: bool = False  # a design over budget even at the smallest arrays: raise, not warn
+
+    def to_json(self) -> str:
+        return json.dumps({"mode": self.mode, "budget": self.budget, "use_database": self.use_database,
+                           "strict": self.strict, "arrays": [[n, list(rc)] for n, rc in self.arrays]},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "AllocationPolicy":
+        if not text:
+            return cls()
+        data = json.loads(str(text))
+        arrays = tuple((str(n), (int(rc[0]), int(rc[1]))) for n, rc in data.get("arrays", ()))
+        return cls(str(data.get("mode", "model")), float(data.get("budget", DEFAULT_BUDGET)), arrays,
+                   bool(data.get("use_database", True)), bool(data.get("strict", False)))
+
+
+_STACK = threading.local()
+
+
+def current_policy() -> AllocationPolicy:
+    stack = getattr(_STACK, "stack", None)
+    return stack[-1] if stack else AllocationPolicy()
+
+
+@contextlib.contextmanager
+def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: dict | None = None,
+               use_database: bool = True, strict: bool = False):
+    """Builds inside this block use this allocation (see the module docstring)."""
+    from ..errors import UsageError
+
+    if mode not in MODES:
+        raise UsageError(f"allocation mode {mode!r} is not one of {', '.join(MODES)}")
+    if not 0 < budget <= 1:
+        raise UsageError(f"allocation budget {budget} must be a fraction in (0, 1]")
+    table = tuple(sorted((str(n), (int(r), int(c))) for n, (r, c) in (arrays or {}).items()))
+    policy = AllocationPolicy(mode, float(budget), table, use_database, strict)
+    stack = getattr(_STACK, "stack", None)
+    if stack is None:
+        stack = _STACK.stack = []
+    stack.append(policy)
+    try:
+        yield policy
+    finally:
+        stack.pop()
+
+
+def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict | None:
+    """Process name -> (rows, cols) for the codegen, per ``policy`` (None: library default)."""
+    from codegen_hls.kernel import plan_design
+
+    from ..devices import get_device
+    from ..estimate import allocate_for_codegen, design_work
+
+    database = _current_database() if policy.use_database else None
+    if policy.mode == "default" and not policy.arrays and database is None:
+        return None
+    plan = plan_design(funcs, device, host_ops)
+    arrays = None
+    if database is not None:
+        from .tuner import tuned_arrays
+
+        arrays = tuned_arrays(database, plan)
+    if arrays is None:
+        arrays = {}
+        if policy.mode == "model":
+            work = design_work(plan)
+            try:
+                arrays = allocate_for_codegen(work, get_device(device), budget=policy.budget).matmul_tilings()
+            except ResourceBudgetError as err:
+                if policy.strict:
+                    raise
+                # the emulation is still worth building: say so, keep the library's arrays
+                warnings.warn(f"vitis_spatial: the design does not fit, so the allocation is not applied "
+                              f"(the library's default arrays are used): {err}", DesignOverBudgetWarning,
+                              stacklevel=2)
+                arrays = None if not policy.arrays else {}
+    if arrays is None:
+        return None
+    arrays.update(dict(policy.arrays))
+    return arrays
+
+
+def _current_database():
+    """The meta-schedule database of an enclosing ``with database:``, if any (without
+    importing meta-schedule when no one has)."""
+    import sys
+
+    module = sys.modules.get("tvm.s_tir.meta_schedule.database.database")
+    if module is None:
+        return None
+    return module.Database.current()

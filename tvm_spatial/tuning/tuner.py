@@ -1,0 +1,359 @@
+"""Tuning a design's MAC arrays with ``tvm.s_tir.meta_schedule``, scored by the analytical model.
+
+How it maps onto meta-schedule:
+
+* **workload** -- one TIR PrimFunc per design (:func:`design_workload`): one sblock per
+  matmul process, named after the process, with its ``batch x m x n x k`` iteration
+  space and operand types; the device is a function attribute. Its structural hash is the
+  database key, so ``relax.build`` under ``with database:`` finds the records of exactly
+  this design on this device.
+* **search space** -- a ``ScheduleFn`` (:class:`ArraySpace`): for every process,
+  ``sample_categorical`` over the array sides the codegen realizes
+  (``tvm_spatial.estimate.allocation.realizable_array``) picks rows and cols, which are
+  annotated on the process's sblock. The distribution is centred on the best design found
+  so far (first: the model's greedy allocation), so ``ReplayFunc`` performs a local random
+  search around it; each record's trace replays its exact decisions.
+* **builder** -- nothing to compile: :class:`ArrayBuilder` reads the sampled arrays from the
+  scheduled workload and hands them on as the artifact (JSON text, not a path).
+* **runner** -- :class:`ModelRunner` scores the arrays with the analytical model
+  (:func:`tvm_spatial.estimate.estimate_work`, the same pure function as the allocation):
+  ``run_secs`` is the estimated prefill latency; a design over the per-SLR budget fails
+  with a message naming the resource.
+* **database** -- a ``JSONDatabase`` in the work directory. ``relax.build`` applies its best
+  record when built inside ``with database:`` (:func:`tuned_arrays`).
+
+The correctness of the best design in emulation is checked by the scripts
+(``contrib/tune_bert.py``) and tests: the tuned build runs against onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import tvm
+from tvm import te
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerFuture, RunnerInput, RunnerResult
+
+from ..devices import RESOURCES, get_device
+from ..estimate import DEFAULT_BUDGET, ModelConfig, Parallelism, allocate_for_codegen, design_work, estimate_work
+from ..estimate.allocation import realizable_array
+from ..target import tag_name
+
+ROWS_KEY = "tvm_spatial.array_rows"
+COLS_KEY = "tvm_spatial.array_cols"
+DEVICE_ATTR = "tvm_spatial.device"
+
+
+# ---- the workload ---------------------------------------------------------------------
+def _matmul_processes(work):
+    return sorted((p for p in work.processes if p.matmul is not None), key=lambda p: p.name)
+
+
+def design_workload(design) -> tvm.IRModule:
+    """The meta-schedule workload of a design: one sblock per matmul process (see module doc)."""
+    work = design_work(design)
+    tensors = []
+    for p in _matmul_processes(work):
+        mm = p.matmul
+        acc = "float32" if mm.a_dtype.startswith("float") or mm.b_dtype.startswith("float") else "int32"
+        a = te.placeholder((mm.batch, mm.m, mm.k), mm.a_dtype, name=f"{p.name}_a")
+        b = te.placeholder((mm.batch, mm.k, mm.n), mm.b_dtype, name=f"{p.name}_b")
+        tensors += [a, b, _matmul(a, b, mm.k, acc, p.name)]
+    func = te.create_prim_func(tensors).with_attr(DEVICE_ATTR, design.device).with_attr("global_symbol", "main")
+    return tvm.IRModule({"main": func})
+
+
+def _matmul(a, b, k: int, acc: str, name: str):
+    r = te.reduce_axis((0, k), name="k")
+    return te.compute(
+        (a.shape[0], a.shape[1], b.shape[2]),
+        lambda x, i, j: te.sum(a[x, i, r].astype(acc) * b[x, r, j].astype(acc), axis=r),
+        name=name,
+    )
+
+
+def arrays_of(mod: tvm.IRModule) -> dict[str, tuple[int, int]]:
+    """Process name -> (rows, cols) annotated on a scheduled workload's sblocks."""
+    from tvm import s_tir
+
+    found = {}
+
+    def visit(node):
+        if isinstance(node, s_tir.SBlock) and ROWS_KEY in node.annotations:
+            found[node.name_hint] = (int(node.annotations[ROWS_KEY]), int(node.annotations[COLS_KEY]))
+
+    import tvm_ffi
+
+    tvm_ffi.structural_walk(mod["main"].body, visit)
+    return found
+
+
+# ---- the search space -----------------------------------------------------------------
+def _sides(mm, axis: str, limit: int) -> list[int]:
+    """The array sides along ``axis`` the codegen realizes (requests 1, 2, 4, ... and ``limit``)."""
+    sides = set()
+    want = 1
+    while True:
+        req = min(want, limit)
+        rows, cols = realizable_array(mm, req if axis == "rows" else 1, req if axis == "cols" else 1)
+        sides.add(rows if axis == "rows" else cols)
+        if req >= limit:
+            break
+        want *= 2
+    return sorted(sides)
+
+
+@dataclass
+class ArraySpace:
+    """The space: every matmul process's array rows x cols (the sides the codegen realizes).
+
+    A candidate is the ``centre`` (the best design so far) with one side grown by a step
+    and one side of a process on the same SLR shrunk by a step, so that it stays within
+    the SLR's budget. Which sides move is sampled (``sample_categorical``, so the trace
+    records it) with probabilities from the model: growing in proportion to the cycles a
+    DSP saves, shrinking in proportion to the DSPs a lost cycle frees (plus a floor, so
+    that every move stays possible)."""
+
+    work: object  # DesignWork
+    device: object
+    centre: dict  # process name -> (rows, cols), updated by the runner
+    exact: bool = False  # take the centre itself (decisions fixed), for the baseline record
+    floor: float = 0.05  # share of the proposal spread uniformly over all moves
+
+    def __post_init__(self):
+        self.choices = {}
+        self.procs = {p.name: p for p in _matmul_processes(self.work)}
+        for p in self.procs.values():
+            self.choices[p.name] = (_sides(p.matmul, "rows", min(p.matmul.m, p.tokens)),
+                                    _sides(p.matmul, "cols", p.matmul.n))
+
+    def _index(self, name: str, axis: int) -> int:
+        sides = self.choices[name][axis]
+        value = self.centre.get(name, (sides[0], sides[0]))[axis]
+        return min(range(len(sides)), key=lambda i: abs(sides[i] - value))
+
+    def _moves(self, step: int) -> list[tuple[str, int, float]]:
+        """(process, axis, merit) of moving each side by ``step`` (+1 grow, -1 shrink)."""
+        from ..estimate.model import process_estimate
+
+        clock = self.device.clock_mhz
+        out = []
+        for name, p in self.procs.items():
+            here = [self.choices[name][a][self._index(name, a)] for a in (0, 1)]
+            cur = process_estimate(p, Parallelism(rows=here[0], cols=here[1]), self.device, clock, None)
+            for axis in (0, 1):
+                i = self._index(name, axis) + step
+                if not 0 <= i < len(self.choices[name][axis]):
+                    continue  # no such move
+                there = list(here)
+                there[axis] = self.choices[name][axis][i]
+                new = process_estimate(p, Parallelism(rows=there[0], cols=there[1]), self.device, clock, None)
+                cycles = cur.block_cycles - new.block_cycles  # saved (grow) or lost (shrink, < 0)
+                dsp = new.resources.dsp - cur.resources.dsp  # added (grow) or freed (shrink, < 0)
+                merit = max(0.0, cycles) / max(1.0, dsp) if step > 0 else -dsp / max(1.0, -cycles)
+                out.append((name, axis, merit))
+        return out
+
+    def _sample(self, sch, moves) -> tuple[str, int] | None:
+        possible = [m for m in moves if m[2] > 0 or self.floor > 0]
+        if not possible or not sum(m[2] for m in possible) + self.floor:
+            return None
+        total = sum(m[2] for m in possible) or 1.0
+        probs = [(1 - self.floor) * m[2] / total + self.floor / len(possible) for m in possible]
+        probs = [p / sum(probs) for p in probs]
+        pick = int(sch.get(sch.sample_categorical(list(range(len(possible))), probs)))
+        return possible[pick][0], possible[pick][1]
+
+    def __call__(self, sch) -> None:
+        target = dict((name, [self._index(name, 0), self._index(name, 1)]) for name in self.choices)
+        if not self.exact and self.choices:
+            grow = self._sample(sch, self._moves(+1))
+            if grow is not None:
+                name, axis = grow
+                target[name][axis] = min(len(self.choices[name][axis]) - 1, target[name][axis] + 1)
+                slr = self.procs[name].slr
+                shrink = self._sample(sch, [m for m in self._moves(-1) if self.procs[m[0]].slr == slr and m[0] != name])
+                if shrink is not None:
+                    other, axis2 = shrink
+                    target[other][axis2] -= 1
+        for name, (rows, cols) in self.choices.items():
+            block = sch.get_sblock(name)
+            for axis, (key, sides) in enumerate(((ROWS_KEY, rows), (COLS_KEY, cols))):
+                probs = [0.0] * len(sides)
+                probs[target[name][axis]] = 1.0
+                rv = sch.sample_categorical(sides, probs, decision=target[name][axis])
+                sch.annotate(block, key, rv)
+
+
+# ---- builder and runner ---------------------------------------------------------------
+@derived_object
+class ArrayBuilder(PyBuilder):
+    """Nothing is compiled: the artifact is the sampled arrays as JSON text."""
+
+    def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        out = []
+        for item in build_inputs:
+            arrays = arrays_of(item.mod)
+            out.append(BuilderResult(json.dumps(sorted(arrays.items())), None))
+        return out
+
+
+@derived_object
+class _Done(PyRunnerFuture):
+    def __init__(self, result: RunnerResult) -> None:
+        self._result = result
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> RunnerResult:
+        return self._result
+
+
+def score(work, device, arrays: dict, budget: float = DEFAULT_BUDGET, clock_mhz=None):
+    """(estimate, error message or None) of a design with these arrays (what the runner does)."""
+    table = {n: Parallelism(rows=r, cols=c) for n, (r, c) in arrays.items()}
+    est = estimate_work(work, device, ModelConfig(clock_mhz=clock_mhz).with_parallelism(table))
+    for i, util in enumerate(est.slr_utilization()):
+        for r in RESOURCES:
+            if util[r] > budget + 1e-9:
+                return est, f"SLR {i} {r} at {util[r]:.0%} is over the {budget:.0%} budget"
+    return est, None
+
+
+@derived_object
+class ModelRunner(PyRunner):
+    """Scores each candidate with the analytical model: run_secs = estimated prefill latency."""
+
+    def __init__(self, work, device, space: ArraySpace, budget: float = DEFAULT_BUDGET, progress=None) -> None:
+        super().__init__()
+        self.work, self.device, self.space, self.budget = work, device, space, budget
+        self.progress = progress
+        self.best = math.inf
+        self.centre_key = (math.inf, math.inf)
+        self.slack = 0.01
+        self.trials = self.failed = 0
+
+    def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
+        futures = []
+        for item in runner_inputs:
+            arrays = {n: tuple(rc) for n, rc in json.loads(item.artifact_path)}
+            est, error = score(self.work, self.device, arrays, self.budget)
+            self.trials += 1
+            if error is not None:
+                self.failed += 1
+                futures.append(_Done(RunnerResult(None, error)))
+            else:
+                secs = est.seconds(est.prefill_cycles)
+                # move the search's centre to a faster design, or to one almost as fast as
+                # the best (within ``slack``) that uses fewer DSPs: that frees room for the
+                # next moves (the database keeps the fastest; this is only where to look)
+                c_secs, c_dsp = self.centre_key
+                self.best = min(self.best, secs)
+                if secs < c_secs or (secs <= self.best * (1 + self.slack) and est.total.dsp < c_dsp):
+                    self.centre_key = (secs, est.total.dsp)
+                    self.space.centre.clear()
+                    self.space.centre.update(arrays)
+                futures.append(_Done(RunnerResult([secs], None)))
+            if self.progress is not None:
+                self.progress(self.best, self.trials, self.failed)
+        return futures
+
+
+# ---- tuning and applying --------------------------------------------------------------
+def _target(device_key: str) -> tvm.target.Target:
+    config = dict(tvm.target.Target(tag_name(device_key)).export())
+    config["num-cores"] = 1
+    return tvm.target.Target(config)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    database: object  # ms.database.JSONDatabase
+    workload: tvm.IRModule
+    baseline_seconds: float  # the model's greedy allocation (what relax.build does untuned)
+    best_seconds: float
+    best_arrays: dict
+    trials: int
+    failed: int
+
+
+def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter: int = 16,
+                budget: float = DEFAULT_BUDGET, seed: int = 1, progress=None) -> TuneResult:
+    """Tune the MAC arrays of ``design`` (``codegen_hls.kernel.plan_design`` or a built
+    design) within ``budget`` of every per-SLR resource; records go to a JSON database in
+    ``work_dir``. The greedy allocation is committed first, so tuning never ends worse."""
+    work = design_work(design)
+    device = get_device(design.device)
+    workload = design_workload(design)
+    target = _target(device.key)
+    baseline = allocate_for_codegen(work, device, budget=budget)
+    centre = dict(baseline.matmul_tilings())
+    database = ms.database.JSONDatabase(work_dir=work_dir, module_equality="structural")
+
+    # the baseline record: the greedy allocation's decisions, exactly
+    sch = tvm.s_tir.Schedule(workload, seed=seed + 1)
+    ArraySpace(work, device, dict(centre), exact=True)(sch)
+    base_est, error = score(work, device, arrays_of(sch.mod), budget)
+    if error is not None:  # cannot happen for the allocation itself; refuse loudly if it does
+        raise AssertionError(f"the allocation does not fit: {error}")
+    base_secs = base_est.seconds(base_est.prefill_cycles)
+    entry = database.commit_workload(workload)
+    database.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, entry, [base_secs], target, ms.arg_info.ArgInfo.from_prim_func(workload["main"])))
+
+    space = ArraySpace(work, device, dict(centre))
+    runner = ModelRunner(work, device, space, budget, progress)
+    runner.best, runner.centre_key = base_secs, (base_secs, base_est.total.dsp)
+    ms.tir_integration.tune_tir(
+        workload, target, work_dir, max_trials,
+        max_trials_per_task=max_trials, num_trials_per_iter=trials_per_iter,
+        builder=ArrayBuilder(), runner=runner, database=database, cost_model="random",
+        measure_callbacks=[ms.measure_callback.AddToDatabase()],
+        task_scheduler="round-robin",
+        space=ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[], mutator_probs={}),
+        strategy=ms.search_strategy.ReplayFunc(), seed=seed, num_tuning_cores=1,
+    )
+    best = tuned_arrays(database, design)
+    best_est, _ = score(work, device, best, budget)
+    return TuneResult(database, workload, base_secs, best_est.seconds(best_est.prefill_cycles), best,
+                      runner.trials, runner.failed)
+
+
+def tuned_arrays(database, design) -> dict | None:
+    """The arrays of the best record of ``design``'s workload in ``database``, else None."""
+    workload = design_workload(design)
+    if not database.has_workload(workload):
+        return None
+    records = database.get_top_k(database.commit_workload(workload), 1)
+    if not records:
+        return None
+    sch = tvm.s_tir.Schedule(workload)
+    records[0].trace.apply_to_schedule(sch, remove_postproc=False)
+    return arrays_of(sch.mod)
+
+
+__all__ = ["ArrayBuilder", "ArraySpace", "ModelRunner", "TuneResult", "design_workload", "plan_module", "score",
+           "tune_design", "tuned_arrays"]
+
+
+def plan_module(mod: tvm.IRModule, device: str = "u280"):
+    """(partitioned module, planned design) of a Relax module for ``vitis_spatial``: what
+    :func:`tune_design` tunes, without printing or compiling anything."""
+    from tvm import relax
+
+    from codegen_hls.kernel import plan_design
+    from relax_passes import host_operators, partition_for_vitis_spatial
+
+    from ..pipeline import check_static_shapes
+
+    check_static_shapes(mod)
+    part = partition_for_vitis_spatial(mod)
+    funcs = [f for _, f in part.functions.items()
+             if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    return part, plan_design(funcs, get_device(device).key, host_operators(part))
