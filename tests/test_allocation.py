@@ -15,7 +15,7 @@ from tvm import relax
 
 import tvm_spatial
 from codegen_hls.kernel import build_design, plan_design
-from codegen_hls.library import MacArray
+from codegen_hls.library import DEFAULT_MATMUL_TILING, MacArray
 from tvm_spatial.devices import get_device
 from tvm_spatial.estimate import allocate_for_codegen, costs, design_work, estimate_work, realized_config
 
@@ -158,7 +158,8 @@ def test_mac_array_tile(shape, array):
     positions = (tile.rows // real.rows) * (tile.cols // real.cols)
     available = math.ceil(m / real.rows) * math.ceil(n / real.cols)
     assert positions >= min(4, available)  # the fp32 accumulate recurrence is covered when possible
-    assert tile.rows * tile.cols <= max(8 * 32 * 2, 4 * 2 * real.rows * real.cols)  # small on the host
+    default = DEFAULT_MATMUL_TILING.rows * DEFAULT_MATMUL_TILING.cols
+    assert tile.rows * tile.cols <= max(2 * default, 4 * 2 * real.rows * real.cols)  # small on the host
 
 
 @pytest.mark.parametrize("array", [(1, 1), (2, 3), (2, 8)])

@@ -27,8 +27,8 @@ def _matmul_module(a_shape, b_shape):
 @pytest.mark.parametrize(
     "a_shape, b_shape",
     [
-        ((8, 24), (24, 1000)),  # 31 whole 32-wide tiles, then a tail of 8
-        ((2, 5, 16), (16, 131)),  # batched; a prime width keeps 32-wide tiles + a tail of 3
+        ((8, 24), (24, 1000)),  # whole column tiles, then a partial last tile
+        ((2, 5, 16), (16, 131)),  # batched; a prime width keeps full tiles + a short tail
         ((3, 8), (8, 40)),  # width 40: the tile becomes 20, no tail
     ],
 )
@@ -40,9 +40,13 @@ def test_matmul_with_a_partial_last_tile_matches_llvm(a_shape, b_shape):
 
 def test_only_the_last_column_tile_is_guarded():
     """Whole tiles get constant loop bounds; the guard survives only in the peeled tail."""
-    with tvm_spatial.allocation("default"):  # the library's 8 x 32 tile, not the model's array
+    from codegen_hls.library import DEFAULT_MATMUL_TILING
+
+    with tvm_spatial.allocation("default"):  # the library's own tile, not an allocated array
         ex = relax.build(_matmul_module((8, 24), (24, 1000)), target="vitis_spatial")
     source = tvm_spatial.design_of(ex).kernels[0].source
-    assert re.search(r"< 31; \+\+", source), "the 31 whole column tiles should be one loop"
-    tail_offsets = re.findall(r"\+ 992\)?\]", source)
-    assert tail_offsets, "the tail tile (columns 992..999) should be emitted with constant offsets"
+    cols = DEFAULT_MATMUL_TILING.cols
+    assert 1000 % cols, "the test needs a width that is not a multiple of the tile"
+    whole = 1000 // cols
+    assert re.search(rf"< {whole}; \+\+", source), f"the {whole} whole column tiles should be one loop"
+    assert re.findall(rf"\+ {whole * cols}\)?\]", source), "the tail tile should have constant offsets"
