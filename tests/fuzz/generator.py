@@ -400,6 +400,9 @@ def _unary_rule(op: str):
         elif op == "erf":
             lo, hi = math.erf(lo), math.erf(hi)
             exact = False
+        elif op in ("sin", "cos"):
+            lo, hi = -1.0, 1.0
+            exact = False
         elif op == "sqrt":
             _need(lo >= 0, "sqrt domain")
             lo, hi = math.sqrt(lo), math.sqrt(hi)
@@ -759,7 +762,9 @@ def _rule_take(g: Generator, x: str) -> None:
 def _compare(g: Generator, x: str, op: str | None = None) -> str:
     a = _num(g, x)
     _need(a.exact, "comparison of an inexact value")
-    op = op or g.choice(["less", "greater", "equal"])
+    # ONNX has no NotEqual (its importer would emit Not(Equal))
+    ops = ["less", "greater", "equal", "less_equal", "greater_equal"]
+    op = op or g.choice(ops + (["not_equal"] if g.frontend == "relax" else []))
     lim = (a.lo, a.hi) if a.lo < a.hi else (a.lo - 1, a.hi + 1)
     y = g.partner(g.broadcast_shape_for(a.shape), a.dtype, *lim, exact=True,
                   step=0.25 if a.is_float else None, reuse_p=0.5)
@@ -803,7 +808,37 @@ def _rule_clip(g: Generator, x: str) -> None:
 
 def _rule_isnan(g: Generator, x: str) -> None:
     a = _float(g, x)
-    g.emit("isnan", [x], {}, [Val(a.shape, "bool", 0, 1, True)])
+    op = g.choice(["isnan", "isinf"] + (["isfinite"] if g.frontend == "relax" else []))  # ONNX: no IsFinite
+    g.emit(op, [x], {}, [Val(a.shape, "bool", 0, 1, True)])
+
+
+def _rule_bitwise(g: Generator, x: str) -> None:
+    a = g.vals[x]
+    _need(a.is_int and a.exact, "bitwise ops need integers")
+    y = g.partner(g.broadcast_shape_for(a.shape), a.dtype, -64, 64, exact=True, reuse_p=0.5)
+    args = [x, y] if g.chance(0.5) else [y, x]
+    mag = max(abs(a.lo), abs(a.hi), 64)
+    bound = 2 ** math.ceil(math.log2(mag + 1))  # two's complement: and/or/xor stay in [-2^k, 2^k)
+    shape = _broadcast(a.shape, g.vals[y].shape)
+    op = g.choice(["bitwise_and", "bitwise_or", "bitwise_xor"])
+    g.emit(op, args, {}, [Val(shape, a.dtype, -bound, bound - 1, True)])
+
+
+def _rule_stack(g: Generator, x: str) -> None:
+    """stack of same-shape values, then (often) a max/min over the new axis: how the ONNX
+    importer spells Max/Min of several inputs."""
+    a = g.vals[x]
+    _need(len(a.shape) < MAX_RANK and a.dtype != "bool")
+    others = [g.partner(a.shape, a.dtype, a.lo, a.hi, exact=a.exact, reuse_p=0.3) for _ in range(int(g.rng.integers(1, 3)))]
+    parts = [x, *others]
+    vs = [g.vals[n] for n in parts]
+    lo, hi, exact = min(v.lo for v in vs), max(v.hi for v in vs), all(v.exact for v in vs)
+    axis = int(g.rng.integers(0, len(a.shape) + 1))
+    shape = a.shape[:axis] + (len(parts),) + a.shape[axis:]
+    (st,) = g.emit("stack", parts, {"axis": axis}, [Val(shape, a.dtype, lo, hi, exact)])
+    if g.chance(0.6):
+        op = g.choice(["max", "min"])
+        g.emit(op, [st], {"axis": [axis], "keepdims": False}, [Val(a.shape, a.dtype, lo, hi, exact)])
 
 
 def _rule_logical(g: Generator, x: str) -> None:
@@ -843,10 +878,13 @@ def _rule_gather_nd(g: Generator, x: str) -> None:
     g.emit("gather_nd", [x, idx], {}, [Val(shape, a.dtype, a.lo, a.hi, a.exact)])
 
 
+HOST_OP = "atan"  # must stay out of relax_passes.patterns.SINGLE_OPS
+
+
 def _rule_host_op(g: Generator, x: str) -> None:
-    """An operator outside the table (sin): a host island between kernels."""
+    """An operator outside the table (atan): a host island between kernels."""
     a = _float(g, x)
-    g.emit("sin", [x], {}, [Val(a.shape, a.dtype, -1.0, 1.0, False)])
+    g.emit(HOST_OP, [x], {}, [Val(a.shape, a.dtype, math.atan(a.lo), math.atan(a.hi), False)])
 
 
 def _scalar(g: Generator, value: float, dtype: str = "float32") -> str:
@@ -1029,6 +1067,8 @@ def _ops_table():
         "tanh": (u("tanh"), 1),
         "exp": (u("exp"), 1),
         "erf": (u("erf"), 1),
+        "sin": (u("sin"), 0.5),
+        "cos": (u("cos"), 0.5),
         "domain": (_guard_positive, 1.5),  # log / sqrt / rsqrt behind a positivity guard
         "sqrt": (u("sqrt"), 0.5),
         "rsqrt": (u("rsqrt"), 0.5),
@@ -1044,6 +1084,7 @@ def _ops_table():
         "mean": (_rule_reduce("mean"), 1),
         "sum": (_rule_reduce("sum"), 1),
         "max": (_rule_reduce("max"), 1),
+        "min": (_rule_reduce("min"), 0.5),
         "variance": (_rule_reduce("variance"), 1),
         "astype": (_rule_astype, 1.5),
         "reshape": (_rule_reshape, 2),
@@ -1059,6 +1100,8 @@ def _ops_table():
         "where": (_rule_where, 1.5),
         "clip": (_rule_clip, 1),
         "isnan": (_rule_isnan, 0.5),
+        "bitwise": (_rule_bitwise, 0.5),
+        "stack": (_rule_stack, 0.5),
         "logical": (_rule_logical, 1),
         "gather_elements": (_rule_gather_elements, 1),
         "gather_nd": (_rule_gather_nd, 1),
@@ -1073,7 +1116,7 @@ def _ops_table():
 
 
 # ONNX has no floor_divide, float floor_mod or variance; RMSNormalization needs opset 23.
-ONNX_RULES = frozenset(_ops_table()) - {"floor_divide", "variance", "rms_norm", "floor_mod"}
+ONNX_RULES = frozenset(_ops_table()) - {"floor_divide", "variance", "rms_norm", "floor_mod", "stack"}
 
 
 def generate(seed: int, frontend: str = "relax", max_subgraphs: int = 3, max_nodes: int = 7) -> dict:
@@ -1117,7 +1160,10 @@ def _relax_expr(node, args):
         "rsqrt": op.rsqrt, "log": op.log, "negative": op.negative, "abs": op.abs,
         "floor": op.floor, "ceil": op.ceil, "less": op.less, "greater": op.greater,
         "equal": op.equal, "where": op.where, "isnan": op.isnan, "logical_and": op.logical_and,
-        "logical_or": op.logical_or, "logical_not": op.logical_not, "sin": op.sin,
+        "logical_or": op.logical_or, "logical_not": op.logical_not, "sin": op.sin, "cos": op.cos,
+        "atan": op.atan, "isinf": op.isinf, "isfinite": op.isfinite, "not_equal": op.not_equal,
+        "less_equal": op.less_equal, "greater_equal": op.greater_equal, "bitwise_and": op.bitwise_and,
+        "bitwise_or": op.bitwise_or, "bitwise_xor": op.bitwise_xor,
     }
     if name == "const":
         return relax.const(_const_values(attrs), attrs["dtype"])
@@ -1127,7 +1173,7 @@ def _relax_expr(node, args):
         return op.nn.layer_norm(*args, axes=attrs["axes"], epsilon=attrs["epsilon"])
     if name == "rms_norm":
         return op.nn.rms_norm(*args, axes=attrs["axes"], epsilon=attrs["epsilon"])
-    if name in ("mean", "sum", "max", "variance"):
+    if name in ("mean", "sum", "max", "min", "variance"):
         return getattr(op, name)(args[0], axis=attrs["axis"], keepdims=attrs["keepdims"])
     if name == "astype":
         return op.astype(args[0], attrs["dtype"])
@@ -1143,6 +1189,8 @@ def _relax_expr(node, args):
         return op.broadcast_to(args[0], attrs["shape"])
     if name == "concat":
         return op.concat(list(args), axis=attrs["axis"])
+    if name == "stack":
+        return op.stack(list(args), axis=attrs["axis"])
     if name == "split":
         return op.split(args[0], attrs["indices_or_sections"], axis=attrs["axis"])
     if name == "strided_slice":
@@ -1195,7 +1243,9 @@ _ONNX_SIMPLE = {
     "tanh": "Tanh", "exp": "Exp", "erf": "Erf", "sqrt": "Sqrt", "log": "Log", "negative": "Neg",
     "abs": "Abs", "floor": "Floor", "ceil": "Ceil", "less": "Less", "greater": "Greater",
     "equal": "Equal", "where": "Where", "isnan": "IsNaN", "logical_and": "And", "logical_or": "Or",
-    "logical_not": "Not", "sin": "Sin", "gather_nd": "GatherND",
+    "logical_not": "Not", "sin": "Sin", "cos": "Cos", "atan": "Atan", "gather_nd": "GatherND",
+    "isinf": "IsInf", "less_equal": "LessOrEqual", "greater_equal": "GreaterOrEqual",
+    "bitwise_and": "BitwiseAnd", "bitwise_or": "BitwiseOr", "bitwise_xor": "BitwiseXor",
 }
 
 
@@ -1243,8 +1293,8 @@ def to_onnx(spec, shapes: dict[str, tuple[tuple[int, ...], str]]):
             add("Softmax" if op == "softmax" else "LogSoftmax", args, outs, axis=attrs["axis"])
         elif op == "layer_norm":
             add("LayerNormalization", args, outs, axis=attrs["axes"][0], epsilon=attrs["epsilon"])
-        elif op in ("mean", "sum", "max"):
-            onnx_op = {"mean": "ReduceMean", "sum": "ReduceSum", "max": "ReduceMax"}[op]
+        elif op in ("mean", "sum", "max", "min"):
+            onnx_op = {"mean": "ReduceMean", "sum": "ReduceSum", "max": "ReduceMax", "min": "ReduceMin"}[op]
             add(onnx_op, [args[0], const_init(attrs["axis"])], outs, keepdims=int(attrs["keepdims"]))
         elif op == "astype":
             to = helper.np_dtype_to_tensor_dtype(np.dtype(attrs["dtype"]))
