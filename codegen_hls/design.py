@@ -72,8 +72,53 @@ class Stream:
 
 
 @dataclass(frozen=True)
+class AxisPort:
+    """An AXI4-Stream argument of a segment kernel: one stream crossing an SLR boundary.
+
+    Both ends use the stream's name as the argument name; ``connectivity.cfg`` links them
+    with ``stream_connect=<producer cu>.<name>:<consumer cu>.<name>:<depth>``."""
+
+    name: str
+    dtype: str
+    elements: int  # elements the producer writes and the consumer reads per call
+    depth: int  # FIFO depth the link needs (the stream's depth in the dataflow plan)
+    direction: str  # "out": this kernel writes it; "in": it reads it
+    peer: str  # the segment kernel on the other side
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The part of a region placed on one SLR: its own Vitis kernel (``extern "C"`` top).
+
+    Its arguments are its m_axi ports (``ports``: names of the region's ports, in the
+    region's order) followed by its AXI-stream ports (``axis``)."""
+
+    name: str  # e.g. "k0_slr1"
+    slr: int
+    ports: tuple[str, ...]
+    axis: tuple[AxisPort, ...]
+    processes: tuple[str, ...]  # names of the Process records it runs
+
+
+@dataclass(frozen=True)
+class VitisKernel:
+    """What ``v++ -c -k <name>`` compiles: a region's top, or one SLR segment of it."""
+
+    name: str
+    region: str  # the Kernel (source file, Relax entry point) it belongs to
+    filename: str
+    ports: tuple[Port, ...]  # m_axi ports, argument order
+    axis: tuple[AxisPort, ...] = ()  # AXI-stream ports, after the m_axi ones
+    slr: int | None = None  # fixed by the SLR split; None: placement chooses
+
+
+@dataclass(frozen=True)
 class Kernel:
-    """One Vitis kernel: an ``extern "C"`` top function in its own source file."""
+    """One offloaded region: its HLS source file and its Relax entry point ``name``.
+
+    Unsplit (``segments`` empty), ``name`` is also its one ``extern "C"`` Vitis kernel.
+    A region spanning several SLRs has one Vitis kernel per SLR segment, linked by AXI
+    streams; ``name`` is then a C-simulation wrapper calling the segment tops in order."""
 
     name: str
     source: str  # the complete HLS C++ file, byte-identical to what emulation compiles
@@ -81,6 +126,7 @@ class Kernel:
     ops: tuple[str, ...]  # Relax operators implemented inside, in program order
     processes: tuple[Process, ...] = ()
     streams: tuple[Stream, ...] = ()
+    segments: tuple[Segment, ...] = ()
 
     @property
     def num_args(self) -> int:
@@ -90,6 +136,15 @@ class Kernel:
     @property
     def filename(self) -> str:
         return f"{self.name}.cpp"
+
+    def vitis_kernels(self) -> tuple[VitisKernel, ...]:
+        if not self.segments:
+            return (VitisKernel(self.name, self.name, self.filename, self.ports),)
+        by_name = {p.name: p for p in self.ports}
+        return tuple(
+            VitisKernel(s.name, self.name, self.filename, tuple(by_name[n] for n in s.ports), s.axis, s.slr)
+            for s in self.segments
+        )
 
 
 @dataclass(frozen=True)
@@ -102,6 +157,10 @@ class Design:
     host_ops: tuple[str, ...] = field(default=())  # operators left on the host CPU
 
     COMMON_HEADER_NAME = "tvm_spatial_hls.h"
+
+    def vitis_kernels(self) -> tuple[VitisKernel, ...]:
+        """Every Vitis kernel of the design, region by region, segments in SLR order."""
+        return tuple(v for k in self.kernels for v in k.vitis_kernels())
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -125,6 +184,13 @@ class Design:
                     for p in k.get("processes", ())
                 ),
                 streams=tuple(Stream(**st) for st in k.get("streams", ())),
+                segments=tuple(
+                    Segment(
+                        name=sg["name"], slr=sg["slr"], ports=tuple(sg["ports"]),
+                        axis=tuple(AxisPort(**a) for a in sg["axis"]), processes=tuple(sg["processes"]),
+                    )
+                    for sg in k.get("segments", ())
+                ),
             )
             for k in data["kernels"]
         )

@@ -4,6 +4,12 @@ Why a table plus fixed code: the per-design part is only the list of kernels and
 ports (name, direction, byte size), emitted as a C++ table; the logic that walks it is
 the same for every design, so it is written once here and is easy to review. The host
 moves raw bytes, so a dtype only needs a C type of the right size.
+
+Regions run one after another; the Vitis kernels of one region (one per SLR it spans)
+are all started before any is waited for, since they feed each other through AXI
+streams. The host sets only the m_axi arguments: stream arguments are wired by
+``stream_connect`` at link time, and the table lists them only so that the interface
+check covers every argument the xclbin declares.
 """
 
 from __future__ import annotations
@@ -61,15 +67,19 @@ def _port_entry(kernel: Kernel, port: Port) -> str:
 
 
 def _kernel_table(w: CodeWriter, design: Design) -> None:
-    w.line("// The design's kernels in the order the model calls them; ports in argument order.")
+    w.line("// The design's kernels in the order the model calls them: {name, region, m_axi ports in")
+    w.line("// argument order, AXI-stream arguments after them}. The kernels of one region (one per SLR")
+    w.line("// it spans) run together, linked by streams (stream_connect), which the host never sets.")
     w.line("const std::vector<KernelSpec> kKernels = {")
     with w.indented():
-        for kernel in design.kernels:
-            w.line(f'{{"{kernel.name}", {{')
-            with w.indented():
-                for port in kernel.ports:
-                    w.line(_port_entry(kernel, port))
-            w.line("}},")
+        for region, kernel in enumerate(design.kernels):
+            for vk in kernel.vitis_kernels():
+                w.line(f'{{"{vk.name}", {region}, {{')
+                with w.indented():
+                    for port in vk.ports:
+                        w.line(_port_entry(kernel, port))
+                streams = ", ".join(f'"{a.name}"' for a in vk.axis)
+                w.line(f"}}, {{{streams}}}}},")
     w.line("};")
 
 
@@ -99,7 +109,9 @@ _TYPES = (
     "",
     "struct KernelSpec {",
     "  const char* name;",
+    "  int region;  // the kernels of one region run together",
     "  std::vector<PortSpec> ports;",
+    "  std::vector<const char*> streams;  // AXI-stream arguments, after the ports",
     "};",
 )
 
@@ -184,13 +196,18 @@ def _check_interface(w: CodeWriter) -> None:
             w.line("std::vector<std::string> args;")
             with w.block("for (const xrt::xclbin::arg& a : found.get_args())"):
                 w.line("args.push_back(a.get_name());")
-            with w.block("for (std::size_t i = 0; i < spec.ports.size(); ++i)"):
-                with w.block("if (i >= args.size() || args[i] != spec.ports[i].name)"):
-                    w.line("mismatch(path, \"kernel '\" + name + \"' has no argument '\" + spec.ports[i].name +")
+            w.line("std::vector<std::string> wanted;")
+            with w.block("for (const PortSpec& p : spec.ports)"):
+                w.line("wanted.push_back(p.name);")
+            with w.block("for (const char* s : spec.streams)"):
+                w.line("wanted.push_back(s);")
+            with w.block("for (std::size_t i = 0; i < wanted.size(); ++i)"):
+                with w.block("if (i >= args.size() || args[i] != wanted[i])"):
+                    w.line("mismatch(path, \"kernel '\" + name + \"' has no argument '\" + wanted[i] +")
                     w.line("         \"' at index \" + std::to_string(i), args);")
-            with w.block("if (args.size() != spec.ports.size())"):
+            with w.block("if (args.size() != wanted.size())"):
                 w.line("mismatch(path, \"kernel '\" + name + \"' has \" + std::to_string(args.size()) +")
-                w.line("         \" arguments; the host passes \" + std::to_string(spec.ports.size()), args);")
+                w.line("         \" arguments; the host expects \" + std::to_string(wanted.size()), args);")
     w.line()
     with w.block("xrt::xclbin read_xclbin(const std::string& path)"):
         with w.block("if (!std::ifstream(path, std::ios::binary))"):
@@ -202,32 +219,44 @@ def _check_interface(w: CodeWriter) -> None:
         w.line("}")
 
 
-def _run_kernel(w: CodeWriter) -> None:
-    """One bo per port in the bank ``group_id`` reports, so the host follows connectivity.cfg."""
-    w.line("void run_kernel(const xrt::device& device, const xrt::uuid& uuid, const KernelSpec& k,")
-    with w.block("                const std::vector<std::vector<char>>& inputs, const std::string& dir)"):
-        w.line("xrt::kernel kernel(device, uuid, k.name);")
-        w.line("std::vector<xrt::bo> bos;")
-        w.line("bos.reserve(k.ports.size());")
-        w.line("xrt::run run(kernel);")
-        with w.block("for (std::size_t i = 0; i < k.ports.size(); ++i)"):
-            w.line("const int arg = static_cast<int>(i);")
-            w.line("bos.emplace_back(device, k.ports[i].bytes, kernel.group_id(arg));")
-            with w.block("if (k.ports[i].is_input)"):
-                w.line("bos.back().write(inputs[i].data());")
-                w.line("bos.back().sync(XCL_BO_SYNC_BO_TO_DEVICE);")
-            w.line("run.set_arg(arg, bos.back());")
-        w.line("run.start();")
-        w.line("run.wait();")
-        with w.block("for (std::size_t i = 0; i < k.ports.size(); ++i)"):
-            with w.block("if (k.ports[i].is_input)"):
-                w.line("continue;")
-            w.line("bos[i].sync(XCL_BO_SYNC_BO_FROM_DEVICE);")
-            w.line("std::vector<char> data(k.ports[i].bytes);")
-            w.line("bos[i].read(data.data());")
-            w.line('const std::string path = data_path(dir, k, k.ports[i], ".out.bin");')
-            w.line("write_output(path, data);")
-            w.line('std::cout << k.name << ": wrote " << path << "\\n";')
+def _run_region(w: CodeWriter) -> None:
+    """One bo per port in the bank ``group_id`` reports, so the host follows connectivity.cfg.
+    All kernels of a region are started before any is waited for: they pass data to each
+    other through AXI streams, so a kernel waited for alone would stall."""
+    w.line("void run_region(const xrt::device& device, const xrt::uuid& uuid, std::size_t first, std::size_t last,")
+    with w.block("                const std::vector<std::vector<std::vector<char>>>& inputs, const std::string& dir)"):
+        w.line("std::vector<xrt::kernel> kernels;")
+        w.line("std::vector<xrt::run> runs;")
+        w.line("std::vector<std::vector<xrt::bo>> bos(last - first);")
+        with w.block("for (std::size_t k = first; k < last; ++k)"):
+            w.line("const KernelSpec& spec = kKernels[k];")
+            w.line("kernels.emplace_back(device, uuid, spec.name);")
+            w.line("runs.emplace_back(kernels.back());")
+            w.line("std::vector<xrt::bo>& kbos = bos[k - first];")
+            w.line("kbos.reserve(spec.ports.size());")
+            with w.block("for (std::size_t i = 0; i < spec.ports.size(); ++i)"):
+                w.line("const int arg = static_cast<int>(i);")
+                w.line("kbos.emplace_back(device, spec.ports[i].bytes, kernels.back().group_id(arg));")
+                with w.block("if (spec.ports[i].is_input)"):
+                    w.line("kbos.back().write(inputs[k][i].data());")
+                    w.line("kbos.back().sync(XCL_BO_SYNC_BO_TO_DEVICE);")
+                w.line("runs.back().set_arg(arg, kbos.back());")
+        with w.block("for (xrt::run& run : runs)"):
+            w.line("run.start();")
+        with w.block("for (xrt::run& run : runs)"):
+            w.line("run.wait();")
+        with w.block("for (std::size_t k = first; k < last; ++k)"):
+            w.line("const KernelSpec& spec = kKernels[k];")
+            with w.block("for (std::size_t i = 0; i < spec.ports.size(); ++i)"):
+                with w.block("if (spec.ports[i].is_input)"):
+                    w.line("continue;")
+                w.line("xrt::bo& bo = bos[k - first][i];")
+                w.line("bo.sync(XCL_BO_SYNC_BO_FROM_DEVICE);")
+                w.line("std::vector<char> data(spec.ports[i].bytes);")
+                w.line("bo.read(data.data());")
+                w.line('const std::string path = data_path(dir, spec, spec.ports[i], ".out.bin");')
+                w.line("write_output(path, data);")
+                w.line('std::cout << spec.name << ": wrote " << path << "\\n";')
 
 
 def _main(w: CodeWriter) -> None:
@@ -245,8 +274,12 @@ def _main(w: CodeWriter) -> None:
             w.line("check_interface(design, xclbin);")
             w.line("xrt::device device(index);")
             w.line("const xrt::uuid uuid = device.load_xclbin(design);")
-            with w.block("for (std::size_t i = 0; i < kKernels.size(); ++i)"):
-                w.line("run_kernel(device, uuid, kKernels[i], inputs[i], dir);")
+            w.line("std::size_t first = 0;")
+            with w.block("while (first < kKernels.size())"):
+                w.line("std::size_t last = first + 1;")
+                w.line("while (last < kKernels.size() && kKernels[last].region == kKernels[first].region) ++last;")
+                w.line("run_region(device, uuid, first, last, inputs, dir);")
+                w.line("first = last;")
         with w.indented():
             w.line('std::cerr << "error: " << e.what() << "\\n";')
             w.line("return 1;")
@@ -259,7 +292,7 @@ def host_cpp(design: Design) -> str:
     w = CodeWriter()
     w.line(f"// Generated by tvm-spatial: XRT host program for device {design.device!r}.")
     w.line("// Usage: host.exe <design.xclbin> <data_dir> [device_index]")
-    w.line("// Reads <data_dir>/<kernel>.<port>.bin for every input port, runs the kernels in order,")
+    w.line("// Reads <data_dir>/<kernel>.<port>.bin for every input port, runs the kernels region by region,")
     w.line("// writes <data_dir>/<kernel>.<port>.out.bin for every output port (raw bytes, row-major).")
     w.line("// Before opening the device it checks that the xclbin declares every kernel and argument")
     w.line("// below (by name, in order): a host and an xclbin of different designs fail in one line.")
@@ -279,7 +312,7 @@ def host_cpp(design: Design) -> str:
     w.line()
     _check_interface(w)
     w.line()
-    _run_kernel(w)
+    _run_region(w)
     w.line()
     w.line("}  // namespace")
     w.line()

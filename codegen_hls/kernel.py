@@ -14,6 +14,15 @@ TIR stages (printed by :mod:`codegen_hls.printer`), and writes each output to al
 consumers at once. Deadlock freedom with that discipline: a process with one stream input
 always drains it; a process with several reads them in turn, so those streams are made
 deep enough to hold a whole tensor (``_depth``). Then no producer waits forever.
+
+SLRs: each process gets an SLR from a contiguous, work-balanced split of the chain
+(``_slrs``, cuts moved to where few streams cross). A region spanning several SLRs is
+printed as one ``extern "C"`` DATAFLOW top per SLR segment (``<region>_slr<n>``), each
+with the m_axi ports its processes use and an ``axis`` argument per stream crossing its
+boundary, plus, outside synthesis (``#ifndef __SYNTHESIS__``), the region's entry point
+calling the segments in order with the crossing streams as locals (``hls::stream`` is
+unbounded in C simulation, so each segment can run to completion before the next). A
+region on one SLR is printed exactly as before: one top, no wrapper.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from tvm_spatial.errors import CodegenError, DynamicShapeError
 
 from .c_types import c_type, needs_ap_types
 from .code_writer import CodeWriter
-from .design import Design, Kernel, Port, Process, Stream
+from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .library import MacArray, matmul_info, prepare_for_hls
 from .printer import FunctionPrinter, Namer, array_declarator
 
@@ -200,14 +209,46 @@ def _layers(procs: list[Proc]) -> list[int]:
     return layers
 
 
-def _slrs(works: list[int], slrs: int) -> list[int]:
-    """Contiguous, work-balanced split of the process chain over the device's SLRs."""
+# How far (a fraction of one SLR's share of the work) a cut may move from the balanced
+# position to find a place where fewer streams cross between SLRs.
+CUT_SLACK = 0.15
+
+
+def _slrs(works: list[int], slrs: int, links=()) -> list[int]:
+    """Contiguous, work-balanced split of the process chain over the device's SLRs.
+
+    ``links``: (producer index, consumer index) of every stream. Each stream crossing a cut
+    becomes an AXI-stream link between two kernels (and SLL wires), so each cut moves, within
+    ``CUT_SLACK`` of its balanced place, to where the fewest streams cross (e.g. between
+    layers rather than inside attention), nearest the balanced place on a tie."""
     total = sum(works) or 1
     result, acc = [], 0
     for w in works:
         result.append(min(slrs - 1, (acc + w / 2) * slrs // total))
         acc += w
-    return [int(r) for r in result]
+    result = [int(r) for r in result]
+    bounds = [i for i in range(1, len(result)) if result[i] != result[i - 1]]  # balanced cuts
+    if not links or not bounds:
+        return result
+    prefix = [0]
+    for w in works:
+        prefix.append(prefix[-1] + w)
+    share = total / slrs
+    cuts, prev = [], 0
+    for k, balanced in enumerate(bounds):
+        target = result[balanced] * share  # where this SLR's share of the work begins
+        limit = bounds[k + 1] if k + 1 < len(bounds) else len(works)
+
+        def cost(c, target=target, balanced=balanced):
+            crossing = sum(1 for a, b in links if a < c <= b)
+            return crossing, abs(prefix[c] - target), abs(c - balanced)
+
+        candidates = [c for c in range(prev + 1, limit)
+                      if abs(prefix[c] - target) <= CUT_SLACK * share or c == balanced]
+        prev = min(candidates or [balanced], key=cost)
+        cuts.append(prev)
+    labels = [result[0]] + [result[b] for b in bounds]
+    return [labels[sum(1 for c in cuts if i >= c)] for i in range(len(works))]
 
 
 def _loop_nest(w: CodeWriter, shape: tuple[int, ...], body: list[str], pipeline: bool = True) -> None:
@@ -424,29 +465,94 @@ class _KernelWriter:
         calls = []
         for proc in self.procs:
             calls.append((proc, self.print_process(w, proc)))
+        records = self.records([args for _, args in calls])
+        segments = self.segments(records)
         w.line()
-        with w.block(top_declaration(self.name, self.ports)):
-            write_port_interfaces(w, self.ports)
-            w.line("#pragma HLS DATAFLOW")
-            for stream in self.streams:
-                w.line(f'hls::stream<{c_type(stream.dtype)}> {stream.name}("{stream.name}");')
-                w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
-            for proc, args in calls:
-                w.line(f"{proc.name}({', '.join(args)});")
+        if not segments:
+            with w.block(top_declaration(self.name, self.ports)):
+                write_port_interfaces(w, self.ports)
+                w.line("#pragma HLS DATAFLOW")
+                for stream in self.streams:
+                    w.line(f'hls::stream<{c_type(stream.dtype)}> {stream.name}("{stream.name}");')
+                    w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
+                for proc, args in calls:
+                    w.line(f"{proc.name}({', '.join(args)});")
+        else:
+            self.print_segments(w, calls, segments)
         return Kernel(
             name=self.name,
             source=w.text(),
             ports=tuple(self.ports),
             ops=ops,
-            processes=self.records([args for _, args in calls]),
+            processes=records,
             streams=tuple(self.streams),
+            segments=segments,
         )
+
+    def segments(self, records: tuple[Process, ...]) -> tuple[Segment, ...]:
+        """One segment per SLR the processes occupy (none when they fit one SLR): its
+        processes, the m_axi ports they use, and an AXI-stream port per crossing stream."""
+        slrs = sorted({p.slr for p in records})
+        if len(slrs) < 2:
+            return ()
+        seg_name = {s: self.namer.fresh(f"{self.name}_slr{s}") for s in slrs}
+        slr_of = {p.name: p.slr for p in records}
+        port_names = {p.name for p in self.ports}
+        result = []
+        for s in slrs:
+            procs = [p for p in records if p.slr == s]
+            used = {a for p in procs for a in (*p.inputs, *p.outputs) if a in port_names}
+            axis = []
+            for st in self.streams:
+                src, dst = slr_of[st.producer], slr_of[st.consumer]
+                if src != dst and s in (src, dst):
+                    out = src == s
+                    axis.append(AxisPort(st.name, st.dtype, st.elements, st.depth, "out" if out else "in",
+                                         seg_name[dst if out else src]))
+            ports = tuple(p.name for p in self.ports if p.name in used)
+            result.append(Segment(seg_name[s], s, ports, tuple(axis), tuple(p.name for p in procs)))
+        return tuple(result)
+
+    def print_segments(self, w: CodeWriter, calls, segments: tuple[Segment, ...]) -> None:
+        """One ``extern "C"`` DATAFLOW top per segment; then, for C simulation only, the
+        region's entry point calling them in order (hls::stream is unbounded there, so a
+        segment may run to completion before the next starts; on the card the host starts
+        them all and the AXI-stream links carry the crossings)."""
+        port_of = {p.name: p for p in self.ports}
+        home = {name: seg.name for seg in segments for name in seg.processes}
+        for seg in segments:
+            ports = [port_of[n] for n in seg.ports]
+            w.line(f"// SLR{seg.slr} segment of {self.name}: {len(seg.processes)} processes, "
+                   f"{len(seg.axis)} AXI-stream link(s).")
+            with w.block(top_declaration(seg.name, ports, seg.axis)):
+                write_port_interfaces(w, ports, seg.axis)
+                w.line("#pragma HLS DATAFLOW")
+                for stream in self.streams:
+                    if home[stream.producer] == home[stream.consumer] == seg.name:
+                        w.line(f'hls::stream<{c_type(stream.dtype)}> {stream.name}("{stream.name}");')
+                        w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
+                for proc, args in calls:
+                    if home[proc.name] == seg.name:
+                        w.line(f"{proc.name}({', '.join(args)});")
+            w.line()
+        w.line("#ifndef __SYNTHESIS__")
+        w.line(f"// C simulation / emulation entry point of {self.name}: runs the SLR segments in order.")
+        with w.block(f"void {self.name}({', '.join(_top_params(self.ports))})"):
+            for stream in self.streams:
+                if home[stream.producer] != home[stream.consumer]:
+                    w.line(f'hls::stream<{c_type(stream.dtype)}> {stream.name}("{stream.name}");')
+                    w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
+            for seg in segments:
+                w.line(f"{seg.name}({', '.join([*seg.ports, *(a.name for a in seg.axis)])});")
+        w.line("#endif  // __SYNTHESIS__")
 
     def records(self, calls=None) -> tuple[Process, ...]:
         """The Process records (after ``plan``; ``calls``: each process's call arguments,
         else taken from its signature): what the design JSON and the analytical model read."""
         works = [sum(_work(self.legal[s.prim_name]) for s in p.stages) for p in self.procs]
-        slrs = _slrs(works, self.device.slrs)
+        index = {p.name: i for i, p in enumerate(self.procs)}
+        links = [(index[st.producer], index[st.consumer]) for st in self.streams]
+        slrs = _slrs(works, self.device.slrs, links)
         layers = _layers(self.procs)
         calls = calls or [self.process_signature(p)[1] for p in self.procs]
         processes = []
@@ -478,22 +584,30 @@ def write_preamble(w: CodeWriter, name: str, summary: str) -> None:
     w.line(f'#include "{Design.COMMON_HEADER_NAME}"')
 
 
-def top_declaration(name: str, ports) -> str:
-    """``extern "C" void name(<one array per port>)``: inputs ``const``."""
+def _top_params(ports, axis=()) -> list[str]:
     decls = [
         f"{'const ' if p.direction == 'in' else ''}{c_type(p.dtype)} {array_declarator(p.name, p.shape)}"
         for p in ports
     ]
-    return f'extern "C" void {name}({", ".join(decls)})'
+    return decls + [f"hls::stream<{c_type(a.dtype)}>& {a.name}" for a in axis]
 
 
-def write_port_interfaces(w: CodeWriter, ports) -> None:
-    """One AXI master bundle per port, AXI-lite control for the offsets and the start/done."""
+def top_declaration(name: str, ports, axis=()) -> str:
+    """``extern "C" void name(<one array per port>, <one stream per AXI-stream port>)``:
+    inputs ``const``."""
+    return f'extern "C" void {name}({", ".join(_top_params(ports, axis))})'
+
+
+def write_port_interfaces(w: CodeWriter, ports, axis=()) -> None:
+    """One AXI master bundle per port, an AXI4-Stream interface per stream argument,
+    AXI-lite control for the offsets and the start/done."""
     for port in ports:
         w.line(
             f"#pragma HLS INTERFACE m_axi port={port.name} offset=slave "
             f"bundle={port.bundle} depth={max(1, port.num_elements)}"
         )
+    for a in axis:
+        w.line(f"#pragma HLS INTERFACE axis port={a.name}")
     for port in ports:
         w.line(f"#pragma HLS INTERFACE s_axilite port={port.name}")
     w.line("#pragma HLS INTERFACE s_axilite port=return")
@@ -549,7 +663,9 @@ def plan_design(funcs, device: str, host_ops=()) -> Design:
         writer = _planned_writer(func, device)
         writer.plan()
         ops = tuple(p.op for p in writer.procs if p.op != "copy")
-        kernels.append(Kernel(writer.name, "", tuple(writer.ports), ops, writer.records(), tuple(writer.streams)))
+        records = writer.records()
+        kernels.append(Kernel(writer.name, "", tuple(writer.ports), ops, records, tuple(writer.streams),
+                              writer.segments(records)))
     return Design(device=device, kernels=tuple(kernels), common_header="", host_ops=tuple(host_ops))
 
 

@@ -25,6 +25,20 @@ check the source itself. Every finding names the kernel, the line and the rule:
 ``m_axi-bundle``    every such pragma names a ``bundle``, the one the design records.
 ``m_axi-bank``      every port has a memory bank in the placement (``connectivity.cfg``),
                     and ports sharing a bundle share the bank.
+``axis-port``       every ``hls::stream`` argument of an ``extern "C"`` top has an
+                    ``#pragma HLS INTERFACE axis``; every AXI-stream port the design records
+                    (a stream crossing an SLR boundary) is such an argument of its segment
+                    top, of the recorded element type, written (producer side) or read
+                    (consumer side) exactly its recorded element count, and never both.
+``axis-link``       the two ends of every crossing agree (type, element count) and are
+                    linked by exactly one ``stream_connect`` in ``connectivity.cfg`` whose
+                    FIFO is deep enough (a consumer reading several streams in turn needs
+                    room for the whole tensor); no ``stream_connect`` names anything else.
+
+A region split into SLR segments runs them concurrently on the card; its C-simulation
+wrapper (which calls the segment tops) is checked as one dataflow region with the
+segments flattened into it, so ``stream-balance`` and ``stream-depth`` cover the crossing
+streams too (a link's FIFO depth must then also be granted in ``connectivity.cfg``).
 
 The analysis is lexical plus a little structure (functions, blocks, loops, calls): our
 printer emits a regular subset of C++, and the rules are written for that subset. It is
@@ -40,6 +54,7 @@ from dataclasses import dataclass, field
 
 from tvm_spatial.errors import LintError
 
+from .c_types import c_type
 from .design import Design, Kernel
 
 HEAP_KEYWORDS = {"new", "delete"}
@@ -311,6 +326,11 @@ def _functions(tokens: list[Tok]) -> list[Function]:
     return functions
 
 
+def _stream_element(text: str) -> str:
+    """``T`` (spaces removed) of a parameter declared ``hls :: stream < T > & name``."""
+    return "".join(text[text.find("<") + 1 : text.rfind(">")].split())
+
+
 # -- the checker ---------------------------------------------------------------------------
 
 
@@ -496,6 +516,8 @@ class _Linter:
 
     def check_streams(self) -> None:
         depths = self._depths()
+        needs: dict[str, int] = {}  # stream -> elements written per call (0: not static)
+        decls: dict[str, int] = {}
         for func in self.functions:
             local = self._local_streams(func)
             if not local:
@@ -503,6 +525,8 @@ class _Linter:
             counts = self._summary(func)
             for name, line in local:
                 c = counts[name]
+                needs[name] = c.writes if c.exact else 0
+                decls.setdefault(name, line)
                 if c.writes == 0 or c.reads == 0:
                     missing = "read" if c.writes else "written"
                     self.add(line, "stream-balance", f"stream '{name}' is declared in '{func.name}' but never {missing}")
@@ -512,25 +536,45 @@ class _Linter:
                         f"stream '{name}' is written {c.writes} times and read {c.reads} times per call of "
                         f"'{func.name}': the dataflow stalls or leaves data behind",
                     )
-            self._check_depths(func, {n for n, _ in local}, counts, depths)
+        called = {
+            t.text for f in self.functions for i, t in enumerate(f.body[:-1])
+            if t.text in self.by_name and t.text != f.name and f.body[i + 1].text == "("
+        }
+        for func in self.functions:
+            # a dataflow region as a whole: a kernel's top, or the C-simulation wrapper of
+            # a region split into SLR segments (its segment tops flattened into it)
+            if func.name not in called and self._local_streams(func):
+                env = {n: n for n, _ in self._local_streams(func)}
+                self._check_depths(func, self._flat_calls(func, env, ()), needs, decls, depths)
 
-    def _check_depths(self, top: Function, streams: set[str], counts: dict[str, _Counts], depths) -> None:
-        """Within ``top``'s dataflow region: a process reading stream B only after draining
-        stream A deadlocks when B's producer (or something upstream of it) also feeds A,
-        unless B can hold everything written to it meanwhile."""
-        calls = []  # (callee, {param: stream}) in program order
-        body = top.body
+    def _flat_calls(self, func: Function, env: dict[str, str], active: tuple[str, ...]) -> list:
+        """(process, {param: stream}) in program order, through calls of ``extern "C"`` segment
+        tops (whose stream arguments and local streams join ``env``)."""
+        calls = []
+        body = func.body
         for i, tok in enumerate(body):
             callee = self.by_name.get(tok.text)
-            if callee is None or callee is top or i + 1 >= len(body) or body[i + 1].text != "(":
+            if callee is None or callee is func or callee.name in active:
+                continue
+            if i + 1 >= len(body) or body[i + 1].text != "(":
                 continue
             args = _split_top_level(body[i + 2 : _match(body, i + 1, "(", ")")])
             binding = {
-                p.name: a[0].text
+                p.name: env[a[0].text]
                 for p, a in zip(callee.params, args)
-                if p.is_stream and len(a) == 1 and a[0].text in streams
+                if p.is_stream and len(a) == 1 and a[0].text in env
             }
-            calls.append((callee, binding))
+            if callee.is_top:
+                inner = {**binding, **{n: n for n, _ in self._local_streams(callee)}}
+                calls += self._flat_calls(callee, inner, active + (func.name,))
+            else:
+                calls.append((callee, binding))
+        return calls
+
+    def _check_depths(self, top: Function, calls: list, needs: dict[str, int], decls: dict[str, int], depths) -> None:
+        """Within ``top``'s dataflow region: a process reading stream B only after draining
+        stream A deadlocks when B's producer (or something upstream of it) also feeds A,
+        unless B can hold everything written to it meanwhile."""
         producer: dict[str, int] = {}
         consumers: dict[str, list[int]] = {}
         for index, (callee, binding) in enumerate(calls):
@@ -558,10 +602,10 @@ class _Linter:
             for k, (_, param, stream) in enumerate(inputs[1:], start=1):
                 earlier = [s for _, _, s in inputs[:k]]
                 related = any(ancestors(producer[stream]) & ancestors(producer[e]) for e in earlier)
-                need = counts[stream].writes if counts[stream].exact else 0
+                need = needs.get(stream, 0)
                 depth, line = depths.get(stream, (DEFAULT_STREAM_DEPTH, 0))
                 if related and need and depth < need:
-                    decl = next((ln for n, ln in self._local_streams(top) if n == stream), top.line)
+                    decl = decls.get(stream, top.line)
                     self.add(
                         line or decl, "stream-depth",
                         f"stream '{stream}' has depth {depth} but '{callee.name}' reads it only after "
@@ -570,9 +614,14 @@ class _Linter:
                     )
 
     # interfaces --------------------------------------------------------------------
-    def _interface_pragmas(self) -> dict[str, tuple[int, dict[str, str]]]:
+    def _interface_pragmas(self, top: Function, want: str = "m_axi") -> dict[str, tuple[int, dict[str, str]]]:
+        """``port -> (line, options)`` of the INTERFACE pragmas of mode ``want`` inside ``top``
+        (several tops in one file may name the same port: each needs its own pragma)."""
         found = {}
+        last = max((t.line for t in top.body), default=top.line) + 1
         for line, text in self.directives:
+            if not top.line <= line <= last:
+                continue
             if not re.match(r"#\s*pragma\s+HLS\s+INTERFACE\b", text, re.I):
                 continue
             words = re.sub(r"^#\s*pragma", "#pragma", text).split()[3:]
@@ -581,15 +630,49 @@ class _Linter:
                 key, _, value = word.partition("=")
                 opts[key.lower()] = value if value else ""
             mode = opts.pop("mode", None) or next((w for w in words if "=" not in w), "")
-            if mode.lower() == "m_axi" and "port" in opts:
+            if mode.lower() == want and "port" in opts:
                 found[opts["port"]] = (line, opts)
         return found
 
+    def check_axis(self, top: Function, vk, pragmas: dict) -> None:
+        """The AXI-stream ports ``vk`` (a VitisKernel) records, against its top's source."""
+        params = {p.name: p for p in top.params}
+        counts = self._summary(top)
+        for a in vk.axis:
+            param = params.get(a.name)
+            if param is None or not param.is_stream:
+                self.add(top.line, "axis-port", f"AXI-stream port '{a.name}' (link with '{a.peer}') is not an "
+                         f"hls::stream argument of '{top.name}'")
+                continue
+            line = pragmas.get(a.name, (top.line, {}))[0]  # a missing pragma: check_interfaces
+            want = c_type(a.dtype).replace(" ", "")
+            got = _stream_element(param.text)
+            if got != want:
+                self.add(line, "axis-port", f"stream '{a.name}' of '{top.name}' carries '{got}' but the link "
+                         f"with '{a.peer}' carries {a.dtype} ('{want}'): the widths differ")
+            c = counts.get(a.name)
+            if c is None:
+                continue
+            done, other = (c.writes, c.reads) if a.direction == "out" else (c.reads, c.writes)
+            verb = "writes" if a.direction == "out" else "reads"
+            if other:
+                self.add(line, "axis-port", f"'{top.name}' both writes and reads AXI-stream port '{a.name}'")
+            if c.exact and done != a.elements:
+                self.add(line, "axis-port", f"'{top.name}' {verb} AXI-stream port '{a.name}' {done} times per "
+                         f"call; the link with '{a.peer}' carries {a.elements} elements")
+
     def check_interfaces(self, kernel: Kernel | None, banks: dict | None) -> None:
         tops = [f for f in self.functions if f.is_top]
-        pragmas = self._interface_pragmas()
         for top in tops:
+            pragmas = self._interface_pragmas(top)
+            axis = self._interface_pragmas(top, "axis")
             for param in top.params:
+                if param.is_stream and param.name not in axis:
+                    self.add(
+                        top.line, "axis-port",
+                        f"stream argument '{param.name}' of '{top.name}' has no '#pragma HLS INTERFACE axis "
+                        f"port={param.name}'",
+                    )
                 if not param.is_memory:
                     continue
                 if param.name not in pragmas:
@@ -608,10 +691,16 @@ class _Linter:
                     )
         if kernel is None:
             return
+        for vk in kernel.vitis_kernels():
+            self._check_vitis_kernel(vk, tops, banks)
+
+    def _check_vitis_kernel(self, kernel, tops, banks) -> None:
         top = next((f for f in tops if f.name == kernel.name), None)
         if top is None:
             self.add(1, "m_axi-port", f"no extern \"C\" function named '{kernel.name}' (the kernel's top function)")
             return
+        pragmas = self._interface_pragmas(top)
+        self.check_axis(top, kernel, self._interface_pragmas(top, "axis"))
         names = {p.name for p in top.params}
         bank_of_bundle: dict[str, tuple[str, str]] = {}
         for port in kernel.ports:
@@ -650,19 +739,92 @@ def lint_source(name: str, source: str, kernel: Kernel | None = None, banks: dic
     return sorted(linter.findings, key=lambda f: (f.line, f.rule))
 
 
-def lint_design(design: Design, banks: dict | None = None) -> list[Finding]:
-    """Findings for every kernel of ``design`` and its common header. ``banks`` maps
-    (kernel, port) to a memory bank, as :func:`vitis_files.place` returns; pass it to check
-    that every m_axi port is placed."""
-    findings = lint_source(Design.COMMON_HEADER_NAME, design.common_header)
-    for kernel in design.kernels:
-        findings += lint_source(kernel.name, kernel.source, kernel, banks)
+CONNECTIVITY_FILE = "connectivity.cfg"
+_STREAM_CONNECT = re.compile(r"^\s*stream_connect\s*=\s*(\w+)\.(\w+)\s*:\s*(\w+)\.(\w+)\s*(?::\s*(\d+))?\s*$")
+
+
+def _link_need(kernel: Kernel, stream: str) -> int:
+    """FIFO depth a crossing stream needs: its whole tensor when the consumer process reads
+    several streams in turn (it may drain another first), else the default."""
+    record = next((s for s in kernel.streams if s.name == stream), None)
+    if record is None:
+        return 1
+    names = {s.name for s in kernel.streams}
+    consumer = next((p for p in kernel.processes if p.name == record.consumer), None)
+    reads = sum(1 for i in consumer.inputs if i in names) if consumer else 1
+    return record.elements if reads > 1 else 1
+
+
+def lint_links(design: Design, connectivity: str | None = None) -> list[Finding]:
+    """``axis-link``: both ends of every SLR crossing agree, and (given the text of
+    ``connectivity.cfg``) exactly one deep-enough ``stream_connect`` links them."""
+    findings: list[Finding] = []
+    kernels = {vk.name: vk for vk in design.vitis_kernels()}
+    regions = {k.name: k for k in design.kernels}
+    expected: dict[tuple[str, str, str], int] = {}  # (producer, stream, consumer) -> depth needed
+    for vk in kernels.values():
+        for a in vk.axis:
+            peer = kernels.get(a.peer)
+            other = next((b for b in peer.axis if b.name == a.name), None) if peer else None
+            if other is None or other.direction == a.direction or other.peer != vk.name:
+                side = "input" if a.direction == "out" else "output"
+                findings.append(Finding(vk.region, 1, "axis-link", f"'{vk.name}' links stream '{a.name}' with "
+                                        f"'{a.peer}', which has no matching {side} port '{a.name}'"))
+                continue
+            if (other.dtype, other.elements) != (a.dtype, a.elements):
+                findings.append(Finding(vk.region, 1, "axis-link", f"stream '{a.name}': '{vk.name}' has "
+                                        f"{a.elements} x {a.dtype} but '{a.peer}' has {other.elements} x "
+                                        f"{other.dtype}; both ends of a link must agree"))
+            if a.direction == "out":
+                expected[(vk.name, a.name, a.peer)] = _link_need(regions[vk.region], a.name)
+    if connectivity is None:
+        return findings
+    seen: set[tuple[str, str, str]] = set()
+    for number, line in enumerate(connectivity.split("\n"), start=1):
+        if not line.strip().startswith("stream_connect"):
+            continue
+        match = _STREAM_CONNECT.match(line)
+        if not match:
+            findings.append(Finding(CONNECTIVITY_FILE, number, "axis-link", f"cannot parse '{line.strip()}'; "
+                                    "expected stream_connect=<cu>.<port>:<cu>.<port>[:<depth>]"))
+            continue
+        src_cu, src_port, dst_cu, dst_port, depth = match.groups()
+        key = (src_cu.removesuffix("_1"), src_port, dst_cu.removesuffix("_1"))
+        if src_port != dst_port or key not in expected:
+            findings.append(Finding(CONNECTIVITY_FILE, number, "axis-link", f"'{line.strip()}' links no "
+                                    "stream crossing of the design (producer port, consumer port)"))
+            continue
+        if key in seen:
+            findings.append(Finding(CONNECTIVITY_FILE, number, "axis-link", f"stream '{src_port}' is "
+                                    "connected twice"))
+        seen.add(key)
+        fifo = int(depth) if depth else DEFAULT_STREAM_DEPTH
+        if fifo < expected[key]:
+            findings.append(Finding(CONNECTIVITY_FILE, number, "axis-link", f"link of stream '{src_port}' has "
+                                    f"FIFO depth {fifo}; its consumer reads it after another stream, so it "
+                                    f"must hold all {expected[key]} elements or the kernels deadlock"))
+    for producer, stream, consumer in expected:
+        if (producer, stream, consumer) not in seen:
+            findings.append(Finding(CONNECTIVITY_FILE, 1, "axis-link", f"no stream_connect links '{producer}."
+                                    f"{stream}' to '{consumer}.{stream}': the AXI-stream ports would be left "
+                                    "open and the kernels hang"))
     return findings
 
 
-def check_design(design: Design, banks: dict | None = None) -> None:
+def lint_design(design: Design, banks: dict | None = None, connectivity: str | None = None) -> list[Finding]:
+    """Findings for every kernel of ``design`` and its common header. ``banks`` maps
+    (Vitis kernel, port) to a memory bank, as :func:`vitis_files.place` returns; pass it to
+    check that every m_axi port is placed. ``connectivity``: the text of ``connectivity.cfg``,
+    to check the AXI-stream links between SLR segments."""
+    findings = lint_source(Design.COMMON_HEADER_NAME, design.common_header)
+    for kernel in design.kernels:
+        findings += lint_source(kernel.name, kernel.source, kernel, banks)
+    return findings + lint_links(design, connectivity)
+
+
+def check_design(design: Design, banks: dict | None = None, connectivity: str | None = None) -> None:
     """Raise :class:`LintError` listing every finding (kernel, line, rule) if there is one."""
-    findings = lint_design(design, banks)
+    findings = lint_design(design, banks, connectivity)
     if findings:
         lines = [str(f) for f in findings]
         error = LintError(

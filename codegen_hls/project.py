@@ -47,6 +47,12 @@ def _check_names(design: Design) -> None:
                 raise CodegenError(
                     f"kernel {kernel.name!r} port {name!r} is not a unique C identifier"
                 )
+        for vk in kernel.vitis_kernels():
+            if vk.name == kernel.name:
+                continue
+            if not _IDENTIFIER.match(vk.name) or vk.name in seen:
+                raise CodegenError(f"SLR segment kernel name {vk.name!r} is not a unique C identifier")
+            seen.add(vk.name)
 
 
 def project_files(design: Design) -> dict[str, tuple[bytes, bool]]:
@@ -55,13 +61,14 @@ def project_files(design: Design) -> dict[str, tuple[bytes, bool]]:
     check_ports(design)
     device = get_device(design.device)
     placement = vitis_files.place(design, device)
-    check_design(design, placement.banks)  # LintError: Vitis would reject or mis-build it
+    connectivity = vitis_files.connectivity_cfg(design, device, placement)
+    check_design(design, placement.banks, connectivity)  # LintError: Vitis would reject or mis-build it
     files: dict[str, tuple[bytes, bool]] = {}
     for kernel in design.kernels:
         files[f"kernels/{kernel.filename}"] = (kernel.source.encode("utf-8"), False)
     files[f"kernels/{Design.COMMON_HEADER_NAME}"] = (design.common_header.encode("utf-8"), False)
     text_files = {
-        "connectivity.cfg": (vitis_files.connectivity_cfg(design, device, placement), False),
+        "connectivity.cfg": (connectivity, False),
         "Makefile": (vitis_files.makefile(design, device), False),
         "host/host.cpp": (host_cpp(design), False),
         "run.sh": (vitis_files.run_sh(), True),

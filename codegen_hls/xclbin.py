@@ -6,10 +6,13 @@ of that from four sections of the container, so we write exactly those, followin
 structs of ``/usr/include/xrt/xclbin.h`` (XRT 2.13):
 
 ``EMBEDDED_METADATA``
-    XML: per kernel its AXI ports (``M_AXI_<BUNDLE>`` masters, the ``S_AXI_CONTROL``
-    slave), its arguments (name, index, port, register offset, size, host type) and its
-    compute unit with the control base address. ``xrt::xclbin::kernel::get_args()`` and
-    ``xrt::kernel`` read the arguments from here.
+    XML: per Vitis kernel (a region's top, or each SLR segment of a split region) its AXI
+    ports (``M_AXI_<BUNDLE>`` masters, one AXI4-Stream port per stream argument, the
+    ``S_AXI_CONTROL`` slave), its arguments (name, index, port, register offset, size, host
+    type; a stream argument has ``addressQualifier`` 4, which XRT's parser maps to
+    ``kernel_argument::argtype::stream``: the host never sets it) and its compute unit with
+    the control base address. ``xrt::xclbin::kernel::get_args()`` and ``xrt::kernel`` read
+    the arguments from here.
 ``MEM_TOPOLOGY``
     One ``mem_data`` per memory bank of the card (``HBM[i]`` or ``DDR[i]``); banks some
     port uses are marked used.
@@ -83,6 +86,7 @@ FIRST_ARG_OFFSET = 0x10
 ARG_STRIDE = 0xC
 POINTER_SIZE = 8
 ADDRESS_QUALIFIER_GLOBAL = 1  # an m_axi pointer into device memory
+ADDRESS_QUALIFIER_STREAM = 4  # an AXI4-Stream argument (kernel-to-kernel link)
 
 
 def axi_port(bundle: str) -> str:
@@ -111,11 +115,11 @@ def _embedded_metadata(design: Design, device: Device) -> bytes:
     dev = ET.SubElement(platform, "device", name="fpga0", fpgaDevice=device.part)
     core = ET.SubElement(
         dev, "core", name="OCL_REGION_0", target="metadata_only",
-        numComputeUnits=str(len(design.kernels)),
+        numComputeUnits=str(len(design.vitis_kernels())),
     )
     clocks = ET.SubElement(core, "kernelClocks")
     ET.SubElement(clocks, "clock", port="KERNEL_CLK", frequency=f"{device.clock_mhz:g}MHz")
-    for k_index, kernel in enumerate(design.kernels):
+    for k_index, kernel in enumerate(design.vitis_kernels()):
         node = ET.SubElement(
             core, "kernel", name=kernel.name, language="c", type="pl",
             vlnv=f"tvm-spatial:hls:{kernel.name}:1.0", workGroupSize="1",
@@ -127,6 +131,11 @@ def _embedded_metadata(design: Design, device: Device) -> bytes:
                 node, "port", name=axi_port(bundle), mode="master", range="0xFFFFFFFFFFFFFFFF",
                 dataWidth=str(width), portType="addressable", base="0x0",
             )
+        for a in kernel.axis:
+            ET.SubElement(
+                node, "port", name=a.name, mode="write_only" if a.direction == "out" else "read_only",
+                range="", dataWidth=str(8 * byte_size(a.dtype)), portType="stream",
+            )
         ET.SubElement(
             node, "port", name="S_AXI_CONTROL", mode="slave", range=hex(CONTROL_RANGE),
             dataWidth="32", portType="addressable", base="0x0",
@@ -137,6 +146,13 @@ def _embedded_metadata(design: Design, device: Device) -> bytes:
                 id=str(index), port=axi_port(port.bundle), size=hex(POINTER_SIZE),
                 offset=hex(arg_offset(index)), hostOffset="0x0", hostSize=hex(POINTER_SIZE),
                 type=f"{c_type(port.dtype)}*",
+            )
+        for index, a in enumerate(kernel.axis, start=len(kernel.ports)):
+            # no register: the stream is wired to its peer by stream_connect
+            ET.SubElement(
+                node, "arg", name=a.name, addressQualifier=str(ADDRESS_QUALIFIER_STREAM),
+                id=str(index), port=a.name, size="0x0", offset="0x0", hostOffset="0x0",
+                hostSize=hex(POINTER_SIZE), type=f"hls::stream<{c_type(a.dtype)}>&",
             )
         instance = ET.SubElement(node, "instance", name=compute_unit(kernel))
         ET.SubElement(instance, "addrRemap", base=hex(cu_base(k_index)), port="S_AXI_CONTROL")
@@ -158,8 +174,9 @@ def _mem_topology(device: Device, used: set[str]) -> bytes:
 
 def _ip_layout(design: Design) -> bytes:
     properties = (AP_CTRL_HS << IP_CONTROL_SHIFT) | IP_INT_ENABLE
-    out = [_COUNT.pack(len(design.kernels))]
-    for k_index, kernel in enumerate(design.kernels):
+    kernels = design.vitis_kernels()
+    out = [_COUNT.pack(len(kernels))]
+    for k_index, kernel in enumerate(kernels):
         name = f"{kernel.name}:{compute_unit(kernel)}".encode()
         out.append(_IP_DATA.pack(IP_KERNEL, properties, cu_base(k_index), name))
     return b"".join(out)
@@ -168,8 +185,8 @@ def _ip_layout(design: Design) -> bytes:
 def _connectivity(design: Design, device: Device, placement: Placement) -> bytes:
     bank_index = {tag: i for i, tag in enumerate(device.memory_banks)}
     rows = []
-    for k_index, kernel in enumerate(design.kernels):
-        for a_index, port in enumerate(kernel.ports):
+    for k_index, kernel in enumerate(design.vitis_kernels()):
+        for a_index, port in enumerate(kernel.ports):  # m_axi arguments come first
             bank = placement.banks[(kernel.name, port.name)]
             rows.append(_CONNECTION.pack(a_index, k_index, bank_index[bank]))
     return _CONNECTIVITY_COUNT.pack(len(rows)) + b"".join(rows)
@@ -227,6 +244,7 @@ class XclbinInterface:
     uuid: bytes
     platform: str
     kernels: dict[str, tuple[str, ...]]  # kernel -> argument names in index order
+    streams: dict[str, tuple[str, ...]]  # kernel -> names of its AXI-stream arguments
     banks: dict[tuple[str, str], str]  # (kernel, argument) -> memory tag, from CONNECTIVITY
     has_bitstream: bool
 
@@ -270,9 +288,13 @@ def read_interface(data: bytes) -> XclbinInterface:
     except ET.ParseError as exc:
         raise XclbinFormatError(f"EMBEDDED_METADATA is not XML: {exc}") from None
     kernels: dict[str, tuple[str, ...]] = {}
+    streams: dict[str, tuple[str, ...]] = {}
     for node in root.iterfind("./platform/device/core/kernel"):
         args = sorted(node.iterfind("arg"), key=lambda a: int(a.get("id") or 0, 0))
         kernels[node.get("name", "")] = tuple(a.get("name", "") for a in args)
+        streams[node.get("name", "")] = tuple(
+            a.get("name", "") for a in args if a.get("addressQualifier") == str(ADDRESS_QUALIFIER_STREAM)
+        )
     banks: dict[tuple[str, str], str] = {}
     if {MEM_TOPOLOGY, IP_LAYOUT, CONNECTIVITY} <= sections.keys():
         mems = _records(sections[MEM_TOPOLOGY], _COUNT, _MEM_DATA)
@@ -284,7 +306,7 @@ def read_interface(data: bytes) -> XclbinInterface:
             names = kernels.get(kernel, ())
             if 0 <= arg < len(names):
                 banks[(kernel, names[arg])] = _cstr(mems[mem][4])
-    return XclbinInterface(uuid, platform, kernels, banks, has_bitstream=0 in sections)
+    return XclbinInterface(uuid, platform, kernels, streams, banks, has_bitstream=0 in sections)
 
 
 def _records(body: bytes, count_struct: struct.Struct, record: struct.Struct) -> list[tuple]:

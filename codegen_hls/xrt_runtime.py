@@ -20,6 +20,11 @@ each entry, after checking its arguments, calls :func:`run_kernel_on_xrt` (regis
 the global FFI function ``emulation.XRT_DISPATCH``) instead of the compiled kernel. The
 xclbin comes from ``TVM_SPATIAL_XCLBIN`` and the device from ``TVM_SPATIAL_DEVICE_INDEX``.
 
+A region spread over several SLRs is several Vitis kernels linked by AXI streams; one
+call of its entry point runs them all (the generated host starts every one, then waits
+for every one), and :func:`check_xclbin` also checks that the xclbin declares the
+crossing arguments as streams.
+
 Ports that share a Relax argument (``Port.arg``: one tensor read by several processes)
 each keep their own XRT buffer: each is its own ``m_axi`` argument, possibly in its own
 HBM bank, so the host copies the tensor once per port.
@@ -125,14 +130,14 @@ def check_xclbin(design: Design, xclbin: Path, *, hardware: bool) -> None:
         info = read_interface(xclbin.read_bytes())
     except XclbinFormatError as exc:
         raise ToolchainError(f"xclbin {xclbin} cannot be read: {exc}") from None
-    for kernel in design.kernels:
+    for kernel in design.vitis_kernels():
         args = info.kernels.get(kernel.name)
         if args is None:
             raise ToolchainError(
                 f"xclbin {xclbin} does not match the design: no kernel '{kernel.name}' "
                 f"(it has {', '.join(info.kernels) or 'none'})"
             )
-        wanted = tuple(p.name for p in kernel.ports)
+        wanted = tuple(p.name for p in kernel.ports) + tuple(a.name for a in kernel.axis)
         if args != wanted:
             missing = next((f"'{w}' at index {i}" for i, w in enumerate(wanted) if i >= len(args) or args[i] != w),
                            f"only {len(wanted)} arguments")
@@ -140,6 +145,14 @@ def check_xclbin(design: Design, xclbin: Path, *, hardware: bool) -> None:
                 f"xclbin {xclbin} does not match the design: kernel '{kernel.name}' has no argument "
                 f"{missing} (it has {', '.join(args)})"
             )
+        streams = info.streams.get(kernel.name, ())
+        for a in kernel.axis:
+            if a.name not in streams:
+                raise ToolchainError(
+                    f"xclbin {xclbin} does not match the design: argument '{a.name}' of kernel "
+                    f"'{kernel.name}' is an AXI stream linked to '{a.peer}', but the xclbin does not "
+                    "declare it as a stream"
+                )
     if hardware and not info.has_bitstream:
         raise ToolchainError(
             f"xclbin {xclbin} holds no bitstream (a metadata-only xclbin from tvm-spatial?): "
@@ -201,30 +214,33 @@ class XRTRunner:
         return exe
 
     def run(self, kernel_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one kernel: ``inputs`` by input port name; returns outputs by output port name."""
+        """Run one region (all its Vitis kernels: one per SLR it spans, started together):
+        ``inputs`` by input port name; returns outputs by output port name."""
         kernel = self._kernel(kernel_name)
         self.check()
         exe = self.host_executable(kernel)
         with tempfile.TemporaryDirectory(prefix="tvm_spatial_xrt_data_") as tmp:
             data = Path(tmp)
-            for port in kernel.ports:
-                if port.direction != "in":
-                    continue
-                if port.name not in inputs:
-                    raise ToolchainError(f"kernel '{kernel.name}' needs input '{port.name}'")
-                array = np.ascontiguousarray(inputs[port.name], dtype=port.dtype)
-                if array.shape != port.shape and array.size != port.num_elements:
-                    raise ToolchainError(
-                        f"kernel '{kernel.name}' input '{port.name}' expects shape {port.shape}, got {array.shape}"
-                    )
-                (data / f"{kernel.name}.{port.name}.bin").write_bytes(array.tobytes())
+            for vk in kernel.vitis_kernels():
+                for port in vk.ports:
+                    if port.direction != "in":
+                        continue
+                    if port.name not in inputs:
+                        raise ToolchainError(f"kernel '{kernel.name}' needs input '{port.name}'")
+                    array = np.ascontiguousarray(inputs[port.name], dtype=port.dtype)
+                    if array.shape != port.shape and array.size != port.num_elements:
+                        raise ToolchainError(
+                            f"kernel '{kernel.name}' input '{port.name}' expects shape {port.shape}, got {array.shape}"
+                        )
+                    (data / f"{vk.name}.{port.name}.bin").write_bytes(array.tobytes())
             cmd = [str(exe), str(self.xclbin.resolve()), str(data), str(self.device_index)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise ToolchainError(f"XRT run of kernel '{kernel.name}' failed: {proc.stderr.strip()}")
             return {
-                port.name: np.fromfile(data / f"{kernel.name}.{port.name}.out.bin", dtype=port.dtype).reshape(port.shape)
-                for port in kernel.ports
+                port.name: np.fromfile(data / f"{vk.name}.{port.name}.out.bin", dtype=port.dtype).reshape(port.shape)
+                for vk in kernel.vitis_kernels()
+                for port in vk.ports
                 if port.direction == "out"
             }
 

@@ -24,7 +24,7 @@ import tvm
 from tvm import relax
 
 import tvm_spatial
-from codegen_hls.design import Design
+from codegen_hls.design import Design, Kernel
 from codegen_hls.project import write_project
 from codegen_hls.vitis_files import METADATA_XCLBIN
 from codegen_hls.xclbin import metadata_xclbin
@@ -70,7 +70,7 @@ def write_inputs(design: Design, data: pathlib.Path, known: dict[str, np.ndarray
     """The model input where a port carries it, seeded random bytes for the weights."""
     rng = np.random.default_rng(0)
     data.mkdir()
-    for kernel in design.kernels:
+    for kernel in design.vitis_kernels():  # a region spanning SLRs: one kernel per SLR
         for port in kernel.ports:
             if port.direction != "in":
                 continue
@@ -110,7 +110,7 @@ def test_host_loads_metadata_xclbin_and_runs_every_kernel(built, noop_env):
     # make XRT warn and copy ("no compute units with connectivity required ...")
     assert result.stderr == ""
     wrote = []
-    for kernel in built.design.kernels:
+    for kernel in built.design.vitis_kernels():
         for port in kernel.ports:
             if port.direction == "out":
                 path = built.project / "data" / f"{kernel.name}.{port.name}.out.bin"
@@ -122,18 +122,33 @@ def test_host_loads_metadata_xclbin_and_runs_every_kernel(built, noop_env):
 def with_port_renamed(design: Design, kernel_index: int, port_index: int, new: str) -> Design:
     kernel = design.kernels[kernel_index]
     ports = list(kernel.ports)
+    old = ports[port_index].name
     ports[port_index] = dataclasses.replace(ports[port_index], name=new)
+    segments = tuple(
+        dataclasses.replace(seg, ports=tuple(new if n == old else n for n in seg.ports)) for seg in kernel.segments
+    )
     kernels = list(design.kernels)
-    kernels[kernel_index] = dataclasses.replace(kernel, ports=tuple(ports))
+    kernels[kernel_index] = dataclasses.replace(kernel, ports=tuple(ports), segments=segments)
     return dataclasses.replace(design, kernels=tuple(kernels))
 
 
+def vitis_kernel_of(design: Design, port_name: str):
+    """(Vitis kernel, argument index) of a port of the first region."""
+    for vk in design.kernels[0].vitis_kernels():
+        names = [p.name for p in vk.ports]
+        if port_name in names:
+            return vk, names.index(port_name)
+    raise KeyError(port_name)
+
+
 def test_renamed_argument_is_reported_in_one_line(built, noop_env, tmp_path):
-    kernel = built.design.kernels[0]
+    region = built.design.kernels[0]
+    kernel = region.vitis_kernels()[0]
     index = len(kernel.ports) - 2  # an input weight in the middle of the list
     wanted = kernel.ports[index].name
     bad = tmp_path / "renamed.xclbin"
-    bad.write_bytes(metadata_xclbin(with_port_renamed(built.design, 0, index, wanted + "_renamed")))
+    renamed = with_port_renamed(built.design, 0, [p.name for p in region.ports].index(wanted), wanted + "_renamed")
+    bad.write_bytes(metadata_xclbin(renamed))
     result = run_host(built, bad, noop_env)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
@@ -146,8 +161,8 @@ def test_renamed_argument_is_reported_in_one_line(built, noop_env, tmp_path):
 
 
 def test_missing_kernel_is_reported(built, noop_env, tmp_path):
-    kernel = built.design.kernels[0]
-    other = dataclasses.replace(kernel, name=kernel.name + "_v2")
+    kernel = built.design.vitis_kernels()[0]
+    other = Kernel(name=kernel.name + "_v2", source="", ports=kernel.ports, ops=())
     bad = tmp_path / "other.xclbin"
     bad.write_bytes(metadata_xclbin(dataclasses.replace(built.design, kernels=(other,))))
     result = run_host(built, bad, noop_env)
@@ -202,16 +217,16 @@ def test_runner_runs_a_kernel_under_noop(built, noop_env, monkeypatch, tmp_path)
 def test_runner_names_what_is_missing(built, noop_env, monkeypatch, tmp_path):
     for key in ("XILINX_XRT", "XCL_EMULATION_MODE"):
         monkeypatch.setenv(key, noop_env[key])
-    kernel = built.design.kernels[0]
+    kernel, index = vitis_kernel_of(built.design, built.design.kernels[0].ports[1].name)
 
     missing = xrt_runtime.XRTRunner(built.design, tmp_path / "nope.xclbin")
     with pytest.raises(ToolchainError, match=r"xclbin .*nope\.xclbin does not exist"):
         missing.check()
 
-    wanted = kernel.ports[1].name
+    wanted = kernel.ports[index].name
     renamed = tmp_path / "renamed.xclbin"
     renamed.write_bytes(metadata_xclbin(with_port_renamed(built.design, 0, 1, "zz")))
-    with pytest.raises(ToolchainError, match=rf"kernel '{kernel.name}' has no argument '{wanted}' at index 1"):
+    with pytest.raises(ToolchainError, match=rf"kernel '{kernel.name}' has no argument '{wanted}' at index {index}"):
         xrt_runtime.XRTRunner(built.design, renamed).check()
 
     with pytest.raises(ToolchainError, match="holds no bitstream"):
