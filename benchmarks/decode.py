@@ -3,7 +3,9 @@ onnxruntime on the same prefill/decode ONNX pair, in one run.
 
 Both sides run the same greedy loop (prefill the prompt, then one decode step per token,
 the cache handed from step to step), one thread each; the table shows decode tokens/s,
-prompt time, and whether the two produced the same tokens.
+prompt time, and whether the two produced the same tokens. Next to them, the analytical
+model's decode tokens/s on a U280 (``tvm_spatial.estimate`` of the decode design as built:
+its MAC arrays, its KV cache per layer in URAM/BRAM or HBM) -- an estimate, not a run.
 
 Needs the ``export`` extra. Usage:
 
@@ -96,6 +98,7 @@ def measure(name: str, new_tokens: int, runs: int, max_ctx: int | None, workdir:
     for _ in range(runs):
         emu.append(spatial.run(prompt, new_tokens))
         ref.append(ort.run(prompt, new_tokens))
+    estimated = estimate_decode(spatial.executables["decode"])
     emu_rate = statistics.median(r.decode_tokens_per_second for r in emu)
     ort_rate = statistics.median(steps / seconds for _, _, seconds, steps in ref)
     return {
@@ -108,7 +111,19 @@ def measure(name: str, new_tokens: int, runs: int, max_ctx: int | None, workdir:
         "emu_prefill_ms": 1e3 * statistics.median(r.prefill_seconds for r in emu),
         "ort_prefill_ms": 1e3 * statistics.median(p for _, p, _, _ in ref),
         "same_tokens": list(emu[0].tokens) == ref[0][0],
+        **estimated,
     }
+
+
+def estimate_decode(decode_ex, device: str = "u280") -> dict:
+    """Analytical decode tokens/s of the built decode design on ``device``, and where its
+    KV cache lives (see tvm_spatial.estimate.kvcache)."""
+    import tvm_spatial
+    from tvm_spatial.estimate.report import kv_summary
+
+    est = tvm_spatial.estimate(decode_ex, device=device)
+    return {"est_rate": 1e3 / est.decode_ms, "est_bound": f"{est.decode_memory_ratio:.0%} of HBM roofline",
+            "est_kv": kv_summary(est).split(" (K and V")[0], "est_device": est.device.name}
 
 
 def main() -> None:
@@ -124,15 +139,19 @@ def main() -> None:
             rows.append(measure(name.strip(), args.new_tokens, args.runs, args.max_ctx, Path(tmp)))
     table = Table(title="GPT2 greedy decode: vitis_spatial emulation vs onnxruntime (1 thread)")
     for col in ("model", "build s", "decode steps", "tokens/s (emulation / ort)", "ratio",
-                "prompt ms (emulation / ort)", "same tokens"):
+                "prompt ms (emulation / ort)", "same tokens", "U280 tokens/s (estimate)", "KV cache (estimate)"):
         table.add_column(col)
     for r in rows:
         table.add_row(
             r["model"], f"{r['build_s']:.1f}", str(r["steps"]),
             f"{r['emu_rate']:.1f} / {r['ort_rate']:.1f}", f"{r['emu_rate'] / r['ort_rate']:.2f}",
             f"{r['emu_prefill_ms']:.1f} / {r['ort_prefill_ms']:.1f}", "yes" if r["same_tokens"] else "NO",
+            f"{r['est_rate']:,.0f} ({r['est_bound']})", r["est_kv"],
         )
-    Console(width=max(Console().width, 150)).print(table)
+    console = Console(width=max(Console().width, 190))
+    console.print(table)
+    console.print("U280 tokens/s is the analytical model's estimate of the decode design as built "
+                  "(tvm_spatial.estimate at the card's default clock), not a measurement.")
 
 
 if __name__ == "__main__":

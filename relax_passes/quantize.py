@@ -25,8 +25,10 @@ What a quantized linear looks like in Relax (one dataflow process after partitio
     acc = vitis_spatial.matmul_w4a8(q, W_packed)   # W4A8: two int4 weights per byte
     y   = multiply(astype(acc, "float32"), s_x * s_w) (+ bias)
 
-W4A8 needs an even number of output channels (the weights are packed in pairs); a layer
-with an odd number stays W8A8 and is listed in :attr:`QuantizationResult.w8_fallback`.
+W4A8 packs the weights of output channels in pairs; a layer with an odd number of them
+(e.g. a 50257-token vocabulary) gets one zero weight column packed after the last, and the
+extra output is dropped right after the dequantization (a ``strided_slice`` inside the same
+process); such layers are listed in :attr:`QuantizationResult.w4_padded`.
 Only the module's ``main`` function is quantized (that is the function the calibration
 inputs are fed to).
 """
@@ -65,7 +67,8 @@ class QuantizationResult:
     scheme: str
     linear: list[str] = field(default_factory=list)  # binding names of quantized linears
     attention: list[str] = field(default_factory=list)  # ... and attention matmuls
-    w8_fallback: list[str] = field(default_factory=list)  # W4A8 layers kept at 8 bits
+    w8_fallback: list[str] = field(default_factory=list)  # W4A8 layers kept at 8 bits (none today)
+    w4_padded: list[str] = field(default_factory=list)  # W4A8 layers with an odd width, padded by one
     activation_scales: dict[str, float] = field(default_factory=dict)
 
 
@@ -225,12 +228,16 @@ class _Rewriter(relax.PyExprMutator):
         w = weight.value.numpy().astype(np.float32)
         s_x = symmetric_scale(absmax, ACT_QMAX)
         bits = self.scheme.weight_bits
-        if bits == 4 and w.shape[1] % 2:
-            bits = 8
-            self.result.w8_fallback.append(site.name)
+        n = w.shape[1]
         qmax = (1 << (bits - 1)) - 1
         s_w = symmetric_scale(np.max(np.abs(w), axis=0), qmax)
         w_q = quantize_values(w, s_w, qmax).astype(np.int8)
+        scale = (s_x * s_w).astype(np.float32)
+        pad = bits == 4 and n % 2 == 1
+        if pad:  # a zero weight column (and scale) completes the last pair; its output is dropped
+            w_q = np.pad(w_q, ((0, 0), (0, 1)))
+            scale = np.pad(scale, (0, 1))
+            self.result.w4_padded.append(site.name)
         q = self.quantize_activation(x, s_x)
         if bits == 4:
             acc = self.builder_.emit(matmul_w4a8(q, relax.const(pack_int4(w_q))))
@@ -239,7 +246,11 @@ class _Rewriter(relax.PyExprMutator):
         f = self.builder_.emit(relax.op.astype(acc, "float32"))
         self.result.linear.append(site.name)
         self.result.activation_scales[site.name] = float(s_x)
-        return relax.op.multiply(f, relax.const((s_x * s_w).astype(np.float32)))
+        y = relax.op.multiply(f, relax.const(scale))
+        if not pad:
+            return y
+        y = self.builder_.emit(y)
+        return relax.op.strided_slice(y, axes=[y.ty.ndim - 1], begin=[0], end=[n])
 
     def attention(self, site: _Site, args, ranges):
         s_a, s_b = (symmetric_scale(r, ACT_QMAX) for r in ranges)

@@ -85,6 +85,34 @@ def test_demo_runs_emulation_and_matches_llvm(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MATCH" in proc.stdout and "MISMATCH" not in proc.stdout
     assert (tmp_path / "demo" / "Makefile").is_file()
+    # the estimate is of the design that was built, the model's own allocation only beside it
+    assert "estimate of the generated design (its MAC arrays as built)" in proc.stdout
+    assert "not yet applied" not in proc.stdout
+    assert "unconstrained model allocation" in proc.stdout
+
+
+def test_estimate_as_built_is_the_allocation_relax_build_applies(capsys):
+    """``estimate --as-built`` reads the MAC arrays the codegen realized; they are the ones
+    ``allocate_for_codegen`` chose, and its latency is the model's for exactly that design."""
+    from tvm_spatial.devices import get_device
+    from tvm_spatial.estimate import (
+        allocate_for_codegen, design_from_onnx, design_work, estimate_work, realized_config,
+    )
+    from tvm_spatial.estimate.report import _fmt
+
+    model = Path(__file__).parent / "fixtures" / "gpt2_tiny.onnx"
+    design = design_from_onnx(model)
+    dev = get_device("u280")
+    chosen = allocate_for_codegen(design_work(design), dev)
+    arrays = {p.name: tuple(p.array) for k in design.kernels for p in k.processes if p.array}
+    assert arrays and arrays == chosen.matmul_tilings()
+    est = estimate_work(design_work(design), dev, realized_config(design))
+    assert est.prefill_cycles == pytest.approx(chosen.estimate.prefill_cycles)
+    assert main(["estimate", str(model), "--as-built", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "as relax.build generates it" in out
+    assert _fmt(est.prefill_cycles, est) in out
+    assert "whole sequence" in out  # no token blocks: what the codegen generates
 
 
 def test_compile_then_run_matches_onnxruntime(tmp_path, capsys):

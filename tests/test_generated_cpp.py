@@ -73,7 +73,8 @@ def _sanitizer_runtimes() -> list[str]:
     return libs
 
 
-def _run_sanitized(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _run_sanitized(script: str, tmp_path: Path, *args: str, timeout: float = CHILD_TIMEOUT_S,
+                   extra_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run ``script`` in a child Python with sanitized emulation builds."""
     libs = _sanitizer_runtimes()
     path = tmp_path / "child.py"
@@ -81,7 +82,7 @@ def _run_sanitized(script: str, tmp_path: Path, *args: str) -> subprocess.Comple
     env = dict(os.environ)
     env.update(
         {
-            emulation.EXTRA_FLAGS_ENV: " ".join(emulation.SANITIZE_FLAGS),
+            emulation.EXTRA_FLAGS_ENV: " ".join((*emulation.SANITIZE_FLAGS, *extra_flags)),
             "TVM_SPATIAL_CACHE_DIR": str(tmp_path / "cache"),  # never the user's cache
             "LD_PRELOAD": " ".join([*libs, env.get("LD_PRELOAD", "")]).strip(),
             "ASAN_OPTIONS": "detect_leaks=0",  # CPython itself leaks at exit
@@ -91,7 +92,7 @@ def _run_sanitized(script: str, tmp_path: Path, *args: str) -> subprocess.Comple
     )
     return subprocess.run(
         [sys.executable, str(path), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
 

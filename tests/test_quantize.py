@@ -216,3 +216,29 @@ def test_llvm_build_of_quantized_module_matches_reference(scheme, bits, rng):
     x = rng.standard_normal((m, k)).astype(np.float32)
     (got,) = run_vm(relax.build(q, target="llvm"), [x])
     np.testing.assert_array_equal(got, ref_linear(x, w, b, np.abs(calib).max(), bits))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_w4a8_odd_width_is_padded_not_w8(bias, rng):
+    """An odd number of output channels (a vocabulary like 50257) stays W4A8: one zero
+    weight column completes the last pair and its output is dropped; the result equals the
+    4-bit integer reference of the unpadded layer bit for bit."""
+    m, k, n = 6, 64, 37
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    w[:, n - 1] *= 10  # the unpaired last channel with a scale of its own
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    calib = [rng.standard_normal((m, k)).astype(np.float32) for _ in range(2)]
+    absmax = max(np.abs(c).max() for c in calib)
+    from relax_passes.quantize import quantize_module
+
+    result = quantize_module(linear_module(m, k, n, w, b), "w4a8", [{"x": c} for c in calib])
+    assert result.w4_padded == result.linear and len(result.linear) == 1 and not result.w8_fallback
+    ex = build_spatial(result.mod)
+    kernel = tvm_spatial.design_of(ex).kernels[0]
+    assert [p.shape for p in kernel.ports if p.dtype == "int8"] == [(k, (n + 1) // 2)]  # packed, padded
+    assert "ap_int<4>" in kernel.source
+    x = (1.3 * rng.standard_normal((m, k))).astype(np.float32)
+    (got,) = run_vm(ex, [x])
+    assert got.shape == (m, n)
+    np.testing.assert_array_equal(got, ref_linear(x, w, b, absmax, 4))
+    assert tvm_spatial.build_report(ex).host_ops == ()

@@ -189,13 +189,24 @@ def cmd_demo(args) -> int:
     project = export_project(ex, args.output, force=args.force)
     build_report(ex).print(console)
     from .estimate import estimate
-    from .estimate.report import summary_table
+    from .estimate.report import _fmt, summary_table
 
-    # what the analytical model expects of this design on the card, parallelism allocated;
-    # the full per-process report is `tvm-spatial estimate`
-    console.print("analytical estimate with the allocator's parallelism "
-                  "(not yet applied to the generated HLS):")
-    console.print(summary_table(estimate(ex, device=args.device, allocate_resources=True)))
+    # what the analytical model expects of the design just built (each matmul's MAC array as
+    # the HLS realizes it); the full per-process report is `tvm-spatial estimate`
+    built = estimate(ex, device=args.device)
+    console.print("analytical estimate of the generated design (its MAC arrays as built):")
+    console.print(summary_table(built))
+    try:
+        ideal = estimate(ex, device=args.device, allocate_resources=True)
+    except SpatialError as err:
+        console.print(f"unconstrained model allocation: none fits ({one_line(err)})")
+    else:
+        console.print(
+            f"unconstrained model allocation (token blocks between processes, multi-channel ports: "
+            f"not generated yet): prefill {_fmt(ideal.prefill_cycles, ideal)}, decode "
+            f"{_fmt(ideal.decode_cycles, ideal)}/token vs as built {_fmt(built.prefill_cycles, built)}, "
+            f"{_fmt(built.decode_cycles, built)}/token"
+        )
     err = float(np.max(np.abs(out - ref)))
     ok = np.allclose(out, ref, rtol=1e-5, atol=1e-5)
     console.print(f"build time: vitis_spatial {spatial_s:.2f} s, llvm {llvm_s:.2f} s")
@@ -276,11 +287,16 @@ def cmd_estimate(args) -> int:
         with console.status("importing and partitioning the model"):
             design = design_from_onnx(path, device.key, args.seq)
     work = design_work(design).with_precision(args.precision)
-    if args.as_generated:
-        from .estimate import ModelConfig
+    if args.as_built:
+        from .estimate import realized_config
 
-        est = estimate_work(work, device, ModelConfig())
+        # the MAC arrays relax.build realized (allocate_for_codegen: whole tensors between
+        # processes, one channel per port), read back from the design's process records
+        console.print("estimate of the design as relax.build generates it (its MAC arrays as built)")
+        est = estimate_work(work, device, realized_config(design))
     else:
+        console.print("estimate with the model's unconstrained allocation (token blocks between processes "
+                      "and multi-channel ports are not generated yet; --as-built for the generated design)")
         with console.status("allocating parallelism with the model"):
             est = allocate(work, device, budget=args.budget).estimate
     est.print(console, limit=args.top)
@@ -333,8 +349,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, help="sequence length to bind (the last dimension of each input)")
     p.add_argument("--precision", choices=["w8a8", "w4a8"], help="estimate the design quantized")
     p.add_argument("--budget", type=float, default=0.85, help="per-SLR resource budget of the allocation")
-    p.add_argument("--as-generated", action="store_true",
-                   help="the design as the codegen prints it today (library tiling, whole-tensor buffers)")
+    p.add_argument("--as-built", "--as-generated", dest="as_built", action="store_true",
+                   help="the design as relax.build generates it: the MAC arrays the codegen allocation "
+                   "realized, whole-tensor buffers between processes, one channel per port "
+                   "(default: the model's unconstrained allocation)")
     p.add_argument("--top", type=int, default=25, help="processes listed (slowest first)")
     p.add_argument("--html", help="also write an HTML report with plots")
     p.set_defaults(func=cmd_estimate)

@@ -16,16 +16,12 @@ from .workload import DesignWork, Matmul, ProcessWork, design_work, transformer_
 
 def design_from_onnx(path, device: str = "u280", seq: int | None = None):
     """The Design ``relax.build`` would make from an ONNX file, without compiling the
-    emulation (partition + print only): seconds instead of minutes for GPT2-small."""
+    emulation (partition + print only): seconds instead of minutes for GPT2-small. Its MAC
+    arrays are the ones ``relax.build`` realizes under the current allocation policy
+    (``tvm_spatial.allocation``; by default :func:`allocate_for_codegen`)."""
     import onnx
-    from tvm import relax
 
-    from codegen_hls.kernel import build_design
-    from relax_passes import host_operators, partition_for_vitis_spatial
-
-    from ..devices import get_device
     from ..frontend import from_onnx
-    from ..pipeline import check_static_shapes
 
     shape_dict = None
     if seq is not None:
@@ -36,11 +32,27 @@ def design_from_onnx(path, device: str = "u280", seq: int | None = None):
             if len(dims) >= 2:
                 dims[-1] = seq
             shape_dict[inp.name] = dims
-    mod = from_onnx(str(path), shape_dict=shape_dict)
+    return design_from_module(from_onnx(str(path), shape_dict=shape_dict), device)
+
+
+def design_from_module(mod, device: str = "u280"):
+    """The Design ``relax.build(mod, "vitis_spatial")`` would make (e.g. of a
+    ``tvm_spatial.quantize``-d module), without compiling the emulation."""
+    from tvm import relax
+
+    from codegen_hls.kernel import build_design
+    from relax_passes import host_operators, partition_for_vitis_spatial
+
+    from ..devices import get_device
+    from ..pipeline import check_static_shapes
+
     check_static_shapes(mod)
     mod = partition_for_vitis_spatial(mod)
     funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
-    return build_design(funcs, get_device(device).key, host_operators(mod))
+    from ..tuning.policy import choose_arrays, current_policy
+
+    key, host_ops = get_device(device).key, host_operators(mod)
+    return build_design(funcs, key, host_ops, arrays=choose_arrays(funcs, key, host_ops, current_policy()))
 
 
 def estimate(obj, device: str | None = None, seq: int | None = None, *, precision: str | None = None,
@@ -83,7 +95,7 @@ def estimate(obj, device: str | None = None, seq: int | None = None, *, precisio
 
 
 __all__ = [
-    "Allocation", "DEFAULT_BUDGET", "allocate_for_codegen", "realized_config", "DesignWork", "Estimate", "Matmul", "ModelConfig", "Parallelism",
+    "Allocation", "DEFAULT_BUDGET", "allocate_for_codegen", "design_from_module", "realized_config", "DesignWork", "Estimate", "Matmul", "ModelConfig", "Parallelism",
     "ProcessEstimate", "ProcessWork", "Resources", "Roofline", "allocate", "design_from_onnx", "design_work",
     "estimate", "estimate_work", "transformer_layers",
 ]

@@ -46,8 +46,9 @@ class Allocation:
     def matmul_tilings(self) -> dict[str, tuple[int, int]]:
         """Process name -> (rows, cols) of each matmul's MAC array: what the codegen realizes
         (``codegen_hls.library.MacArray``) and ``tvm_spatial.allocation(arrays=...)`` takes."""
-        names = {p.name for p in self.estimate.processes if p.macs}
-        return {n: (par.rows, par.cols) for n, par in self.config.parallelism if n in names}
+        packed = {p.name: p.packed for p in self.estimate.processes if p.macs}
+        # the codegen's array counts multipliers: a packed W4A8 one makes two outputs each
+        return {n: (par.rows, max(1, par.cols // packed[n])) for n, par in self.config.parallelism if n in packed}
 
 
 def over_budget(message: str, **culprit) -> ResourceBudgetError:
@@ -74,8 +75,10 @@ def realizable_array(mm, rows: int, cols: int) -> tuple[int, int]:
     from codegen_hls.library import MacArray
 
     latency = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
-    real = MacArray(rows, cols, latency).tile(mm.m, mm.n)[1]
-    return real.rows, real.cols
+    if mm.packed > 1:  # the codegen's array is over packed columns (see Matmul.packed)
+        latency = costs.MAC_COSTS["int8"].latency
+    real = MacArray(rows, max(1, cols // mm.packed), latency).tile(mm.m, mm.n // mm.packed)[1]
+    return real.rows, real.cols * mm.packed
 
 
 def _next_array(mm, par: Parallelism, axis: str, limit: int, realize) -> Parallelism | None:
@@ -201,7 +204,7 @@ def allocate(
         except ResourceBudgetError as err:
             failure = failure or err
             continue
-        config = ModelConfig(block=block, clock_mhz=clock_mhz).with_parallelism(pars)
+        config = ModelConfig(block=block, clock_mhz=clock_mhz, kv_budget=budget).with_parallelism(pars)
         est = estimate_work(work, device, config)
         if best is None or est.prefill_cycles < best.estimate.prefill_cycles:
             best = Allocation(config, est, budget)
@@ -226,12 +229,16 @@ def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DE
 
 def realized_config(design) -> ModelConfig:
     """The ModelConfig a built Design realizes: each matmul process's recorded MAC array,
-    whole tensors between processes, one channel per port."""
+    whole tensors between processes, one channel per port (columns in outputs: a packed
+    W4A8 array makes two per multiplier)."""
+    from .workload import design_work
+
+    packed = {p.name: p.matmul.packed for p in design_work(design).processes if p.matmul is not None}
     table = {}
     for kernel in design.kernels:
         for proc in kernel.processes:
             if proc.array:
-                table[proc.name] = Parallelism(rows=proc.array[0], cols=proc.array[1])
+                table[proc.name] = Parallelism(rows=proc.array[0], cols=proc.array[1] * packed.get(proc.name, 1))
     return ModelConfig().with_parallelism(table)
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 from ..devices import RESOURCES, Device
 from . import costs
+from .kvcache import KVPlacement, place_kv_cache
 from .workload import DesignWork, ProcessWork
 
 
@@ -65,6 +66,10 @@ class ModelConfig:
     default: Parallelism = Parallelism(rows=8, cols=32)  # library default tiling (MatmulTiling())
     clock_mhz: float | None = None  # None: the card's default clock
     uram_threshold_bram18: int = 8  # a buffer bank needing more BRAM18s than this goes to URAM
+    # decode designs: where each layer's KV cache lives (kvcache.place_kv_cache): "auto" puts it
+    # on-chip while it fits within ``kv_budget`` of its SLR's memory left after the processes
+    kv_cache: str = "auto"
+    kv_budget: float = 0.85
 
     def of(self, name: str, op_is_matmul: bool) -> Parallelism:
         for key, par in self.parallelism:
@@ -111,6 +116,7 @@ class ProcessEstimate:
     decode_bytes: int  # off-chip traffic of one decoded token
     resources: Resources
     barrier: bool = False
+    packed: int = 1  # outputs per multiply of its MAC array (2: packed W4A8)
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ class Estimate:
     decode_bytes: int
     host_ops: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    kv_cache: tuple[KVPlacement, ...] = ()  # decode designs: each layer's cache, where it lives
 
     # ---- derived figures ----
     @property
@@ -235,10 +242,15 @@ def _channel_bytes_per_cycle(device: Device, clock_mhz: float) -> float:
 
 def process_estimate(
     p: ProcessWork, par: Parallelism, device: Device, clock_mhz: float, block: int | None,
-    uram_threshold: int = 8,
+    uram_threshold: int = 8, offchip_cache_layers: frozenset | None = None,
 ) -> ProcessEstimate:
-    """Latency, traffic and resources of one process (pure)."""
+    """Latency, traffic and resources of one process (pure). ``offchip_cache_layers``: the
+    KV cache layers kept off-chip (None: all); its traffic to on-chip layers costs no bytes."""
     tokens = max(1, p.tokens)
+    cache_bytes = sum(
+        elements * costs.dtype_bits(p.cache_dtype) / 8 for layer, elements in p.cache_traffic
+        if offchip_cache_layers is None or layer in offchip_cache_layers
+    )
     blk = tokens if block is None else max(1, min(block, tokens))
     n_blocks = math.ceil(tokens / blk)
     bw = _channel_bytes_per_cycle(device, clock_mhz) * max(1, par.channels)
@@ -260,7 +272,7 @@ def process_estimate(
         prefill = float(mm.batch * positions * mm.k) * stall
         wbytes = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
         compute_block = prefill / n_blocks
-        mem_block = (wbytes + p.port_bytes / n_blocks) / bw
+        mem_block = (wbytes + (p.port_bytes + cache_bytes) / n_blocks) / bw
         # decode: one token; the array serves k in parallel along its rows
         if mm.b_offchip:
             d_compute = mm.batch * math.ceil(mm.k / rows) * math.ceil(mm.n / cols)
@@ -268,7 +280,10 @@ def process_estimate(
         else:  # attention: one query row against the KV cache of ``tokens`` positions
             d_macs = mm.batch * mm.n * mm.k
             d_compute = math.ceil(d_macs / units)
-            d_bytes = d_macs * costs.dtype_bits(mm.b_dtype) / 8  # the K (or V) cache, once
+            if p.cache_traffic:  # a decode design: its layer's K (or V) where the placement put it
+                d_bytes = p.port_bytes / tokens + cache_bytes
+            else:  # a prefill design read as if decoding: the K (or V) cache, once, off-chip
+                d_bytes = d_macs * costs.dtype_bits(mm.b_dtype) / 8
         d_mem = d_bytes / bw
         a_bits, b_bits = costs.dtype_bits(mm.a_dtype), costs.dtype_bits(mm.b_dtype)
         # on-chip buffers: the block's input rows (rows banks), the whole second operand
@@ -294,9 +309,9 @@ def process_estimate(
         trips = (math.ceil(iterations / lanes),)
         prefill = float(math.ceil(iterations / lanes))
         compute_block = prefill / n_blocks
-        mem_block = (p.port_bytes / n_blocks) / bw
+        mem_block = ((p.port_bytes + cache_bytes) / n_blocks) / bw
         d_compute = math.ceil(iterations / tokens / lanes)
-        d_bytes = p.port_bytes / tokens
+        d_bytes = (p.port_bytes + cache_bytes) / tokens
         d_mem = d_bytes / bw
         dsp = lut = ff = 0.0
         for op, count in mix.items():
@@ -319,8 +334,8 @@ def process_estimate(
         trip_counts=trips, ii=ii, macs=macs, prefill_cycles=prefill, block_cycles=block_cycles,
         block_bound="memory" if mem_block > compute_block else "compute",
         decode_cycles=decode_cycles, decode_bound="memory" if d_mem > d_compute else "compute",
-        prefill_bytes=int(wbytes * n_blocks + p.port_bytes), decode_bytes=int(d_bytes),
-        resources=res, barrier=p.barrier,
+        prefill_bytes=int(wbytes * n_blocks + p.port_bytes + cache_bytes), decode_bytes=int(d_bytes),
+        resources=res, barrier=p.barrier, packed=mm.packed if mm is not None else 1,
     )
 
 
@@ -357,13 +372,6 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
     tokens = max(1, work.tokens)
     blk = tokens if config.block is None else max(1, min(config.block, tokens))
     n_blocks = math.ceil(tokens / blk)
-    latency, fill = pipeline_cycles([p.block_cycles for p in procs], [p.barrier for p in procs], n_blocks)
-    peak_bytes = device.offchip.bandwidth_gbs * 1e9 / (clock * 1e6)  # per cycle, whole card
-    prefill_bytes = sum(p.prefill_bytes for p in procs)
-    latency = max(latency, prefill_bytes / (peak_bytes * costs.HBM_EFFICIENCY))
-    decode = sum(p.decode_cycles for p in procs)
-    decode_bytes = sum(p.decode_bytes for p in procs)
-
     slr_use = [Resources() for _ in range(device.slrs)]
     for p in procs:
         slr_use[min(p.slr, device.slrs - 1)] += p.resources
@@ -375,6 +383,27 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
             b, u = _bank_memory(depth, s.bits, 1, config.uram_threshold_bram18)
             r = Resources(0, b, u, 60, 80)
         slr_use[min(s.slr, device.slrs - 1)] += r
+
+    # decode designs: each layer's KV cache on-chip while the memory left in its SLR allows
+    kv: tuple[KVPlacement, ...] = ()
+    if work.kv_cache:
+        free = [{r: device.slr(i).get(r) * config.kv_budget - slr_use[i].get(r) for r in ("uram", "bram18k")}
+                for i in range(device.slrs)]
+        kv = place_kv_cache(work.kv_cache, free, "hbm" if device.hbm is not None else "ddr", config.kv_cache)
+        for placed in kv:
+            slr_use[placed.slr] += Resources(0, placed.bram18k, placed.uram, 0, 0)
+        offchip = frozenset(k.layer for k in kv if not k.on_chip)
+        procs = tuple(
+            process_estimate(p, config.of(p.name, p.matmul is not None), device, clock, config.block,
+                             config.uram_threshold_bram18, offchip) if p.cache_traffic else pe
+            for p, pe in zip(work.processes, procs)
+        )
+    latency, fill = pipeline_cycles([p.block_cycles for p in procs], [p.barrier for p in procs], n_blocks)
+    peak_bytes = device.offchip.bandwidth_gbs * 1e9 / (clock * 1e6)  # per cycle, whole card
+    prefill_bytes = sum(p.prefill_bytes for p in procs)
+    latency = max(latency, prefill_bytes / (peak_bytes * costs.HBM_EFFICIENCY))
+    decode = sum(p.decode_cycles for p in procs)
+    decode_bytes = sum(p.decode_bytes for p in procs)
 
     # rooflines: the whole card's DSPs on the MACs; weights read once, KV cache per token
     dsp_work = 0.0
@@ -399,4 +428,5 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
         bottleneck=bottleneck, decode_bottleneck=decode_bottleneck, slr_use=tuple(slr_use),
         prefill_roofline=prefill_roof, decode_roofline=decode_roof,
         prefill_bytes=int(prefill_bytes), decode_bytes=int(decode_bytes), host_ops=work.host_ops,
+        kv_cache=kv,
     )

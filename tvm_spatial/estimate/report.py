@@ -41,8 +41,28 @@ def summary_table(est: Estimate) -> Table:
     t.add_row("device use", ", ".join(f"{RESOURCE_LABELS[r]} {est.total.get(r):,.0f} ({util[r]:.1%})" for r in RESOURCES))
     frac, slr, res = est.max_slr_utilization
     t.add_row("fullest SLR resource", f"SLR{slr} {RESOURCE_LABELS[res]} {frac:.1%}")
+    if est.kv_cache:
+        t.add_row("KV cache", kv_summary(est))
     if est.host_ops:
         t.add_row("on the host", ", ".join(est.host_ops))
+    return t
+
+
+def kv_summary(est: Estimate) -> str:
+    """One line: how many layers' caches are where, and their bytes."""
+    where: dict[str, list] = {}
+    for k in est.kv_cache:
+        where.setdefault(k.where, []).append(k)
+    parts = [f"{len(ks)} layer(s) in {w.upper()} ({sum(k.bytes for k in ks) / 1e6:.3g} MB)" for w, ks in where.items()]
+    return "; ".join(parts) + " (K and V at the compiled context)"
+
+
+def kv_table(est: Estimate) -> Table:
+    t = Table(title="KV cache per layer (K and V at the compiled context)")
+    for col in ("layer", "SLR", "bytes", "where", "URAM", "BRAM18"):
+        t.add_column(col, justify="left" if col == "where" else "right")
+    for k in est.kv_cache:
+        t.add_row(str(k.layer), str(k.slr), f"{k.bytes:,}", k.where.upper(), str(k.uram), str(k.bram18k))
     return t
 
 
@@ -74,7 +94,10 @@ def process_table(est: Estimate, limit: int | None = 40) -> Table:
 
 def print_estimate(est: Estimate, console: Console | None = None, limit: int | None = 40) -> None:
     console = console or Console()
-    for table in (summary_table(est), slr_table(est), process_table(est, limit)):
+    tables = [summary_table(est), slr_table(est)]
+    if est.kv_cache:
+        tables.append(kv_table(est))
+    for table in (*tables, process_table(est, limit)):
         console.print(table)
 
 
@@ -135,6 +158,18 @@ def _chain_svg(est: Estimate, width: int = 900) -> str:
     return "".join(out)
 
 
+def _kv_html(est: Estimate) -> str:
+    if not est.kv_cache:
+        return ""
+    rows = "".join(
+        f"<tr><td>{k.layer}</td><td>{k.slr}</td><td>{k.bytes:,}</td><td>{k.where.upper()}</td>"
+        f"<td>{k.uram}</td><td>{k.bram18k}</td></tr>" for k in est.kv_cache
+    )
+    return (f'<h2>KV cache per layer</h2><p>{html.escape(kv_summary(est))}</p>'
+            '<table border="1" cellpadding="3"><tr><th>layer</th><th>SLR</th><th>bytes</th><th>where</th>'
+            f'<th>URAM</th><th>BRAM18</th></tr>{rows}</table>\n')
+
+
 def estimate_html(est: Estimate, title: str = "tvm-spatial estimate") -> str:
     procs = sorted(est.processes, key=lambda p: -p.block_cycles)[:60]
     latency = [(p.name.split("_p", 1)[-1] if "_p" in p.name else p.name, est.seconds(p.block_cycles) * 1e6,
@@ -154,6 +189,6 @@ def estimate_html(est: Estimate, title: str = "tvm-spatial estimate") -> str:
 <h2>Time per block, slowest processes</h2>{_bars_svg(latency, "us")}
 <h2>Resources per SLR (% of the SLR; red: over 85 %)</h2>{_slr_svg(est)}
 <h2>Dataflow chain</h2>{_chain_svg(est)}
-<h2>Tables</h2><pre>{html.escape(tables)}</pre>
+{_kv_html(est)}<h2>Tables</h2><pre>{html.escape(tables)}</pre>
 </body></html>
 """

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, replace
 
 from .costs import dtype_bits
+from .kvcache import KVCacheWork
 
 _CTYPES = {
     "float": "float32", "double": "float64", "int64_t": "int64", "int32_t": "int32", "int16_t": "int16",
@@ -36,6 +37,10 @@ class Matmul:
     a_dtype: str
     b_dtype: str
     b_offchip: bool  # the second operand is a weight read through an m_axi port
+    # outputs per multiply: 2 for W4A8, whose weight port holds two 4-bit weights per byte
+    # ([K, N/2] int8) and whose DSP multiplies a packed pair (codegen_hls/quant_kernels.py);
+    # ``n`` always counts outputs and Parallelism.cols outputs per cycle
+    packed: int = 1
 
     @property
     def macs(self) -> int:
@@ -58,6 +63,10 @@ class ProcessWork:
     port_bytes: int = 0  # bytes through its ports per inference, matmul weight excluded
     in_stream_elements: int = 0  # elements it buffers from its input streams
     barrier: bool = False  # needs the whole sequence before its first output
+    # decode designs: ((cache layer, elements), ...) it reads from or appends to the KV cache
+    # per token, wherever the cache lives (see kvcache.py); cache_dtype is their type
+    cache_traffic: tuple[tuple[int, int], ...] = ()
+    cache_dtype: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class DesignWork:
     processes: tuple[ProcessWork, ...]
     streams: tuple[StreamWork, ...]
     host_ops: tuple[str, ...] = ()
+    kv_cache: tuple[KVCacheWork, ...] = ()  # decode designs: each layer's K and V cache
 
     def with_precision(self, precision: str | None) -> "DesignWork":
         """The same design in another number format: ``"w8a8"`` (int8 weights and
@@ -93,8 +103,11 @@ class DesignWork:
             if p.matmul is not None:
                 b = w if p.matmul.b_offchip else a
                 p = replace(p, matmul=replace(p.matmul, a_dtype=a, b_dtype=b), dtype=a)
+            if p.cache_traffic:  # K and V are the attention matmuls' operands: int8 when they are
+                p = replace(p, cache_dtype=a)
             procs.append(p)
-        return replace(self, processes=tuple(procs))
+        kv = tuple(replace(c, dtype=a) for c in self.kv_cache)
+        return replace(self, processes=tuple(procs), kv_cache=kv)
 
 
 # ---- reading a Design ---------------------------------------------------------------
@@ -158,6 +171,21 @@ def _matmul_of(params) -> tuple | None:
     return batch, m, n, k, ad, bd
 
 
+def _packing(proc, calls, sigs) -> int:
+    """Outputs per multiply of a recorded matmul process: 2 when its matmul stage takes
+    ``[.., M, K] x [K, N/2]`` int8 and writes ``[.., M, N]`` (the packed W4A8 kernel), else 1."""
+    batch, m, n, k = proc.matmul
+    for func, _ in calls:
+        params = sigs.get(func, [])
+        if len(params) != 3:
+            continue
+        (_, _, a), (_, bd, b), (_, _, c) = params
+        if len(a) >= 2 and len(b) == 2 and len(c) >= 2 and a[-2:] == (m, k) and b == (k, n) and bd == "int8" \
+                and c[-2] == m and c[-1] == 2 * n:
+            return 2
+    return 1
+
+
 def _prod(shape) -> int:
     n = 1
     for d in shape:
@@ -165,11 +193,58 @@ def _prod(shape) -> int:
     return n
 
 
+def _cache_ports(design) -> tuple[tuple[int, ...] | None, str, set[str], set[str]]:
+    """A decode design's KV cache (generate.py's interface): its shape ``[layers, 1,
+    heads, context, head_dim]`` and type, the ports it comes in through (``past_key``,
+    ``past_value``, with the codegen's ``_N`` suffixes) and the outputs that return it
+    updated (``present_*``: ports of the same shape that processes write)."""
+    from ..generate import CACHE_INPUTS
+
+    shape, dtype, inputs, outputs = None, "", set(), set()
+    for kernel in design.kernels:
+        for port in kernel.ports:
+            if re.sub(r"_\d+$", "", port.name) in CACHE_INPUTS and len(port.shape) == 5 and port.shape[1] == 1:
+                shape, dtype = tuple(port.shape), port.dtype
+                inputs.add(port.name)
+    if shape is None:
+        return None, "", inputs, outputs
+    for kernel in design.kernels:
+        written = {n for proc in kernel.processes for n in proc.outputs}
+        outputs |= {p.name for p in kernel.ports if tuple(p.shape) == shape and p.name in written
+                    and p.name not in inputs}
+    return shape, dtype, inputs, outputs
+
+
+def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: set[str]):
+    """Give the attention of cache layer ``l`` (the ``l``-th scores and context processes,
+    in program order) its read of K / V, and each process writing an updated cache its
+    appended rows; one :class:`KVCacheWork` per layer, on the SLR of its scores."""
+    layers, _, heads, context, head_dim = shape
+    scores = [i for i, p in enumerate(processes) if p.op == "attention_scores"]
+    contexts = [i for i, p in enumerate(processes) if p.op == "attention_context"]
+    out = list(processes)
+    for ids in (scores, contexts):
+        for layer, i in enumerate(ids[:layers]):
+            out[i] = replace(out[i], cache_traffic=((layer, heads * context * head_dim),), cache_dtype=dtype)
+    for i, p in enumerate(out):  # one updated cache (K or V) each: a row per layer
+        if p.name in appenders:
+            out[i] = replace(p, cache_traffic=tuple((layer, heads * head_dim) for layer in range(layers)),
+                             cache_dtype=dtype)
+    caches = tuple(
+        KVCacheWork(layer, processes[scores[layer]].slr if layer < len(scores) else 0, heads, context, head_dim,
+                    dtype)
+        for layer in range(layers)
+    )
+    return out, caches
+
+
 def design_work(design) -> DesignWork:
     """Read a Design (``tvm_spatial.design_of(...)``) into the model's input."""
     processes: list[ProcessWork] = []
     streams: list[StreamWork] = []
     causal = False
+    cache_shape, cache_dtype, cache_in, cache_out = _cache_ports(design)
+    appenders: set[str] = set()
     for kernel in design.kernels:
         sigs = _signatures(kernel.source)
         bodies = _bodies(kernel.source)
@@ -184,7 +259,11 @@ def design_work(design) -> DesignWork:
             dtype = proc.dtype or "float32"
             if proc.matmul:  # the codegen recorded it (designs since the allocation was applied)
                 batch, m, n, k = proc.matmul
-                matmul = Matmul(batch, m, n, k, *proc.dtypes, bool(proc.weight_port))
+                packed = _packing(proc, calls, sigs)
+                a_dtype, b_dtype = proc.dtypes
+                if packed > 1:  # the record counts packed weight columns; the model counts MACs
+                    n, b_dtype = n * packed, "int4"
+                matmul = Matmul(batch, m, n, k, a_dtype, b_dtype, bool(proc.weight_port), packed)
                 calls = ()
             for func, args in calls:
                 params = sigs.get(func, [])
@@ -203,8 +282,12 @@ def design_work(design) -> DesignWork:
                     (n for n in proc.inputs if n in ports and _prod(ports[n].shape) == matmul.k * matmul.n), None
                 )
             used_ports = tuple(n for n in (*proc.inputs, *proc.outputs) if n in ports)
+            # the KV cache's traffic is the attention's and the appenders' (kvcache.py), wherever it lives
+            if any(n in cache_out for n in proc.outputs):
+                appenders.add(proc.name)
             port_bytes = sum(
-                _prod(ports[n].shape) * dtype_bits(ports[n].dtype) // 8 for n in used_ports if n != weight_port
+                _prod(ports[n].shape) * dtype_bits(ports[n].dtype) // 8 for n in used_ports
+                if n != weight_port and n not in cache_in and n not in cache_out
             )
             if proc.op == "embedding":  # a gather reads one row per token, not the table
                 table = max((ports[n] for n in used_ports), key=lambda p: _prod(p.shape), default=None)
@@ -235,7 +318,11 @@ def design_work(design) -> DesignWork:
     for p in processes:
         barrier = (not causal) and p.op == "attention_scores"
         procs.append(replace(p, tokens=tokens, barrier=barrier))
-    return DesignWork(design.device, tokens, causal, tuple(procs), tuple(streams), tuple(design.host_ops))
+    kv_cache: tuple = ()
+    if cache_shape is not None:
+        procs, kv_cache = _with_kv_cache(procs, cache_shape, cache_dtype, appenders)
+    return DesignWork(design.device, tokens, causal, tuple(procs), tuple(streams), tuple(design.host_ops),
+                      kv_cache)
 
 
 # ---- a transformer layer by its sizes (published designs, when there is no Design) ----

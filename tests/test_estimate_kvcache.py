@@ -1,0 +1,119 @@
+"""The KV cache of a decode design in the analytical model: per layer on-chip or in HBM.
+
+References are independent of the model: cache sizes come from the ONNX graph's input
+shapes (onnx), URAM/BRAM capacities from UG573's figures written out here, and the
+traffic difference between placements from the sizes alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import onnx
+import pytest
+
+import tvm_spatial
+from tvm_spatial.devices import get_device
+from tvm_spatial.estimate import ModelConfig, design_from_onnx, design_work, estimate_work
+from tvm_spatial.estimate.kvcache import KVCacheWork, place_kv_cache
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DECODE = FIXTURES / "gpt2_tiny_decode.onnx"
+
+
+@pytest.fixture(scope="module")
+def decode_design():
+    return design_from_onnx(DECODE)
+
+
+def _cache_shape():
+    model = onnx.load(str(DECODE), load_external_data=False)
+    (inp,) = [i for i in model.graph.input if i.name == "past_key"]
+    return [d.dim_value for d in inp.type.tensor_type.shape.dim]
+
+
+def test_each_layer_cache_is_placed_and_reported(decode_design, tmp_path):
+    layers, _, heads, ctx, head_dim = _cache_shape()
+    est = tvm_spatial.estimate(decode_design)
+    assert [k.layer for k in est.kv_cache] == list(range(layers))
+    for k in est.kv_cache:
+        assert k.bytes == 2 * heads * ctx * head_dim * 4  # K and V, fp32
+        # a few KB: it fits in what the processes leave of the SLR's URAM
+        assert k.where == "uram" and k.on_chip
+        # UG573: a URAM288 is 4096 x 72 bits, two fp32 per word
+        assert k.uram == 2 * math.ceil(heads * ctx * head_dim / (4096 * 2))
+    # the URAM it takes is on the SLR's bill
+    offchip = estimate_work(design_work(decode_design), get_device("u280"), ModelConfig(kv_cache="offchip"))
+    assert est.total.uram - offchip.total.uram == sum(k.uram for k in est.kv_cache)
+    text = str(est)
+    assert "KV cache per layer" in text and "URAM" in text
+    assert "KV cache" in text and f"{layers} layer(s) in URAM" in text
+    html = est.to_html()
+    assert "<h2>KV cache per layer</h2>" in html and html.count("<td>URAM</td>") == layers
+
+
+def test_decode_reads_an_offchip_cache_over_hbm(decode_design):
+    """Off-chip, a token reads each layer's K and V once and appends a row to each; on-chip
+    none of that crosses HBM, and decode cannot be faster off-chip."""
+    layers, _, heads, ctx, head_dim = _cache_shape()
+    work = design_work(decode_design)
+    dev = get_device("u280")
+    on = estimate_work(work, dev, ModelConfig(kv_cache="auto"))
+    off = estimate_work(work, dev, ModelConfig(kv_cache="offchip"))
+    assert all(k.where == "hbm" for k in off.kv_cache)
+    reads = layers * 2 * heads * ctx * head_dim * 4
+    appends = layers * 2 * heads * head_dim * 4
+    assert off.decode_bytes - on.decode_bytes == pytest.approx(reads + appends, abs=len(work.processes))
+    assert off.decode_cycles >= on.decode_cycles
+    scores = [p for p in off.processes if p.op == "attention_scores"]
+    assert len(scores) == layers and all(p.decode_bytes >= heads * ctx * head_dim * 4 for p in scores)
+
+
+def test_quantized_cache_is_int8(decode_design):
+    est = tvm_spatial.estimate(decode_design, precision="w8a8")
+    _, _, heads, ctx, head_dim = _cache_shape()
+    assert all(k.bytes == 2 * heads * ctx * head_dim for k in est.kv_cache)
+
+
+def _gpt2_small_caches(context: int, dtype: str = "float32") -> list[KVCacheWork]:
+    return [KVCacheWork(layer, layer // 4, 12, context, 64, dtype) for layer in range(12)]
+
+
+def test_a_long_context_goes_to_hbm():
+    """GPT2-small at a 1024-token context: 6.3 MB of fp32 K and V per layer. With an empty
+    U280 SLR (320 URAM, 1,344 BRAM18 at 85 %) one layer per SLR fits in URAM, the rest do
+    not fit in the URAM or BRAM left, so they go to HBM."""
+    dev = get_device("u280")
+    free = [{"uram": dev.slr(i).uram * 0.85, "bram18k": dev.slr(i).bram18k * 0.85} for i in range(dev.slrs)]
+    placed = place_kv_cache(_gpt2_small_caches(1024), free)
+    per_layer_uram = 2 * math.ceil(12 * 1024 * 64 / (4096 * 2))  # 192
+    assert per_layer_uram == 192 and all(k.bytes == 2 * 12 * 1024 * 64 * 4 for k in placed)
+    assert [k.where for k in placed] == (["uram"] + ["hbm"] * 3) * 3
+    assert all(k.uram == 192 for k in placed if k.where == "uram")
+    # int8 (a quantized design): 22 URAM per K or V, six layers fit in an SLR's 272
+    placed8 = place_kv_cache(_gpt2_small_caches(1024, "int8"), free)
+    assert all(k.on_chip for k in placed8)
+    # nothing left after the processes: all off-chip; the DDR card says so
+    none = [{"uram": 0, "bram18k": 0}] * 3
+    assert {k.where for k in place_kv_cache(_gpt2_small_caches(1024), none, "ddr")} == {"ddr"}
+
+
+def test_the_decode_design_at_a_long_context_moves_its_cache_to_hbm(decode_design):
+    """The fixture's design with its cache stretched to 64 K positions (through the model's
+    input, not by re-exporting): it no longer fits on-chip and decode pays its bytes."""
+    work = design_work(decode_design)
+    layers, _, heads, ctx, head_dim = _cache_shape()
+    long_ctx = 65536
+    scale = long_ctx // ctx
+    procs = tuple(
+        dataclasses.replace(p, cache_traffic=tuple((l, e * scale) for l, e in p.cache_traffic))
+        if p.op.startswith("attention") and p.cache_traffic else p
+        for p in work.processes
+    )
+    kv = tuple(dataclasses.replace(k, context=long_ctx) for k in work.kv_cache)
+    long_work = dataclasses.replace(work, processes=procs, kv_cache=kv)
+    est = estimate_work(long_work, get_device("u280"))
+    assert [k.where for k in est.kv_cache] == ["hbm"] * layers
+    assert est.decode_bytes >= layers * 2 * heads * long_ctx * head_dim * 4
