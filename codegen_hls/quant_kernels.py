@@ -89,13 +89,25 @@ def unpack_int4(packed: np.ndarray) -> np.ndarray:
     return out
 
 
-def _packed_matmul_te(x: te.Tensor, w: te.Tensor):
+def _storage_width(bits: int) -> int:
+    """The standard integer width holding ``bits`` (8, 16, 32 or 64)."""
+    return next(w for w in (8, 16, 32, 64) if bits <= w)
+
+
+def _packed_matmul_te(x: te.Tensor, w: te.Tensor, exact_widths: bool = True):
     """x: int8 [..., K], w: packed bytes [K, N/2] -> int32 [..., N], two weights per
-    multiply; each byte is decoded into two ``ap_int<4>`` inside the reduction."""
+    multiply; each byte is decoded into two ``ap_int<4>`` inside the reduction.
+    ``exact_widths``: the packed operand and accumulator get the plan's exact widths
+    (``ap_int<48>``: the DSP's); otherwise standard widths (int64), for TVM's own
+    targets, whose buffers of odd widths are sized by bits but stored by LLVM in whole
+    power-of-two words (an int48 intermediate overruns its allocation)."""
     *batch, k_len = x.shape
     half = w.shape[1]
     plan = packing_plan(int(k_len))
-    acc_t, packed_t = f"int{plan.acc_bits}", f"int{plan.packed_bits}"
+    acc_bits, packed_bits = plan.acc_bits, plan.packed_bits
+    if not exact_widths:
+        acc_bits, packed_bits = _storage_width(acc_bits), _storage_width(packed_bits)
+    acc_t, packed_t = f"int{acc_bits}", f"int{packed_bits}"
     k = te.reduce_axis((0, k_len), "k")
 
     def packed_pair(kk, j):  # P = w_hi * 2**s + w_lo, one operand of the DSP multiplier
@@ -142,7 +154,9 @@ def _legalize(bb: relax.BlockBuilder, call: relax.Call):
     """One PrimFunc that decodes the packed weights inside the reduction: no 4-bit
     intermediate tensor (which a host runtime could not allocate), and in HLS the decoder
     feeds the packed MAC array directly."""
-    return bb.call_te(_packed_matmul_te, call.args[0], call.args[1], primfunc_name_hint="matmul_w4a8")
+    target = tvm.target.Target.current(allow_none=True)
+    exact = target is not None and "vitis_spatial" in target.keys
+    return bb.call_te(_packed_matmul_te, call.args[0], call.args[1], exact, primfunc_name_hint="matmul_w4a8")
 
 
 def register_ops() -> None:
