@@ -242,3 +242,33 @@ def test_w4a8_odd_width_is_padded_not_w8(bias, rng):
     assert got.shape == (m, n)
     np.testing.assert_array_equal(got, ref_linear(x, w, b, absmax, 4))
     assert tvm_spatial.build_report(ex).host_ops == ()
+
+
+def test_w4a8_intermediates_have_storable_widths_on_tvm_targets():
+    """TVM sizes a buffer by bits, LLVM stores an int48 in 8 bytes: an odd-width
+    intermediate overran its allocation in the llvm build (caught by the ASan gate).
+    Only the HLS keeps the DSP's exact 48-bit accumulator."""
+    import re
+
+    import tvm
+    from codegen_hls import quant_kernels as qk
+
+    qk.register_ops()
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 64), "int8"))
+    w = relax.Var("w", relax.TensorType((64, 8), "int8"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.Call(tvm.ir.Op.get(qk.W4A8_MATMUL), [x, w]))
+        bb.emit_func_output(y)
+
+    def buffer_dtypes(target):
+        with tvm.target.Target(target):
+            mod = relax.transform.LegalizeOps()(bb.get())
+        texts = [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+        found = {d for t in texts for d in re.findall(r'alloc_buffer\(.*"(\w+)"\)', t)}
+        assert found, "the kernel should have its packed accumulator as an intermediate buffer"
+        return found
+
+    assert buffer_dtypes("llvm") <= {"int8", "int16", "int32", "int64"}, buffer_dtypes("llvm")
+    assert f"int{qk.packing_plan(64).acc_bits}" in buffer_dtypes("vitis_spatial")
