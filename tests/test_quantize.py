@@ -250,7 +250,6 @@ def test_w4a8_intermediates_have_storable_widths_on_tvm_targets():
     Only the HLS keeps the DSP's exact 48-bit accumulator."""
     import re
 
-    import tvm
     from codegen_hls import quant_kernels as qk
 
     qk.register_ops()
