@@ -101,7 +101,7 @@ def bind_scalar_constants(mod: tvm.IRModule) -> tvm.IRModule:
     for gv in callers:
         binder.builder_.update_func(gv, binder.visit_expr(mod[gv]))
     result = binder.builder_.get()
-    for gv, count in replaced.items():
-        if count == calls[gv]:  # no call of the unbound function is left
+    for gv, bound_calls in replaced.items():
+        if bound_calls == calls[gv]:  # no call of the unbound function is left
             del result[gv]
     return result
