@@ -71,11 +71,17 @@ FIXTURES_CHILD = f"""
 
 def test_fixture_emulation_runs_clean_under_sanitizers(tmp_path):
     proc = _run_sanitized(FIXTURES_CHILD, tmp_path, *FIXTURE_NAMES)
+    _assert_clean_sanitized_run(proc, tmp_path, OK_MARKER, FIXTURE_NAMES)
+
+
+def _assert_clean_sanitized_run(proc, tmp_path, marker: str, checked) -> None:
+    """No sanitizer report, a clean exit, every item checked, and objects that really were
+    built with ASan (not taken from a plain cache)."""
     for report in SANITIZER_REPORTS:
         assert report not in proc.stderr, _explain(proc)
     assert proc.returncode == 0, _explain(proc)
-    assert OK_MARKER in proc.stdout, _explain(proc)
-    for name in FIXTURE_NAMES:
+    assert marker in proc.stdout, _explain(proc)
+    for name in checked:
         assert f"checked {name}" in proc.stdout, _explain(proc)
     objects = list((tmp_path / "cache").glob("*.o"))
     assert objects and all(b"__asan_" in o.read_bytes() for o in objects), objects
@@ -129,10 +135,4 @@ def test_quantized_fixture_emulation_runs_clean_under_sanitizers(scheme, tmp_pat
     scheme: a sanitized GPT2 build takes most of the child's time limit)."""
     proc = _run_sanitized(QUANT_CHILD, tmp_path, scheme, timeout=QUANT_CHILD_TIMEOUT_S,
                           extra_flags=QUANT_EXTRA_FLAGS)
-    for report in SANITIZER_REPORTS:
-        assert report not in proc.stderr, _explain(proc)
-    assert proc.returncode == 0, _explain(proc)
-    assert QUANT_OK_MARKER in proc.stdout, _explain(proc)
-    assert f"checked {scheme}" in proc.stdout, _explain(proc)
-    objects = list((tmp_path / "cache").glob("*.o"))
-    assert objects and all(b"__asan_" in o.read_bytes() for o in objects), objects
+    _assert_clean_sanitized_run(proc, tmp_path, QUANT_OK_MARKER, [scheme])
