@@ -47,6 +47,7 @@ from tvm_spatial.errors import CodegenError, ToolchainError
 from .c_types import c_type, needs_ap_types
 from .code_writer import CodeWriter
 from .design import Design, Kernel, Port
+from .kernel import EMULATION_STREAM_HEADER, EMULATION_STREAMS_MACRO
 
 MANIFEST_SYMBOL = "vitis_spatial_design"
 RUNTIME_ENV = "TVM_SPATIAL_RUNTIME"
@@ -69,6 +70,11 @@ EXTRA_FLAGS_ENV = "TVM_SPATIAL_EMULATION_FLAGS"
 OPT_FLAGS = ("-O3", "-march=native", "-fno-tree-loop-if-convert") + (
     ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()
 )
+
+# The emulation's hls::stream (codegen_hls/include/tvm_spatial_emulation_stream.h): the
+# common header picks it over Xilinx's C-simulation stream when the macro is defined.
+EMULATION_INCLUDE_DIR = Path(__file__).resolve().parent / "include"
+EMULATION_DEFINES = (f"-D{EMULATION_STREAMS_MACRO}",)
 
 _DL_CODES = {"int": 0, "uint": 1, "float": 2, "bool": 6}
 
@@ -110,6 +116,8 @@ def base_flags() -> list[str]:
     return [
         "-std=c++17",
         "-fPIC",
+        "-I",
+        str(EMULATION_INCLUDE_DIR),
         "-isystem",
         str(xilinx_include_dir()),
         "-isystem",
@@ -325,13 +333,13 @@ def _compile(tu: Path, output: Path, flags: list[str]) -> None:
 
 def compile_object(design: Design, *, opt_flags=OPT_FLAGS) -> Path:
     """Compile the design into an object file, reusing an identical earlier compile."""
-    flags = [*base_flags(), *opt_flags, *extra_flags()]  # all of them key the cache
+    flags = [*base_flags(), *EMULATION_DEFINES, *opt_flags, *extra_flags()]  # all of them key the cache
     with tempfile.TemporaryDirectory(prefix="tvm_spatial_emu_") as tmp:
         tu = write_sources(design, Path(tmp))
         digest = hashlib.sha256()
         digest.update(_compiler_identity().encode())
         digest.update("\0".join(flags).encode())
-        for path in sorted(Path(tmp).iterdir()):
+        for path in [*sorted(Path(tmp).iterdir()), EMULATION_INCLUDE_DIR / EMULATION_STREAM_HEADER]:
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         key = digest.hexdigest()[:32]
         cached = cache_dir() / f"{key}.o"

@@ -60,7 +60,7 @@ _MATH = {
     "log1p": "std::log1p",
     "sqrt": "std::sqrt",
     "tanh": "std::tanh",
-    "erf": "std::erf",
+    "erf": "tvs_erf",  # the common header's (codegen_hls.kernel.common_header)
     "sin": "std::sin",
     "cos": "std::cos",
     "tan": "std::tan",

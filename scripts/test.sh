@@ -6,4 +6,4 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # run; without it those tests skip and the committed fixtures still cover the models
 "$root/scripts/setup.sh" test,export || "$root/scripts/setup.sh" test
 cd "$root"
-exec "$root/.venv/bin/python" -m pytest -q "$@"
+exec "$root/.venv/bin/python" -m pytest -q --durations=25 "$@"
