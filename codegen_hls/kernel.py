@@ -678,13 +678,29 @@ def build_kernel(func: relax.Function, device_key: str = "u280", arrays=None) ->
     return kernel, writer.uses_ap, bool(kernel.streams)
 
 
-# erf(x) = x P(x^2) / Q(x^2) on [-ERF_CLAMP, ERF_CLAMP], where float32 erf is +-1 beyond.
-# Fitted for this project (iteratively reweighted least squares on the relative error);
-# in float32 arithmetic the largest relative error over float32 inputs is 5.1e-7.
-ERF_CLAMP = "3.92f"
-ERF_NUMERATOR = ("1.12837911f", "0.192662641f", "0.0496092811f", "0.00340547552f", "0.000135884082f",
-                 "-1.96352084e-06f", "2.06032489e-08f")
-ERF_DENOMINATOR = ("1.0f", "0.50407511f", "0.111996174f", "0.0137386136f", "0.000888026087f")
+# Odd functions bounded by 1, as f(x) = x P(x^2) / Q(x^2) on [-clamp, clamp] and +-1 beyond
+# ``saturate`` (where float32 rounds them to +-1). Coefficients fitted for this project
+# (iteratively reweighted least squares on the relative error); in float32 arithmetic the
+# largest relative error over float32 inputs is 5.1e-7 (erf) and 5.5e-7 (tanh).
+@dataclass(frozen=True)
+class _Rational:
+    name: str
+    clamp: str
+    saturate: str
+    numerator: tuple[str, ...]
+    denominator: tuple[str, ...]
+
+
+RATIONAL_FUNCTIONS = (
+    _Rational("erf", "3.92f", "3.92f",
+              ("1.12837911f", "0.192662641f", "0.0496092811f", "0.00340547552f", "0.000135884082f",
+               "-1.96352084e-06f", "2.06032489e-08f"),
+              ("1.0f", "0.50407511f", "0.111996174f", "0.0137386136f", "0.000888026087f")),
+    _Rational("tanh", "7.9f", "9.01f",
+              ("0.99999994f", "-0.15893361f", "0.0316542052f", "0.00752275484f", "0.000172545013f",
+               "4.60495528e-07f", "-3.89204224e-10f"),
+              ("1.0f", "0.174398765f", "-0.043543864f", "0.023720853f", "0.00142929482f", "1.26742334e-05f")),
+)
 
 
 def _horner(coefficients, var: str) -> str:
@@ -696,17 +712,19 @@ def _horner(coefficients, var: str) -> str:
     return text
 
 
-def _write_erf(w: CodeWriter) -> None:
-    """``tvs_erf``: float erf as straight-line arithmetic. Why not ``std::erf``: a libm call
-    per element does not vectorize (BERT's GELU spent 5 % of the emulation in ``erff``), and in
-    HLS a rational function is a few multipliers and one divider. Other types keep <cmath>."""
-    w.line("template <typename T>")
-    w.line("static inline T tvs_erf(T x) { return std::erf(x); }")
-    with w.block("static inline float tvs_erf(float x)"):
-        w.line(f"const float c = x < -{ERF_CLAMP} ? -{ERF_CLAMP} : (x > {ERF_CLAMP} ? {ERF_CLAMP} : x);  // NaN stays NaN")
-        w.line("const float t = c * c;")
-        w.line(f"const float r = c * ({_horner(ERF_NUMERATOR, 't')}) / ({_horner(ERF_DENOMINATOR, 't')});")
-        w.line("return r > 1.0f ? 1.0f : (r < -1.0f ? -1.0f : r);  // the fit ends 2 ulp above 1")
+def _write_rational_functions(w: CodeWriter) -> None:
+    """``tvs_erf``, ``tvs_tanh``: float erf and tanh as straight-line arithmetic. Why not
+    <cmath>: a libm call per element does not vectorize (GELU spent 5 % of BERT-base's and
+    9 % of GPT2-small's emulation in ``erff``/``tanhf``), and in HLS a rational function is a
+    few multipliers and one divider. Other types keep <cmath>."""
+    for f in RATIONAL_FUNCTIONS:
+        w.line("template <typename T>")
+        w.line(f"static inline T tvs_{f.name}(T x) {{ return std::{f.name}(x); }}")
+        with w.block(f"static inline float tvs_{f.name}(float x)"):
+            w.line(f"const float c = x < -{f.clamp} ? -{f.clamp} : (x > {f.clamp} ? {f.clamp} : x);  // NaN stays NaN")
+            w.line("const float t = c * c;")
+            w.line(f"const float r = c * ({_horner(f.numerator, 't')}) / ({_horner(f.denominator, 't')});")
+            w.line(f"return (x > {f.saturate} || r > 1.0f) ? 1.0f : ((x < -{f.saturate} || r < -1.0f) ? -1.0f : r);")
 
 
 # The emulation's own hls::stream (codegen_hls/include; see that header for why).
@@ -735,7 +753,7 @@ def common_header(uses_ap: bool, uses_streams: bool = False) -> str:
     w.line("static inline T tvs_min(T a, T b) { return a < b ? a : b; }")
     w.line("template <typename T>")
     w.line("static inline T tvs_max(T a, T b) { return a > b ? a : b; }")
-    _write_erf(w)
+    _write_rational_functions(w)
     w.line("template <typename T>")
     with w.block("static inline T tvs_floordiv(T a, T b)"):
         w.line("T q = a / b;")

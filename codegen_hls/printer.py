@@ -59,7 +59,7 @@ _MATH = {
     "log2": "std::log2",
     "log1p": "std::log1p",
     "sqrt": "std::sqrt",
-    "tanh": "std::tanh",
+    "tanh": "tvs_tanh",  # the common header's, as erf
     "erf": "tvs_erf",  # the common header's (codegen_hls.kernel.common_header)
     "sin": "std::sin",
     "cos": "std::cos",

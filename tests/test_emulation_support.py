@@ -1,7 +1,7 @@
 """The C++ the common header brings to every kernel, checked against independent references:
 
-- ``tvs_erf`` (the float erf every GELU calls) against Python's ``math.erf`` on a dense grid
-  of float32 inputs and the special values;
+- ``tvs_erf`` and ``tvs_tanh`` (the float erf and tanh GELU calls) against Python's
+  ``math.erf``/``math.tanh`` on a dense grid of float32 inputs and the special values;
 - the emulation's ``hls::stream`` (codegen_hls/include) against Xilinx's C-simulation
   stream: the same program, built with each, prints the same values and the same warnings.
 """
@@ -38,40 +38,42 @@ def _build_and_run(tmp_path: Path, main: str, *flags: str, stdin: bytes = b"") -
     return run
 
 
-ERF_MAIN = r"""
+FUNCTION_MAIN = r"""
 #include <cstdio>
-#include <cstring>
 int main() {
   float x;
   while (std::fread(&x, sizeof x, 1, stdin) == 1) {
-    const float y = tvs_erf(x);
+    const float y = tvs_FUNCTION(x);
     std::fwrite(&y, sizeof y, 1, stdout);
   }
   return 0;
 }
 """
+FUNCTIONS = {"erf": math.erf, "tanh": math.tanh}
 
 
-def test_erf_matches_math_erf_over_float32_inputs(tmp_path):
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_rational_function_matches_math_over_float32_inputs(tmp_path, name):
     grid = np.concatenate([
-        np.linspace(-8, 8, 200_001, dtype=np.float32),
+        np.linspace(-12, 12, 300_001, dtype=np.float32),
         np.geomspace(1e-38, 1, 2_000).astype(np.float32),
         -np.geomspace(1e-38, 1, 2_000).astype(np.float32),
-        np.array([0.0, -0.0, 3.92, 3.9200001, 1e30, -1e30], dtype=np.float32),
+        np.array([0.0, -0.0, 3.92, 3.9200001, 7.9, 9.01, 9.0100002, 1e30, -1e30], dtype=np.float32),
     ])
-    out = _build_and_run(tmp_path, ERF_MAIN, stdin=grid.tobytes()).stdout
+    out = _build_and_run(tmp_path, FUNCTION_MAIN.replace("FUNCTION", name), stdin=grid.tobytes()).stdout
     got = np.frombuffer(out, dtype=np.float32).astype(np.float64)
-    want = np.array([math.erf(float(v)) for v in grid])
+    want = np.array([FUNCTIONS[name](float(v)) for v in grid])
     assert got.shape == want.shape
     rel = np.abs(got - want) / np.maximum(np.abs(want), np.finfo(np.float32).tiny)
     assert rel.max() < 1e-6, f"worst x={grid[rel.argmax()]!r}: {got[rel.argmax()]!r} vs {want[rel.argmax()]!r}"
-    assert np.all(np.signbit(got) == np.signbit(grid)), "erf is odd: the sign (also of zero) must follow x"
+    assert np.all(np.signbit(got) == np.signbit(grid)), f"{name} is odd: the sign (also of zero) must follow x"
     assert np.abs(got).max() == 1.0
 
 
-def test_erf_special_values(tmp_path):
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_rational_function_special_values(tmp_path, name):
     special = np.array([np.nan, np.inf, -np.inf], dtype=np.float32)
-    out = _build_and_run(tmp_path, ERF_MAIN, stdin=special.tobytes()).stdout
+    out = _build_and_run(tmp_path, FUNCTION_MAIN.replace("FUNCTION", name), stdin=special.tobytes()).stdout
     got = np.frombuffer(out, dtype=np.float32)
     assert math.isnan(got[0])
     assert struct.pack("<2f", *got[1:]) == struct.pack("<2f", 1.0, -1.0)
