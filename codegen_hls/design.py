@@ -21,7 +21,9 @@ class Port:
     name: str
     dtype: str  # TVM dtype string, e.g. "float32", "int64"
     shape: tuple[int, ...]
-    direction: str  # "in" or "out"
+    # "in", "out", or "inout": read and written through one buffer that outlives the call
+    # (a decode design's KV cache, updated in place: relax_passes.kv_inplace)
+    direction: str
     bundle: str  # m_axi bundle name, one per port so each gets its own memory bank
     # Which argument of the kernel's caller feeds this port. Several ports may share one
     # argument: a tensor read by two dataflow processes gets a port (and bundle) each.

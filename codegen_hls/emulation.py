@@ -147,8 +147,9 @@ def _pointer_type(port: Port) -> str:
     return f"{const}{c_type(port.dtype)}*"
 
 
-def _write_runtime_support(w: CodeWriter) -> None:
-    """Argument checking shared by every kernel's FFI entry point."""
+def _write_runtime_support(w: CodeWriter, in_place: bool = False) -> None:
+    """Argument checking shared by every kernel's FFI entry point (``in_place``: and the
+    result of a kernel that updates an argument in place)."""
     w.line("namespace tvs_emulation {")
     w.line("struct PortSpec { const char* name; int code; int bits; int ndim; int64_t shape[8]; };")
     w.line()
@@ -230,7 +231,27 @@ def _write_runtime_support(w: CodeWriter) -> None:
         w.line("TVMFFIObjectDecRef(fn);")
         w.line("return rc;")
     w.line("}")
+    if in_place:
+        _write_return_args(w)
     w.line("}  // namespace tvs_emulation")
+
+
+def _write_return_args(w: CodeWriter) -> None:
+    w.line()
+    w.line("// The result of an in-place kernel: an ffi.Array of the arguments it wrote.")
+    w.line("static int return_args(const TVMFFIAny* args, const int* which, int count, TVMFFIAny* result) {")
+    with w.indented():
+        w.line('static const char name[] = "ffi.Array";')
+        w.line("TVMFFIByteArray bytes{name, sizeof(name) - 1};")
+        w.line("TVMFFIObjectHandle fn = nullptr;")
+        w.line("if (TVMFFIFunctionGetGlobal(&bytes, &fn) != 0) return -1;")
+        w.line('if (fn == nullptr) return fail("RuntimeError", "ffi.Array is not registered");')
+        w.line("std::vector<TVMFFIAny> items(static_cast<size_t>(count));")
+        w.line("for (int i = 0; i < count; ++i) items[i] = args[which[i]];")
+        w.line("int rc = TVMFFIFunctionCall(fn, items.data(), count, result);")
+        w.line("TVMFFIObjectDecRef(fn);")
+        w.line("return rc;")
+    w.line("}")
 
 
 def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
@@ -263,13 +284,33 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
         w.line(f'if (tvs_emulation::bind("{kernel.name}", args, num_args, ports, {n}, data) != 0) return -1;')
         w.line(f'int here = tvs_emulation::run_here("{kernel.name}");')
         w.line("if (here < 0) return -1;")
-        w.line(f'if (here == 0) return tvs_emulation::run_on_xrt("{kernel.name}", tvs_manifest, args, num_args, result);')
+        written = written_args(kernel)
+        if not written:
+            w.line(f'if (here == 0) return tvs_emulation::run_on_xrt("{kernel.name}", tvs_manifest, args, num_args, result);')
+        else:
+            w.line(f'if (here == 0 && tvs_emulation::run_on_xrt("{kernel.name}", tvs_manifest, args, num_args, result) != 0)')
+            w.line("  return -1;")
         casts = ", ".join(f"static_cast<{_pointer_type(p)}>(data[{a}])" for p, a in zip(kernel.ports, args))
-        w.line(f"{kernel.name}({casts});")
-        w.line("result->type_index = kTVMFFINone;")
-        w.line("result->v_int64 = 0;")
-        w.line("return 0;")
+        if written:
+            w.line(f"if (here == 1) {kernel.name}({casts});")
+            w.line("// Updated in place (an inout port): hand back every written argument, in argument order.")
+            w.line(f"static const int written[{len(written)}] = {{{', '.join(map(str, written))}}};")
+            w.line(f"return tvs_emulation::return_args(args, written, {len(written)}, result);")
+        else:
+            w.line(f"{kernel.name}({casts});")
+            w.line("result->type_index = kTVMFFINone;")
+            w.line("result->v_int64 = 0;")
+            w.line("return 0;")
     w.line("}")
+
+
+def written_args(kernel: Kernel) -> list[int]:
+    """A kernel with an ``inout`` port is called through ``R.call_inplace_packed``
+    (``relax_passes.kv_inplace``) and returns the arguments it writes -- in place and
+    fresh outputs -- in ascending argument order; any other kernel returns nothing (DPS)."""
+    if not any(p.direction == "inout" for p in kernel.ports):
+        return []
+    return sorted({p.arg for p in kernel.ports if p.direction in ("out", "inout")})
 
 
 def _raw_string(text: str) -> str:
@@ -290,7 +331,7 @@ def emulation_source(design: Design) -> str:
     w.line()
     w.line(f"static const char tvs_manifest[] = {_raw_string(design.to_json())};")
     w.line()
-    _write_runtime_support(w)
+    _write_runtime_support(w, any(written_args(kernel) for kernel in design.kernels))
     for kernel in design.kernels:
         _write_entry_point(w, kernel)
     w.line()

@@ -39,7 +39,9 @@ from tvm_spatial.errors import CodegenError, DynamicShapeError
 
 from .c_types import c_type, needs_ap_types
 from .code_writer import CodeWriter
+from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
+from .kv_update import cache_slot
 from .library import MacArray, matmul_info, prepare_for_hls
 from .printer import FunctionPrinter, Namer, array_declarator
 
@@ -325,7 +327,8 @@ class _KernelWriter:
             readers = [p for p in self.procs if any(slot is s for s in p.inputs)]
             for k, proc in enumerate(readers):
                 port = self.namer.fresh(slot.hint if k == 0 else f"{slot.hint}_{k}")
-                self.ports.append(Port(port, slot.dtype, slot.shape, "in", f"gmem{bundle}", arg=slot.arg))
+                direction = "inout" if cache_slot(proc) is slot else "in"  # a KV cache updated in place
+                self.ports.append(Port(port, slot.dtype, slot.shape, direction, f"gmem{bundle}", arg=slot.arg))
                 bundle += 1
                 self.port_of[(id(slot), id(proc))] = port
         for i, slot in enumerate(self.results):
@@ -401,7 +404,8 @@ class _KernelWriter:
             key = (id(slot), id(proc))
             if key in self.port_of:
                 port = self.port_of[key]
-                params.append(f"const {c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
+                const = "" if cache_slot(proc) is slot else "const "  # written in place: inout
+                params.append(f"{const}{c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
                 args.append(port)
             elif key in self.stream_of:
                 stream = self.stream_of[key]
@@ -454,6 +458,8 @@ class _KernelWriter:
                 body += [f"{port}{idx} = v;" for port in targets]
                 body += [f"{stream}.write(v);" for stream in streams]
                 _loop_nest(w, slot.shape, body)
+            if cache_slot(proc) is not None:
+                kv_update.write_row(w, self.name, proc)
         return args
 
     def print(self) -> Kernel:

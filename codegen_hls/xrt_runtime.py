@@ -223,7 +223,7 @@ class XRTRunner:
             data = Path(tmp)
             for vk in kernel.vitis_kernels():
                 for port in vk.ports:
-                    if port.direction != "in":
+                    if port.direction == "out":
                         continue
                     if port.name not in inputs:
                         raise ToolchainError(f"kernel '{kernel.name}' needs input '{port.name}'")
@@ -241,7 +241,7 @@ class XRTRunner:
                 port.name: np.fromfile(data / f"{vk.name}.{port.name}.out.bin", dtype=port.dtype).reshape(port.shape)
                 for vk in kernel.vitis_kernels()
                 for port in vk.ports
-                if port.direction == "out"
+                if port.direction in ("out", "inout")
             }
 
 
@@ -276,11 +276,18 @@ def run_kernel_on_xrt(kernel_name: str, manifest: str, *tensors) -> None:
     runner = runner_from_environment(design)
     kernel = runner._kernel(kernel_name)
     args = [port.arg if port.arg >= 0 else i for i, port in enumerate(kernel.ports)]
-    inputs = {port.name: tensors[arg].numpy() for port, arg in zip(kernel.ports, args) if port.direction == "in"}
+    inputs = {port.name: tensors[arg].numpy() for port, arg in zip(kernel.ports, args) if port.direction != "out"}
     outputs = runner.run(kernel.name, inputs)
+    updated = {}  # an inout argument (KV cache): each of its ports wrote its own rows; merge them
     for port, arg in zip(kernel.ports, args):
         if port.direction == "out":
             tensors[arg].copyfrom(np.ascontiguousarray(outputs[port.name]))
+        elif port.direction == "inout":
+            merged = updated.setdefault(arg, inputs[port.name].copy())
+            changed = outputs[port.name].reshape(merged.shape) != inputs[port.name]
+            merged[changed] = outputs[port.name].reshape(merged.shape)[changed]
+    for arg, merged in updated.items():
+        tensors[arg].copyfrom(np.ascontiguousarray(merged))
 
 
 tvm_ffi.register_global_func(XRT_DISPATCH, run_kernel_on_xrt, override=True)

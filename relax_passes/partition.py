@@ -14,6 +14,7 @@ import tvm
 from tvm import relax
 from tvm.relax.transform import FuseOpsByPattern, MergeCompositeFunctions
 
+from .kv_inplace import kv_inplace, make_calls_inplace
 from .patterns import CODEGEN, fuse_patterns
 from .roles import name_roles
 from .scalar_constants import bind_scalar_constants
@@ -24,6 +25,8 @@ _NOT_COMPUTE = frozenset(
         "relax.call_tir",
         "relax.call_dps_packed",
         "relax.call_pure_packed",
+        "relax.call_inplace_packed",
+        "relax.builtin.alloc_tensor",
         "relax.null_value",
         "relax.shape_of",
         "relax.tensor_to_shape",
@@ -35,11 +38,12 @@ _NOT_COMPUTE = frozenset(
 def partition_for_vitis_spatial(mod: tvm.IRModule) -> tvm.IRModule:
     mod = relax.transform.Normalize()(mod)
     mod = relax.transform.FoldConstant()(mod)  # exporters leave shape arithmetic on constants
+    mod = kv_inplace(mod)  # a decode graph's cache: one row per layer written in place
     mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
     mod = bind_scalar_constants(mod)
     mod = name_roles(mod)
     mod = MergeCompositeFunctions()(mod)
-    return _name_kernels(mod)
+    return make_calls_inplace(_name_kernels(mod))
 
 
 def _composites_in(func: relax.Function) -> list[str]:

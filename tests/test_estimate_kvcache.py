@@ -34,24 +34,35 @@ def _cache_shape():
     return [d.dim_value for d in inp.type.tensor_type.shape.dim]
 
 
-def test_each_layer_cache_is_placed_and_reported(decode_design, tmp_path):
+def test_each_layer_cache_is_placed_where_the_design_keeps_it(decode_design):
+    """The decode design keeps its cache in an inout m_axi buffer (updated in place, one
+    row per layer): the estimate and the report say HBM for every layer, not URAM."""
     layers, _, heads, ctx, head_dim = _cache_shape()
+    cache_ports = [p for k in decode_design.kernels for p in k.ports if p.name.startswith(("past_key", "past_value"))]
+    assert cache_ports and all(p.direction == "inout" for p in cache_ports)
     est = tvm_spatial.estimate(decode_design)
     assert [k.layer for k in est.kv_cache] == list(range(layers))
     for k in est.kv_cache:
         assert k.bytes == 2 * heads * ctx * head_dim * 4  # K and V, fp32
-        # a few KB: it fits in what the processes leave of the SLR's URAM
-        assert k.where == "uram" and k.on_chip
-        # UG573: a URAM288 is 4096 x 72 bits, two fp32 per word
-        assert k.uram == 2 * math.ceil(heads * ctx * head_dim / (4096 * 2))
-    # the URAM it takes is on the SLR's bill
-    offchip = estimate_work(design_work(decode_design), get_device("u280"), ModelConfig(kv_cache="offchip"))
-    assert est.total.uram - offchip.total.uram == sum(k.uram for k in est.kv_cache)
+        assert k.where == "hbm" and not k.on_chip and k.uram == 0 == k.bram18k
     text = str(est)
-    assert "KV cache per layer" in text and "URAM" in text
-    assert "KV cache" in text and f"{layers} layer(s) in URAM" in text
+    assert "KV cache per layer" in text and f"{layers} layer(s) in HBM" in text and "URAM (" not in text
     html = est.to_html()
-    assert "<h2>KV cache per layer</h2>" in html and html.count("<td>URAM</td>") == layers
+    assert "<h2>KV cache per layer</h2>" in html and html.count("<td>HBM</td>") == layers
+
+
+def test_onchip_what_if_takes_uram(decode_design):
+    """Asked for (``kv_cache="onchip"``), the model prices the caches in URAM instead:
+    a few KB, UG573's URAM288 (4096 x 72 bits, two fp32 per word), on the SLR's bill."""
+    layers, _, heads, ctx, head_dim = _cache_shape()
+    work = design_work(decode_design)
+    dev = get_device("u280")
+    on = estimate_work(work, dev, ModelConfig(kv_cache="onchip"))
+    off = estimate_work(work, dev, ModelConfig(kv_cache="auto"))
+    for k in on.kv_cache:
+        assert k.where == "uram" and k.uram == 2 * math.ceil(heads * ctx * head_dim / (4096 * 2))
+    assert on.total.uram - off.total.uram == sum(k.uram for k in on.kv_cache)
+    assert f"{layers} layer(s) in URAM" in str(on)
 
 
 def test_decode_reads_an_offchip_cache_over_hbm(decode_design):
@@ -60,8 +71,8 @@ def test_decode_reads_an_offchip_cache_over_hbm(decode_design):
     layers, _, heads, ctx, head_dim = _cache_shape()
     work = design_work(decode_design)
     dev = get_device("u280")
-    on = estimate_work(work, dev, ModelConfig(kv_cache="auto"))
-    off = estimate_work(work, dev, ModelConfig(kv_cache="offchip"))
+    on = estimate_work(work, dev, ModelConfig(kv_cache="onchip"))
+    off = estimate_work(work, dev, ModelConfig(kv_cache="auto"))
     assert all(k.where == "hbm" for k in off.kv_cache)
     reads = layers * 2 * heads * ctx * head_dim * 4
     appends = layers * 2 * heads * head_dim * 4
@@ -69,6 +80,20 @@ def test_decode_reads_an_offchip_cache_over_hbm(decode_design):
     assert off.decode_cycles >= on.decode_cycles
     scores = [p for p in off.processes if p.op == "attention_scores"]
     assert len(scores) == layers and all(p.decode_bytes >= heads * ctx * head_dim * 4 for p in scores)
+
+
+def test_each_in_place_update_writes_one_row_of_its_layer(decode_design):
+    """Per token the cache traffic of the updates is one row (heads x head_dim) per layer
+    for K and one for V -- not the whole cache -- each on its own layer."""
+    layers, _, heads, ctx, head_dim = _cache_shape()
+    work = design_work(decode_design)
+    updates = [p for p in work.processes if p.op == "kv_update"]
+    assert len(updates) == 2 * layers
+    assert sorted(p.cache_traffic for p in updates) == sorted(((l, heads * head_dim),) for l in range(layers)
+                                                                for _ in ("K", "V"))
+    est = tvm_spatial.estimate(decode_design)
+    rows = sum(p.decode_bytes for p in est.processes if p.op == "kv_update")
+    assert rows < 2 * layers * heads * ctx * head_dim * 4 / 4  # far from a whole-cache copy
 
 
 def test_quantized_cache_is_int8(decode_design):

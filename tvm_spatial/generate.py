@@ -17,6 +17,16 @@ A prompt shorter than N is right-padded for prefill (causal attention keeps the 
 out of the real positions; decode masks the slots it filled until it overwrites them);
 the part of a prompt longer than N is fed through decode steps. A prefill model is
 optional: without one the whole prompt goes through decode.
+
+The cache is updated in place. Built for ``vitis_spatial``, a decode design writes one new
+K and V row per layer into the ``past_key`` / ``past_value`` tensors it is given and returns
+those same tensors as ``present_key`` / ``present_value`` (``relax_passes.kv_inplace``:
+``R.call_inplace_packed``; the kernel's cache ports are ``inout``). So a step costs no
+cache copy, and after a step **the old past tensors are the new present ones**: a caller
+who wants to keep a cache as it was must copy it first. :class:`Generator` never needs the
+old cache: it hands each step's outputs (the same tensors) to the next step, and
+:meth:`Generator.reset` / :meth:`Generator.prefill` start from fresh tensors. Under another
+target (``"llvm"``) the outputs are new tensors; the loop is the same.
 """
 
 from __future__ import annotations
@@ -286,7 +296,7 @@ class Generator:
             "past_value": self._cache[1],
         }
         logits, key, value = self._vms["decode"](*[args[n] for n in self.signature.decode_inputs])
-        self._cache = (key, value)
+        self._cache = (key, value)  # vitis_spatial: the tensors passed in, updated in place
         self.position += 1
         return logits.numpy()[0, 0]
 

@@ -33,8 +33,9 @@ class BuildReport:
         for column in ("kernel", "operators", "ports (in -> out)", "HLS lines"):
             kernels.add_column(column)
         for k in self.design.kernels:
-            ins = ", ".join(f"{p.name}{list(p.shape)}" for p in k.ports if p.direction == "in")
-            outs = ", ".join(f"{p.name}{list(p.shape)}" for p in k.ports if p.direction == "out")
+            # an inout port (a KV cache updated in place) is on both sides
+            ins = ", ".join(f"{p.name}{list(p.shape)}" for p in k.ports if p.direction in ("in", "inout"))
+            outs = ", ".join(f"{p.name}{list(p.shape)}" for p in k.ports if p.direction in ("out", "inout"))
             kernels.add_row(k.name, ", ".join(k.ops), f"{ins} -> {outs}", str(k.source.count("\n")))
         summary = Table(show_header=False)
         summary.add_row("operators offloaded", str(self.offloaded_ops))

@@ -7,14 +7,16 @@ and the report (a row per layer) read the same :class:`KVPlacement` records.
 What is modelled: the resident-cache architecture of Chen et al. (TRETS'24, Sec. 5, the
 decode stage): each layer's K and V, sized at the compiled maximum context in the design's
 cache type, stay where they are between tokens; a decoded token reads its layer's K and V
-once (the attention) and appends one row to each. The functional interface of a decode
-graph -- the whole cache in, the whole updated cache out, as the emulation runs it -- is not
-what is estimated: that traffic is the host's, not the card's.
+once (the attention) and appends one row to each. That is what a built decode design does
+(``relax_passes.kv_inplace``): its cache is an ``inout`` m_axi buffer in off-chip memory
+that persists between calls, each layer's ``kv_update`` process reads its slice for the
+attention and writes one row (``KVCacheWork.in_design``) -- nothing is copied per token.
 
-The choice (:func:`place_kv_cache`, pure): layers in order, each on the SLR of its
-attention; URAM if the layer's K and V fit in what is left of that SLR's URAM within the
-budget after every process and stream, else BRAM, else off-chip (HBM on cards that have
-it). Capacity only: a URAM288 holds 4096 72-bit words and narrow elements are packed side
+The choice (:func:`place_kv_cache`, pure): a cache the design keeps behind a port is
+off-chip (HBM on cards that have it, else DDR): the report says where the design puts it.
+Otherwise (a workload without a design, or the ``"onchip"`` what-if) layers in order, each
+on the SLR of its attention; URAM if the layer's K and V fit in what is left of that SLR's
+URAM within the budget after every process and stream, else BRAM, else off-chip. Capacity only: a URAM288 holds 4096 72-bit words and narrow elements are packed side
 by side (``costs.uram_for``), a RAMB18 per ``costs.bram18_for``; the attention's array
 reads them at its own rate, so an on-chip layer costs the attention compute time only,
 while an off-chip one costs ``bytes / bandwidth`` of its port.
@@ -38,6 +40,9 @@ class KVCacheWork:
     context: int  # the compiled maximum context
     head_dim: int
     dtype: str
+    # where the built design keeps it: "offchip" (an m_axi port: HBM or DDR), or "" when the
+    # workload has no design and the model chooses
+    in_design: str = ""
 
     @property
     def elements(self) -> int:
@@ -78,8 +83,9 @@ class KVPlacement:
 def place_kv_cache(caches: Sequence[KVCacheWork], free: Sequence[dict], offchip: str = "hbm",
                    policy: str = "auto") -> tuple[KVPlacement, ...]:
     """Place each layer's cache (pure). ``free``: per SLR, ``{"uram": n, "bram18k": n}``
-    still available within the budget; ``policy``: ``"auto"`` (on-chip while it fits),
-    ``"offchip"`` or ``"onchip"`` (forced: the URAM/BRAM it would take, even over budget)."""
+    still available within the budget; ``policy``: ``"auto"`` (where the design keeps it;
+    without a design, on-chip while it fits), ``"offchip"`` or ``"onchip"`` (a what-if:
+    the URAM/BRAM it would take, even over budget)."""
     if policy not in ("auto", "offchip", "onchip"):
         raise ValueError(f"KV cache policy {policy!r} is not auto, offchip or onchip")
     left = [dict(f) for f in free]
@@ -88,7 +94,7 @@ def place_kv_cache(caches: Sequence[KVCacheWork], free: Sequence[dict], offchip:
         slr = min(c.slr, len(left) - 1) if left else 0
         room = left[slr] if left else {"uram": 0, "bram18k": 0}
         uram, bram = c.uram(), c.bram18k()
-        if policy == "offchip":
+        if policy == "offchip" or (policy == "auto" and c.in_design == "offchip"):
             where = offchip
         elif uram <= room.get("uram", 0):
             where = "uram"

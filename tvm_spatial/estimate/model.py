@@ -66,8 +66,10 @@ class ModelConfig:
     default: Parallelism = Parallelism(rows=8, cols=32)  # library default tiling (MatmulTiling())
     clock_mhz: float | None = None  # None: the card's default clock
     uram_threshold_bram18: int = 8  # a buffer bank needing more BRAM18s than this goes to URAM
-    # decode designs: where each layer's KV cache lives (kvcache.place_kv_cache): "auto" puts it
-    # on-chip while it fits within ``kv_budget`` of its SLR's memory left after the processes
+    # decode designs: where each layer's KV cache lives (kvcache.place_kv_cache): "auto" is where
+    # the design keeps it (a built design: off-chip, behind its inout port), else on-chip while it
+    # fits within ``kv_budget`` of its SLR's memory left after the processes; "onchip"/"offchip"
+    # are what-ifs
     kv_cache: str = "auto"
     kv_budget: float = 0.85
 

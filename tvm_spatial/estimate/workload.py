@@ -212,13 +212,18 @@ def _cache_ports(design) -> tuple[tuple[int, ...] | None, str, set[str], set[str
         written = {n for proc in kernel.processes for n in proc.outputs}
         outputs |= {p.name for p in kernel.ports if tuple(p.shape) == shape and p.name in written
                     and p.name not in inputs}
+        # updated in place (relax_passes.kv_inplace): read and written through the same port
+        outputs |= {p.name for p in kernel.ports if p.name in inputs and p.direction == "inout"}
     return shape, dtype, inputs, outputs
 
 
-def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: set[str]):
+def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: dict[str, str]):
     """Give the attention of cache layer ``l`` (the ``l``-th scores and context processes,
     in program order) its read of K / V, and each process writing an updated cache its
-    appended rows; one :class:`KVCacheWork` per layer, on the SLR of its scores."""
+    appended rows: a row per layer for one that writes the whole cache (``appenders[name]``
+    empty), one row of its own layer for an in-place ``kv_update`` (the ``l``-th of those
+    on its cache, ``appenders[name]`` naming the cache); one :class:`KVCacheWork` per layer,
+    on the SLR of its scores, off-chip since the design keeps it behind a port."""
     layers, _, heads, context, head_dim = shape
     scores = [i for i, p in enumerate(processes) if p.op == "attention_scores"]
     contexts = [i for i, p in enumerate(processes) if p.op == "attention_context"]
@@ -226,13 +231,21 @@ def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: s
     for ids in (scores, contexts):
         for layer, i in enumerate(ids[:layers]):
             out[i] = replace(out[i], cache_traffic=((layer, heads * context * head_dim),), cache_dtype=dtype)
-    for i, p in enumerate(out):  # one updated cache (K or V) each: a row per layer
-        if p.name in appenders:
-            out[i] = replace(p, cache_traffic=tuple((layer, heads * head_dim) for layer in range(layers)),
-                             cache_dtype=dtype)
+    rows: dict[str, int] = {}  # in-place updates seen per cache: the next one's layer
+    for i, p in enumerate(out):
+        cache = appenders.get(p.name)
+        if cache is None:
+            continue
+        if cache:  # kv_update: one row of its layer
+            layer = rows.get(cache, 0)
+            rows[cache] = layer + 1
+            traffic = ((min(layer, layers - 1), heads * head_dim),)
+        else:  # one updated cache (K or V): a row per layer
+            traffic = tuple((layer, heads * head_dim) for layer in range(layers))
+        out[i] = replace(p, cache_traffic=traffic, cache_dtype=dtype)
     caches = tuple(
         KVCacheWork(layer, processes[scores[layer]].slr if layer < len(scores) else 0, heads, context, head_dim,
-                    dtype)
+                    dtype, in_design="offchip")
         for layer in range(layers)
     )
     return out, caches
@@ -244,7 +257,7 @@ def design_work(design) -> DesignWork:
     streams: list[StreamWork] = []
     causal = False
     cache_shape, cache_dtype, cache_in, cache_out = _cache_ports(design)
-    appenders: set[str] = set()
+    appenders: dict[str, str] = {}  # process -> the cache it updates in place ("" : rewrites it all)
     for kernel in design.kernels:
         sigs = _signatures(kernel.source)
         bodies = _bodies(kernel.source)
@@ -284,7 +297,10 @@ def design_work(design) -> DesignWork:
             used_ports = tuple(n for n in (*proc.inputs, *proc.outputs) if n in ports)
             # the KV cache's traffic is the attention's and the appenders' (kvcache.py), wherever it lives
             if any(n in cache_out for n in proc.outputs):
-                appenders.add(proc.name)
+                appenders[proc.name] = ""
+            in_place = [n for n in proc.inputs if n in cache_out and ports[n].direction == "inout"]
+            if in_place:
+                appenders[proc.name] = re.sub(r"_\d+$", "", in_place[0])
             port_bytes = sum(
                 _prod(ports[n].shape) * dtype_bits(ports[n].dtype) // 8 for n in used_ports
                 if n != weight_port and n not in cache_in and n not in cache_out
