@@ -10,9 +10,22 @@ are all started before any is waited for, since they feed each other through AXI
 streams. The host sets only the m_axi arguments: stream arguments are wired by
 ``stream_connect`` at link time, and the table lists them only so that the interface
 check covers every argument the xclbin declares.
+
+Buffers (:func:`buffers`): a port gets its own buffer object, except that every port of a
+*written* caller argument (``Port.arg`` shared by several ports, one of them ``out`` or
+``inout``: a decode design's KV cache, one ``inout`` port per layer) uses one buffer, the
+same ``xrt::bo`` passed to each of those kernel arguments. That is what the kernels mean:
+each writes its rows of one tensor and the others must see them; XRT accepts one buffer
+for several arguments only when they are connected to one memory bank, which
+``vitis_files.place`` guarantees. Such a buffer is read from the file of its first port
+and synced to the device once before the run, and synced back and written to that file
+once after it, not once per port. Read-only arguments keep one buffer per port (each in
+its own bank, for bandwidth).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from tvm_spatial.errors import CodegenError
 
@@ -22,6 +35,50 @@ from .code_writer import CodeWriter
 from .design import Design, Kernel, Port
 
 HOST_EXECUTABLE = "host.exe"  # not "host": the project already has a host/ directory
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One buffer object of a region's call and the ports (kernel arguments) it is passed to."""
+
+    kernel: str  # the Vitis kernel of its first port: its data files are <kernel>.<port>[.out].bin
+    port: Port  # its first port (Vitis kernel order, then argument order)
+    ports: tuple[tuple[str, Port], ...]  # (Vitis kernel, port) of every argument it is passed to
+    reads: bool  # some port reads it: filled from its file before the run
+    writes: bool  # some port writes it: written to its .out.bin file after the run
+
+
+def written_args(kernel: Kernel) -> set[int]:
+    """Caller arguments of ``kernel`` that some port writes (``out`` or ``inout``)."""
+    return {p.arg for p in kernel.ports if p.arg >= 0 and p.direction in ("out", "inout")}
+
+
+def buffers(kernel: Kernel) -> list[Buffer]:
+    """The region's buffers in Vitis-kernel and argument order: one per port, except one
+    for all the ports of each written argument (the module docstring says why)."""
+    written = written_args(kernel)
+    groups: dict[object, list[tuple[str, Port]]] = {}
+    for vk in kernel.vitis_kernels():
+        for port in vk.ports:
+            key = ("arg", port.arg) if port.arg in written else ("port", port.name)
+            groups.setdefault(key, []).append((vk.name, port))
+    result = []
+    for members in groups.values():
+        first_kernel, first = members[0]
+        for _, other in members[1:]:
+            if (other.dtype, other.shape) != (first.dtype, first.shape):
+                raise CodegenError(
+                    f"kernel {kernel.name!r}: ports {first.name!r} and {other.name!r} share written "
+                    f"argument {first.arg} (one buffer) but are {first.dtype}{list(first.shape)} and "
+                    f"{other.dtype}{list(other.shape)}"
+                )
+        result.append(Buffer(
+            first_kernel, first, tuple(members),
+            reads=any(p.direction in ("in", "inout") for _, p in members),
+            writes=any(p.direction in ("out", "inout") for _, p in members),
+        ))
+    return result
+
 
 def _host_dtype_ok(dtype: str) -> bool:
     """The host moves raw bytes of standard C types; ap_int ports would need packing."""
@@ -48,23 +105,28 @@ def port_bytes(port: Port) -> int:
 def check_ports(design: Design) -> None:
     """Raise :class:`CodegenError` naming the first port the host cannot transfer."""
     for kernel in design.kernels:
-        for port in kernel.ports:
-            _port_entry(kernel, port)
+        for buffer in buffers(kernel):
+            for _, port in buffer.ports:
+                _port_entry(kernel, port, buffer)
 
 
-def _port_entry(kernel: Kernel, port: Port) -> str:
+def _port_entry(kernel: Kernel, port: Port, buffer: Buffer) -> str:
     if port.direction not in ("in", "out", "inout"):
         raise CodegenError(
             f"kernel {kernel.name!r} port {port.name!r} has direction {port.direction!r}; "
             "expected 'in', 'out' or 'inout'"
         )
-    # an inout port (a KV cache updated in place) is read from its file and written back
-    is_input = "true" if port.direction in ("in", "inout") else "false"
-    is_output = "true" if port.direction in ("out", "inout") else "false"
+    owner = buffer.port.name == port.name
+    # the first port of a buffer moves it through the files for every port using it: read
+    # before the run if any of them reads it, written back if any writes it (an inout port,
+    # a KV cache updated in place, both)
+    reads = buffer.reads if owner else port.direction in ("in", "inout")
+    writes = buffer.writes if owner else port.direction in ("out", "inout")
+    shares = "nullptr" if owner else f'"{buffer.port.name}"'
     shape = ",".join(str(d) for d in port.shape)
     return (
-        f'{{"{port.name}", {is_input}, {is_output}, {port.num_elements} * sizeof({c_type(kernel, port)}), '
-        f'"{port.dtype}[{shape}]"}},'
+        f'{{"{port.name}", {str(reads).lower()}, {str(writes).lower()}, '
+        f'{port.num_elements} * sizeof({c_type(kernel, port)}), "{port.dtype}[{shape}]", {shares}}},'
     )
 
 
@@ -72,14 +134,17 @@ def _kernel_table(w: CodeWriter, design: Design) -> None:
     w.line("// The design's kernels in the order the model calls them: {name, region, m_axi ports in")
     w.line("// argument order, AXI-stream arguments after them}. The kernels of one region (one per SLR")
     w.line("// it spans) run together, linked by streams (stream_connect), which the host never sets.")
+    w.line("// A port naming another in its last field is passed that port's buffer object (the ports")
+    w.line("// of one written argument, e.g. a KV cache updated in place, share one buffer and bank).")
     w.line("const std::vector<KernelSpec> kKernels = {")
     with w.indented():
         for region, kernel in enumerate(design.kernels):
+            buffer_of = {port.name: b for b in buffers(kernel) for _, port in b.ports}
             for vk in kernel.vitis_kernels():
                 w.line(f'{{"{vk.name}", {region}, {{')
                 with w.indented():
                     for port in vk.ports:
-                        w.line(_port_entry(kernel, port))
+                        w.line(_port_entry(kernel, port, buffer_of[port.name]))
                 streams = ", ".join(f'"{a.name}"' for a in vk.axis)
                 w.line(f"}}, {{{streams}}}}},")
     w.line("};")
@@ -92,6 +157,7 @@ _INCLUDES = (
     "#include <fstream>",
     "#include <iostream>",
     "#include <iterator>",
+    "#include <map>",
     "#include <stdexcept>",
     "#include <string>",
     "#include <vector>",
@@ -108,6 +174,9 @@ _TYPES = (
     "  bool is_output;  // written to <kernel>.<port>.out.bin after it (both: inout)",
     "  std::size_t bytes;",
     '  const char* type;  // e.g. "float32[16]", for messages',
+    "  // nullptr: the port has its own buffer. Else the earlier port (same region) whose buffer",
+    "  // it is passed, which alone moves the data through its files (a written argument).",
+    "  const char* shares;",
     "};",
     "",
     "struct KernelSpec {",
@@ -165,8 +234,9 @@ def _load_inputs(w: CodeWriter) -> None:
         with w.block("for (const KernelSpec& k : kKernels)"):
             w.line("inputs.emplace_back();")
             with w.block("for (const PortSpec& p : k.ports)"):
-                w.line("inputs.back().push_back(p.is_input ? read_input(data_path(dir, k, p, \".bin\"), p)")
-                w.line("                                   : std::vector<char>());")
+                w.line("const bool own_file = p.is_input && p.shares == nullptr;")
+                w.line("inputs.back().push_back(own_file ? read_input(data_path(dir, k, p, \".bin\"), p)")
+                w.line("                                 : std::vector<char>());")
         w.line("return inputs;")
 
 
@@ -223,14 +293,17 @@ def _check_interface(w: CodeWriter) -> None:
 
 
 def _run_region(w: CodeWriter) -> None:
-    """One bo per port in the bank ``group_id`` reports, so the host follows connectivity.cfg.
-    All kernels of a region are started before any is waited for: they pass data to each
-    other through AXI streams, so a kernel waited for alone would stall."""
+    """One bo per buffer (:func:`buffers`) in the bank ``group_id`` reports, so the host follows
+    connectivity.cfg; a port sharing another's buffer gets that same bo, after a check that
+    XRT connected both to one bank (else XRT would warn and copy, or the kernels would write
+    different memories). All kernels of a region are started before any is waited for: they
+    pass data to each other through AXI streams, so a kernel waited for alone would stall."""
     w.line("void run_region(const xrt::device& device, const xrt::uuid& uuid, std::size_t first, std::size_t last,")
     with w.block("                const std::vector<std::vector<std::vector<char>>>& inputs, const std::string& dir)"):
         w.line("std::vector<xrt::kernel> kernels;")
         w.line("std::vector<xrt::run> runs;")
         w.line("std::vector<std::vector<xrt::bo>> bos(last - first);")
+        w.line("std::map<std::string, std::pair<xrt::bo, int>> owned;  // port -> its buffer, memory group")
         with w.block("for (std::size_t k = first; k < last; ++k)"):
             w.line("const KernelSpec& spec = kKernels[k];")
             w.line("kernels.emplace_back(device, uuid, spec.name);")
@@ -238,11 +311,27 @@ def _run_region(w: CodeWriter) -> None:
             w.line("std::vector<xrt::bo>& kbos = bos[k - first];")
             w.line("kbos.reserve(spec.ports.size());")
             with w.block("for (std::size_t i = 0; i < spec.ports.size(); ++i)"):
+                w.line("const PortSpec& p = spec.ports[i];")
                 w.line("const int arg = static_cast<int>(i);")
-                w.line("kbos.emplace_back(device, spec.ports[i].bytes, kernels.back().group_id(arg));")
-                with w.block("if (spec.ports[i].is_input)"):
-                    w.line("kbos.back().write(inputs[k][i].data());")
-                    w.line("kbos.back().sync(XCL_BO_SYNC_BO_TO_DEVICE);")
+                w.line("const int group = kernels.back().group_id(arg);")
+                with w.block("if (p.shares != nullptr)", tail="} else {"):
+                    w.line("const auto owner = owned.find(p.shares);")
+                    with w.block("if (owner == owned.end())"):
+                        w.line("throw std::runtime_error(std::string(spec.name) + \": argument '\" + p.name +")
+                        w.line("                         \"' shares the buffer of '\" + p.shares + \"', which no earlier kernel has\");")
+                    with w.block("if (owner->second.second != group)"):
+                        w.line("throw std::runtime_error(std::string(spec.name) + \": argument '\" + p.name + \"' is in memory \" +")
+                        w.line("                         \"group \" + std::to_string(group) + \" but shares the buffer of '\" + p.shares +")
+                        w.line("                         \"' in group \" + std::to_string(owner->second.second) +")
+                        w.line('                         ": connect both to one bank (sp= in connectivity.cfg)");')
+                    w.line("kbos.push_back(owner->second.first);")
+                with w.indented():
+                    w.line("kbos.emplace_back(device, p.bytes, group);")
+                    with w.block("if (p.is_input)"):
+                        w.line("kbos.back().write(inputs[k][i].data());")
+                        w.line("kbos.back().sync(XCL_BO_SYNC_BO_TO_DEVICE);")
+                    w.line("owned.emplace(p.name, std::make_pair(kbos.back(), group));")
+                w.line("}")
                 w.line("runs.back().set_arg(arg, kbos.back());")
         with w.block("for (xrt::run& run : runs)"):
             w.line("run.start();")
@@ -251,7 +340,8 @@ def _run_region(w: CodeWriter) -> None:
         with w.block("for (std::size_t k = first; k < last; ++k)"):
             w.line("const KernelSpec& spec = kKernels[k];")
             with w.block("for (std::size_t i = 0; i < spec.ports.size(); ++i)"):
-                with w.block("if (!spec.ports[i].is_output)"):
+                w.line("// a shared buffer goes back once, through the port that owns it")
+                with w.block("if (!spec.ports[i].is_output || spec.ports[i].shares != nullptr)"):
                     w.line("continue;")
                 w.line("xrt::bo& bo = bos[k - first][i];")
                 w.line("bo.sync(XCL_BO_SYNC_BO_FROM_DEVICE);")
@@ -297,6 +387,7 @@ def host_cpp(design: Design) -> str:
     w.line("// Usage: host.exe <design.xclbin> <data_dir> [device_index]")
     w.line("// Reads <data_dir>/<kernel>.<port>.bin for every input port, runs the kernels region by region,")
     w.line("// writes <data_dir>/<kernel>.<port>.out.bin for every output or inout port (raw bytes, row-major).")
+    w.line("// Ports sharing one buffer (a written argument) use the files of the first of them only.")
     w.line("// Before opening the device it checks that the xclbin declares every kernel and argument")
     w.line("// below (by name, in order): a host and an xclbin of different designs fail in one line.")
     w.lines(_INCLUDES)

@@ -25,6 +25,10 @@ check the source itself. Every finding names the kernel, the line and the rule:
 ``m_axi-bundle``    every such pragma names a ``bundle``, the one the design records.
 ``m_axi-bank``      every port has a memory bank in the placement (``connectivity.cfg``),
                     and ports sharing a bundle share the bank.
+``m_axi-shared-bank`` the ports of one written argument (a KV cache each layer's process
+                    updates in place through its own ``inout`` port) are one buffer object
+                    on the card, which XRT can pass to several arguments only when they are
+                    connected to one bank: their ``sp=`` lines must name the same bank.
 ``axis-port``       every ``hls::stream`` argument of an ``extern "C"`` top has an
                     ``#pragma HLS INTERFACE axis``; every AXI-stream port the design records
                     (a stream crossing an SLR boundary) is such an argument of its segment
@@ -56,6 +60,7 @@ from tvm_spatial.errors import LintError
 
 from .c_types import c_type
 from .design import Design, Kernel
+from .host_code import buffers
 
 HEAP_KEYWORDS = {"new", "delete"}
 HEAP_FUNCTIONS = {"malloc", "calloc", "realloc", "free", "alloca", "make_shared", "make_unique", "aligned_alloc"}
@@ -811,15 +816,59 @@ def lint_links(design: Design, connectivity: str | None = None) -> list[Finding]
     return findings
 
 
+_SP = re.compile(r"^\s*sp\s*=\s*(\w+)\.(\w+)\s*:\s*(\S+)\s*$")
+
+
+def lint_shared_banks(design: Design, banks: dict | None = None, connectivity: str | None = None) -> list[Finding]:
+    """``m_axi-shared-bank``: every port of a written argument is connected to the bank of
+    the first, read from the ``sp=`` lines of ``connectivity`` (else from ``banks``, the
+    placement); nothing to check without either."""
+    if connectivity is not None:
+        placed: dict[tuple[str, str], tuple[str, int]] = {}
+        for number, line in enumerate(connectivity.split("\n"), start=1):
+            match = _SP.match(line)
+            if match:
+                cu, port, bank = match.groups()
+                placed[(cu.removesuffix("_1"), port)] = (bank, number)
+    elif banks is not None:
+        placed = {key: (bank, 1) for key, bank in banks.items()}
+    else:
+        return []
+    findings: list[Finding] = []
+    for kernel in design.kernels:
+        where = CONNECTIVITY_FILE if connectivity is not None else kernel.name
+        for buffer in buffers(kernel):
+            if len(buffer.ports) < 2:
+                continue
+            names = ", ".join(f"'{vk}.{p.name}'" for vk, p in buffer.ports)
+            first = None
+            for vk, port in buffer.ports:
+                if (vk, port.name) not in placed:
+                    findings.append(Finding(where, 1, "m_axi-shared-bank", f"'{vk}.{port.name}' has no bank "
+                                            f"(sp=); it shares one buffer with {names}, which need one bank"))
+                    continue
+                bank, line = placed[(vk, port.name)]
+                if first is None:
+                    first = (vk, port.name, bank)
+                elif bank != first[2]:
+                    findings.append(Finding(
+                        where, line, "m_axi-shared-bank",
+                        f"'{vk}.{port.name}' is on {bank} but '{first[0]}.{first[1]}' is on {first[2]}: they "
+                        f"write one argument ({names}), which the host passes as one buffer object, so "
+                        "XRT needs them connected to one bank",
+                    ))
+    return findings
+
+
 def lint_design(design: Design, banks: dict | None = None, connectivity: str | None = None) -> list[Finding]:
     """Findings for every kernel of ``design`` and its common header. ``banks`` maps
     (Vitis kernel, port) to a memory bank, as :func:`vitis_files.place` returns; pass it to
     check that every m_axi port is placed. ``connectivity``: the text of ``connectivity.cfg``,
-    to check the AXI-stream links between SLR segments."""
+    to check the AXI-stream links between SLR segments and the banks of shared buffers."""
     findings = lint_source(Design.COMMON_HEADER_NAME, design.common_header)
     for kernel in design.kernels:
         findings += lint_source(kernel.name, kernel.source, kernel, banks)
-    return findings + lint_links(design, connectivity)
+    return findings + lint_links(design, connectivity) + lint_shared_banks(design, banks, connectivity)
 
 
 def check_design(design: Design, banks: dict | None = None, connectivity: str | None = None) -> None:

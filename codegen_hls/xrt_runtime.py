@@ -25,9 +25,12 @@ call of its entry point runs them all (the generated host starts every one, then
 for every one), and :func:`check_xclbin` also checks that the xclbin declares the
 crossing arguments as streams.
 
-Ports that share a Relax argument (``Port.arg``: one tensor read by several processes)
-each keep their own XRT buffer: each is its own ``m_axi`` argument, possibly in its own
-HBM bank, so the host copies the tensor once per port.
+Ports that share a read-only Relax argument (``Port.arg``: one tensor read by several
+processes) each keep their own XRT buffer: each is its own ``m_axi`` argument, in its own
+HBM bank, so the host copies the tensor once per port. The ports of a *written* argument
+(a KV cache, one ``inout`` port per layer's update) are passed one buffer, in one bank
+(``host_code.buffers``): the tensor goes to the card once and comes back once, with every
+port's rows in it.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from tvm_spatial.errors import ToolchainError
 
 from .design import Design, Kernel
 from .emulation import RUNTIME_ENV, XRT_DISPATCH, cache_dir, host_compiler
-from .host_code import host_cpp
+from .host_code import buffers, host_cpp
 from .xclbin import XclbinFormatError, read_interface
 
 XRT_LIBRARY = "libxrt_coreutil.so.2"
@@ -214,34 +217,37 @@ class XRTRunner:
         return exe
 
     def run(self, kernel_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one region (all its Vitis kernels: one per SLR it spans, started together):
-        ``inputs`` by input port name; returns outputs by output port name."""
+        """Run one region (all its Vitis kernels: one per SLR it spans, started together).
+        ``inputs``: by port name, for the first port of every buffer something reads
+        (:func:`host_code.buffers`: ports of a written argument share one); returns the
+        written buffers by the name of their first port."""
         kernel = self._kernel(kernel_name)
         self.check()
         exe = self.host_executable(kernel)
+        region = buffers(kernel)
         with tempfile.TemporaryDirectory(prefix="tvm_spatial_xrt_data_") as tmp:
             data = Path(tmp)
-            for vk in kernel.vitis_kernels():
-                for port in vk.ports:
-                    if port.direction == "out":
-                        continue
-                    if port.name not in inputs:
-                        raise ToolchainError(f"kernel '{kernel.name}' needs input '{port.name}'")
-                    array = np.ascontiguousarray(inputs[port.name], dtype=port.dtype)
-                    if array.shape != port.shape and array.size != port.num_elements:
-                        raise ToolchainError(
-                            f"kernel '{kernel.name}' input '{port.name}' expects shape {port.shape}, got {array.shape}"
-                        )
-                    (data / f"{vk.name}.{port.name}.bin").write_bytes(array.tobytes())
+            for buffer in region:
+                port = buffer.port
+                if not buffer.reads:
+                    continue
+                if port.name not in inputs:
+                    raise ToolchainError(f"kernel '{kernel.name}' needs input '{port.name}'")
+                array = np.ascontiguousarray(inputs[port.name], dtype=port.dtype)
+                if array.shape != port.shape and array.size != port.num_elements:
+                    raise ToolchainError(
+                        f"kernel '{kernel.name}' input '{port.name}' expects shape {port.shape}, got {array.shape}"
+                    )
+                (data / f"{buffer.kernel}.{port.name}.bin").write_bytes(array.tobytes())
             cmd = [str(exe), str(self.xclbin.resolve()), str(data), str(self.device_index)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise ToolchainError(f"XRT run of kernel '{kernel.name}' failed: {proc.stderr.strip()}")
             return {
-                port.name: np.fromfile(data / f"{vk.name}.{port.name}.out.bin", dtype=port.dtype).reshape(port.shape)
-                for vk in kernel.vitis_kernels()
-                for port in vk.ports
-                if port.direction in ("out", "inout")
+                b.port.name: np.fromfile(data / f"{b.kernel}.{b.port.name}.out.bin", dtype=b.port.dtype)
+                .reshape(b.port.shape)
+                for b in region
+                if b.writes
             }
 
 
@@ -271,23 +277,22 @@ def runner_from_environment(design: Design) -> XRTRunner:
 
 def run_kernel_on_xrt(kernel_name: str, manifest: str, *tensors) -> None:
     """One kernel call of a Relax VM in xrt mode: inputs from the tensors the VM passed,
-    outputs written back into its output tensors."""
+    outputs written back into its output tensors (a written argument: one buffer for all
+    its ports, so one copy back)."""
     design = _design_of_manifest(manifest)
     runner = runner_from_environment(design)
     kernel = runner._kernel(kernel_name)
-    args = [port.arg if port.arg >= 0 else i for i, port in enumerate(kernel.ports)]
-    inputs = {port.name: tensors[arg].numpy() for port, arg in zip(kernel.ports, args) if port.direction != "out"}
+    region = buffers(kernel)
+    index = {p.name: i for i, p in enumerate(kernel.ports)}
+
+    def tensor(port):
+        return tensors[port.arg if port.arg >= 0 else index[port.name]]
+
+    inputs = {b.port.name: tensor(b.port).numpy() for b in region if b.reads}
     outputs = runner.run(kernel.name, inputs)
-    updated = {}  # an inout argument (KV cache): each of its ports wrote its own rows; merge them
-    for port, arg in zip(kernel.ports, args):
-        if port.direction == "out":
-            tensors[arg].copyfrom(np.ascontiguousarray(outputs[port.name]))
-        elif port.direction == "inout":
-            merged = updated.setdefault(arg, inputs[port.name].copy())
-            changed = outputs[port.name].reshape(merged.shape) != inputs[port.name]
-            merged[changed] = outputs[port.name].reshape(merged.shape)[changed]
-    for arg, merged in updated.items():
-        tensors[arg].copyfrom(np.ascontiguousarray(merged))
+    for b in region:
+        if b.writes:
+            tensor(b.port).copyfrom(np.ascontiguousarray(outputs[b.port.name]))
 
 
 tvm_ffi.register_global_func(XRT_DISPATCH, run_kernel_on_xrt, override=True)

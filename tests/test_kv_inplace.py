@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -203,9 +204,235 @@ def test_generator_steps_match_the_llvm_generator():
 
 def test_host_program_reads_and_writes_back_an_inout_port(design):
     text = host_cpp(design)
-    assert re.search(r'\{"past_key", true, true, \d+ \* sizeof\(float\)', text)
+    assert re.search(r'\{"past_key", true, true, \d+ \* sizeof\(float\), "[^"]*", nullptr\}', text)
     assert re.search(r'\{"out", false, true, ', text)
-    assert "if (!spec.ports[i].is_output)" in text
+    assert "if (!spec.ports[i].is_output || spec.ports[i].shares != nullptr)" in text
+
+
+# -- one cache, one buffer object, one bank ---------------------------------------------------
+#
+# What the card needs: every port writing a cache is one m_axi argument onto the SAME buffer
+# object, so all of them are connected to one bank and the host passes that one bo to each.
+# The expectations below come from the design's ports (Port.arg, Port.direction) alone.
+
+
+def _cache_groups(design) -> dict[int, list[tuple[str, str]]]:
+    """Written argument with several ports -> its (Vitis kernel, port) in Vitis-kernel
+    order, from the ports."""
+    (kernel,) = design.kernels
+    written = {p.arg for p in kernel.ports if p.direction in ("out", "inout") and p.arg >= 0}
+    groups: dict[int, list[tuple[str, str]]] = {}
+    for vk in kernel.vitis_kernels():
+        for port in vk.ports:
+            if port.arg in written:
+                groups.setdefault(port.arg, []).append((vk.name, port.name))
+    return {arg: ports for arg, ports in groups.items() if len(ports) > 1}
+
+
+def _readers(design) -> dict[int, list[tuple[str, str]]]:
+    """Read-only arguments read through several ports -> those ports."""
+    (kernel,) = design.kernels
+    by_arg: dict[int, list] = {}
+    for vk in kernel.vitis_kernels():
+        for port in vk.ports:
+            by_arg.setdefault(port.arg, []).append((vk.name, port))
+    return {a: [(vk, p.name) for vk, p in ps] for a, ps in by_arg.items()
+            if len(ps) > 1 and all(p.direction == "in" for _, p in ps)}
+
+
+def _sp_lines(cfg: str) -> dict[tuple[str, str], str]:
+    found = {}
+    for line in cfg.splitlines():
+        m = re.match(r"sp=(\w+)_1\.(\w+):(\S+)$", line)
+        if m:
+            found[(m.group(1), m.group(2))] = m.group(3)
+    return found
+
+
+@pytest.fixture(scope="module")
+def decode_project(design, tmp_path_factory):
+    from codegen_hls.project import write_project
+
+    return write_project(design, tmp_path_factory.mktemp("decode") / "proj")
+
+
+def test_groups_are_the_caches(design):
+    """Sanity of the derivation: two written arguments, past_key's and past_value's ports,
+    one per layer (K and V), spread over the SLR segments."""
+    groups = _cache_groups(design)
+    names = sorted(sorted(n for _, n in g) for g in groups.values())
+    layers = _cache_shape()[0]
+    assert len(groups) == 2 and all(len(g) == layers for g in names)
+    assert [g[0] for g in names] == list(CACHE)  # the first port keeps the argument's name
+    assert any(len({vk for vk, _ in g}) > 1 for g in groups.values())  # crosses kernels
+
+
+def test_connectivity_puts_each_cache_on_one_bank(design, decode_project):
+    from codegen_hls.vitis_files import METADATA_XCLBIN
+    from codegen_hls.xclbin import read_interface
+
+    sp = _sp_lines((decode_project / "connectivity.cfg").read_text())
+    caches = _cache_groups(design)
+    for ports in caches.values():
+        assert len({sp[p] for p in ports}) == 1, {p: sp[p] for p in ports}
+    assert sp[caches[min(caches)][0]] != sp[caches[max(caches)][0]]  # K and V apart
+    # read-only tensors read by several processes keep one bank per reader
+    readers = _readers(design)
+    assert readers
+    for ports in readers.values():
+        banks = [sp[p] for p in ports]
+        assert len(set(banks)) == len(banks), banks
+    # what XRT reads (the xclbin's CONNECTIVITY) says the same
+    info = read_interface((decode_project / METADATA_XCLBIN).read_bytes())
+    assert {k: info.banks[k] for k in sp} == sp
+
+
+def _host_table(text: str) -> dict[str, str | None]:
+    """Port -> the port whose buffer object it is passed (None: its own), from host.cpp."""
+    rows = re.findall(r'\{"(\w+)", (?:true|false), (?:true|false), \d+ \* sizeof\([\w ]+\), "[^"]*", '
+                      r'(nullptr|"\w+")\},', text)
+    return {name: None if shares == "nullptr" else shares.strip('"') for name, shares in rows}
+
+
+def test_host_passes_one_buffer_object_to_every_port_of_a_cache(design, decode_project):
+    table = _host_table((decode_project / "host" / "host.cpp").read_text())
+    (kernel,) = design.kernels
+    assert set(table) == {p.name for p in kernel.ports}
+    caches = _cache_groups(design)
+    want = {p.name: None for p in kernel.ports}
+    for ports in caches.values():
+        for _, name in ports[1:]:
+            want[name] = ports[0][1]
+    assert table == want
+
+
+def test_noop_run_moves_each_cache_once(design, decode_project, tmp_path):
+    """Under XRT's noop shim: the host built -Werror runs without an XRT warning (a bo
+    passed to an argument in another bank would make XRT warn), reads one file per cache
+    and writes each cache back once; an xclbin connecting a cache's ports to two banks is
+    refused in one line."""
+    import dataclasses
+
+    import test_xrt_host
+
+    if test_xrt_host.pytestmark.args[0]:
+        pytest.skip(test_xrt_host.pytestmark.kwargs["reason"])
+    from codegen_hls.vitis_files import METADATA_XCLBIN, place
+    from codegen_hls.xclbin import metadata_xclbin
+    from tvm_spatial.devices import get_device
+
+    host = test_xrt_host.compile_host(decode_project)  # -Wall -Wextra -Werror
+    root = tmp_path / "xilinx_xrt"
+    (root / "lib").mkdir(parents=True)
+    (root / "lib" / "libxrt_noop.so.2").symlink_to(test_xrt_host.NOOP_LIB)
+    env = {**os.environ, "XILINX_XRT": str(root), "XCL_EMULATION_MODE": "noop"}
+    caches = _cache_groups(design)
+    sharing = {name for ports in caches.values() for _, name in ports[1:]}
+    data = decode_project / "data"
+    data.mkdir(exist_ok=True)
+    rng = np.random.default_rng(1)
+    for vk in design.vitis_kernels():
+        for port in vk.ports:
+            if port.direction != "out" and port.name not in sharing:
+                (data / f"{vk.name}.{port.name}.bin").write_bytes(
+                    rng.standard_normal(port.shape).astype(port.dtype).tobytes())
+
+    def run(xclbin):
+        return subprocess.run([str(host), str(xclbin), "data"], cwd=decode_project, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    result = run(decode_project / METADATA_XCLBIN)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    written = [line.split(": wrote data/", 1)[1] for line in result.stdout.splitlines()]
+    want = [f"{ports[0][0]}.{ports[0][1]}.out.bin" for ports in caches.values()]
+    want += [f"{vk.name}.{p.name}.out.bin" for vk in design.vitis_kernels() for p in vk.ports if p.direction == "out"]
+    assert sorted(written) == sorted(want)
+    for ports in caches.values():  # the noop shim leaves the cache as it went in
+        vk, name = ports[0]
+        assert (data / f"{vk}.{name}.out.bin").read_bytes() == (data / f"{vk}.{name}.bin").read_bytes()
+
+    placement = place(design, get_device(design.device))
+    (first_vk, first), (other_vk, other) = next(iter(caches.values()))[:2]
+    banks = dict(placement.banks)
+    banks[(other_vk, other)] = next(b for b in get_device(design.device).memory_banks
+                                    if b != banks[(first_vk, first)])
+    bad = tmp_path / "split_cache.xclbin"
+    bad.write_bytes(metadata_xclbin(design, dataclasses.replace(placement, banks=banks)))
+    result = run(bad)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"argument '{other}' is in memory group" in result.stderr
+    assert f"shares the buffer of '{first}'" in result.stderr
+
+
+def test_lint_catches_a_cache_split_over_two_banks(design, decode_project):
+    from codegen_hls.lint import lint_design, lint_shared_banks
+    from codegen_hls.vitis_files import place
+    from tvm_spatial.devices import get_device
+
+    cfg = (decode_project / "connectivity.cfg").read_text()
+    placement = place(design, get_device(design.device))
+    assert lint_shared_banks(design, connectivity=cfg) == []
+    assert lint_design(design, placement.banks, cfg) == []
+    caches = _cache_groups(design)
+    vk, port = caches[max(caches)][-1]  # the last port of the second cache
+    line = next(ln for ln in cfg.splitlines() if ln.startswith(f"sp={vk}_1.{port}:"))
+    bank = line.rsplit(":", 1)[1]
+    other = next(b for b in get_device(design.device).memory_banks if b != bank)
+    broken = cfg.replace(line, f"sp={vk}_1.{port}:{other}")
+    found = lint_shared_banks(design, connectivity=broken)
+    assert [(f.rule, f.kernel, f.line) for f in found] == [
+        ("m_axi-shared-bank", "connectivity.cfg", cfg.splitlines().index(line) + 1)]
+    assert f"'{vk}.{port}' is on {other}" in found[0].message
+    assert [f.rule for f in lint_design(design, placement.banks, broken)] == ["m_axi-shared-bank"]
+    # a cache port with no sp= line at all
+    missing = lint_shared_banks(design, connectivity=cfg.replace(line + "\n", ""))
+    assert [f.rule for f in missing] == ["m_axi-shared-bank"] and "has no bank" in missing[0].message
+    # the placement itself (no cfg text) is checked the same way
+    banks = dict(placement.banks)
+    banks[(vk, port)] = other
+    assert [f.rule for f in lint_shared_banks(design, banks)] == ["m_axi-shared-bank"]
+
+
+def test_xrt_call_passes_one_buffer_per_cache_and_copies_it_back(design, monkeypatch, tmp_path):
+    """run_kernel_on_xrt (what the VM calls in xrt mode) hands the runner each cache once,
+    by its first port, and copies the one returned cache into the caller's tensor: every
+    layer's rows arrive together, nothing to merge."""
+    from codegen_hls import xrt_runtime
+
+    (kernel,) = design.kernels
+    caches = _cache_groups(design)
+    by_name = {p.name: p for p in kernel.ports}
+    tensors = []
+    for i in range(kernel.num_args):
+        port = next(p for p in kernel.ports if p.arg == i)
+        tensors.append(tvm.runtime.tensor(np.zeros(port.shape, port.dtype)))
+    seen = {}
+
+    def fake_run(self, name, inputs):
+        seen.update(inputs)
+        outputs = {}
+        for ports in caches.values():
+            first = by_name[ports[0][1]]
+            cache = inputs[first.name].copy()
+            cache[:, :, :, 3, :] = first.arg + 1  # "every layer wrote row 3"
+            outputs[first.name] = cache
+        for p in kernel.ports:
+            if p.direction == "out":
+                outputs[p.name] = np.full(p.shape, 7, p.dtype)
+        return outputs
+
+    monkeypatch.setattr(xrt_runtime.XRTRunner, "run", fake_run)
+    monkeypatch.setenv(xrt_runtime.XCLBIN_ENV, str(tmp_path / "unused.xclbin"))
+    xrt_runtime.run_kernel_on_xrt(kernel.name, design.to_json(), *tensors)
+    sharing = {name for ports in caches.values() for _, name in ports[1:]}
+    assert not sharing & set(seen)
+    assert {n for ports in caches.values() for _, n in ports[:1]} <= set(seen)
+    for ports in caches.values():
+        first = by_name[ports[0][1]]
+        got = tensors[first.arg].numpy()
+        assert (got[:, :, :, 3, :] == first.arg + 1).all() and not np.delete(got, 3, axis=3).any()
+    out = next(p for p in kernel.ports if p.direction == "out")
+    assert (tensors[out.arg].numpy() == 7).all()
 
 
 def test_emulation_unit_is_werror_clean(design, tmp_path):
@@ -260,8 +487,8 @@ def test_in_place_decode_runs_clean_under_sanitizers(tmp_path):
 
 def test_decode_in_xrt_mode_passes_the_cache_both_ways(decode_ex, monkeypatch, tmp_path):
     """Through XRT (the noop shim computes nothing) the in-place call still returns the
-    caches it was given, and each cache port goes to the host as input and comes back as
-    output (the host program's inout handling, end to end)."""
+    caches it was given: each cache goes to the host as input and comes back as output,
+    one buffer for all its ports (the host program's inout handling, end to end)."""
     import test_xrt_host
 
     if test_xrt_host.pytestmark.args[0]:

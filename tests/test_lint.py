@@ -258,3 +258,25 @@ def test_independent_producers_need_no_deep_stream():
     assert "fork(" not in source.split("extern")[1]
     design = Design("u280", (Kernel("pipe", source, JOIN_PORTS, ()),), "")
     assert lint_design(design) == []
+
+
+def test_ports_of_a_written_argument_on_two_banks_are_caught():
+    """m_axi-shared-bank: two ports onto one written argument are one buffer object, so one
+    bank; read-only ports of one argument may sit on different banks."""
+    from codegen_hls.lint import lint_shared_banks
+
+    ports = (
+        Port("a", "float32", (16,), "in", "gmem0", arg=0),
+        Port("a_1", "float32", (16,), "in", "gmem1", arg=0),
+        Port("c", "float32", (16,), "inout", "gmem2", arg=1),
+        Port("c_1", "float32", (16,), "inout", "gmem3", arg=1),
+    )
+    design = design_of_source(GOOD, ports)
+    good = {("pipe", "a"): "HBM[0]", ("pipe", "a_1"): "HBM[1]", ("pipe", "c"): "HBM[2]", ("pipe", "c_1"): "HBM[2]"}
+    assert lint_shared_banks(design, good) == []
+    found = lint_shared_banks(design, {**good, ("pipe", "c_1"): "HBM[3]"})
+    assert [(f.rule, f.kernel) for f in found] == [("m_axi-shared-bank", "pipe")]
+    assert "'pipe.c_1' is on HBM[3] but 'pipe.c' is on HBM[2]" in found[0].message
+    cfg = "[connectivity]\nsp=pipe_1.a:HBM[0]\nsp=pipe_1.a_1:HBM[1]\nsp=pipe_1.c:HBM[2]\nsp=pipe_1.c_1:HBM[5]\n"
+    found = lint_shared_banks(design, good, cfg)  # the cfg text wins over the placement
+    assert [(f.rule, f.kernel, f.line) for f in found] == [("m_axi-shared-bank", "connectivity.cfg", 5)]

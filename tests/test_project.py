@@ -6,6 +6,7 @@ skipped, with that reason, where they are missing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 
 import pytest
 
+from codegen_hls import vitis_files
 from codegen_hls.design import Design, Kernel, Port
 from codegen_hls.project import write_project
 from codegen_hls.vitis_files import METADATA_XCLBIN
@@ -293,6 +295,42 @@ def test_u250_uses_ddr_banks(tmp_path):
     assert banks == [u250.memory_banks[i % len(u250.memory_banks)] for i in range(5)]
     assert all(b.startswith("DDR[") for b in banks)
     assert f"PLATFORM ?= {u250.platform}" in (out / "Makefile").read_text().splitlines()
+
+
+def test_ports_of_a_written_argument_share_one_bank_readers_do_not():
+    """Round-robin over the banks in port order, except that the later ports of a written
+    argument (one buffer object: a cache several processes update) reuse the first one's
+    bank and take no turn; a tensor only read through several ports gets a bank per port."""
+    ports = (
+        Port("x", "float32", (8,), "in", "gmem0", arg=0),
+        Port("x_1", "float32", (8,), "in", "gmem1", arg=0),  # read twice: two banks
+        Port("cache", "float32", (4, 8), "inout", "gmem2", arg=1),
+        Port("w", "float32", (8,), "in", "gmem3", arg=2),
+        Port("cache_1", "float32", (4, 8), "inout", "gmem4", arg=1),  # the same cache
+        Port("y", "float32", (8,), "out", "gmem5", arg=3),
+    )
+    design = Design("u280", (Kernel("k", "", ports, ()),), COMMON_HEADER)
+    hbm = get_device("u280").memory_banks
+    placement = vitis_files.place(design, get_device("u280"))
+    assert placement.banks == {
+        ("k", "x"): hbm[0], ("k", "x_1"): hbm[1], ("k", "cache"): hbm[2], ("k", "w"): hbm[3],
+        ("k", "cache_1"): hbm[2], ("k", "y"): hbm[4],
+    }
+    cfg = vitis_files.connectivity_cfg(design, get_device("u280"), placement)
+    assert f"sp=k_1.cache:{hbm[2]}" in cfg and f"sp=k_1.cache_1:{hbm[2]}" in cfg
+    assert "share one bank: the host passes them one buffer object" in cfg
+    readme = vitis_files.readme(design, get_device("u280"), placement)
+    assert "`k.cache` for `k.cache`, `k.cache_1`" in readme
+    # two ports of one buffer must agree on what it holds
+    mismatched = (*ports[:4], dataclasses.replace(ports[4], shape=(4, 4)), ports[5])
+    with pytest.raises(CodegenError, match="'cache' and 'cache_1' share written argument 1"):
+        vitis_files.place(dataclasses.replace(design, kernels=(Kernel("k", "", mismatched, ()),)),
+                          get_device("u280"))
+
+
+def test_designs_without_a_written_argument_keep_their_connectivity_text(project):
+    text = (project / "connectivity.cfg").read_text()
+    assert "share one bank" not in text and "share one buffer" not in (project / "README.md").read_text()
 
 
 def test_readme_lists_every_port_with_its_bank(project, design):
