@@ -79,8 +79,9 @@ def test_rational_function_special_values(tmp_path, name):
     assert struct.pack("<2f", *got[1:]) == struct.pack("<2f", 1.0, -1.0)
 
 
-# Two "calls" of a producer/consumer pair over fresh streams (the second reuses the first's
-# storage), interleaved reads and writes, the non-blocking calls, an empty read, leftovers.
+# Three "calls" of a producer/consumer pair over fresh streams (the later ones reuse the first's
+# storage), interleaved reads and writes, the non-blocking calls, an empty read, leftovers,
+# and a static stream (destroyed at exit, after the thread's own objects; ASan watches).
 STREAM_MAIN = r"""
 #include <cstdio>
 static void call(int n, int salt) {
@@ -107,6 +108,9 @@ static void call(int n, int salt) {
   std::printf("empty read %g\n", a.read());
   std::printf("write_nb %d\n", (int)a.write_nb(7.0f));
   std::printf("left %d\n", (int)b.size());  // b keeps data: both streams warn at destruction
+  static hls::stream<int> kept("kept");  // as a scheduled function declares one: destroyed at exit
+  kept.write(salt);
+  std::printf("kept %d\n", kept.read());
 }
 int main() {
   call(1000, 1);

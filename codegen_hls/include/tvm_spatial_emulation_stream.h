@@ -78,9 +78,12 @@ class stream {
 
   // Last destroyed, first reused: streams are destroyed in the reverse order of their
   // construction, so each stream of the next call gets the array it needed last time.
+  // The pool is never destroyed (it holds at most the arrays of one call's streams): a
+  // static stream (a scheduled function's) is destroyed at exit, after every thread_local
+  // object, and must still find its pool.
   static std::vector<std::vector<T>>& spare_storage() {
-    static thread_local std::vector<std::vector<T>> pool;
-    return pool;
+    static thread_local std::vector<std::vector<T>>* pool = new std::vector<std::vector<T>>();
+    return *pool;
   }
   void reuse_storage() {
     std::vector<std::vector<T>>& pool = spare_storage();
