@@ -56,6 +56,14 @@ class Process:
     weight_port: str = ""  # the m_axi port B is read from ("" when B is a stream)
     array: tuple[int, ...] = ()  # (rows, cols) of its MAC array (the HLS pragmas' parallelism)
     tile: tuple[int, ...] = ()  # (rows, cols) of the loop tile the array works through
+    # Any other process: elements per cycle its loops handle as realized (codegen_hls.lanes),
+    # a divisor of ``width``, the last dimension of the tensor it computes last.
+    lanes: int = 0
+    width: int = 0
+    # ... and its loop nests as the lanes schedule builds them, (trips, extent, fixed II):
+    # ``trips * extent / l`` cycles each (``l`` the largest divisor of ``extent`` <= lanes),
+    # or ``trips * extent * II`` when the II is fixed (a reduction carried by its loop).
+    nests: tuple[tuple[int, int, int], ...] = ()
 
 
 _TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile")
@@ -182,7 +190,8 @@ class Design:
                 ports=tuple(Port(**{**p, "shape": tuple(p["shape"])}) for p in k["ports"]),
                 ops=tuple(k["ops"]),
                 processes=tuple(
-                    Process(**{**p, **{key: tuple(p[key]) for key in _TUPLE_FIELDS if key in p}})
+                    Process(**{**p, **{key: tuple(p[key]) for key in _TUPLE_FIELDS if key in p},
+                               "nests": tuple(tuple(n) for n in p.get("nests", ()))})
                     for p in k.get("processes", ())
                 ),
                 streams=tuple(Stream(**st) for st in k.get("streams", ())),

@@ -275,7 +275,11 @@ class _KernelWriter:
     def __init__(self, name: str, legal: tvm.IRModule, interp: _Interpreter, params, results, device,
                  arrays=None) -> None:
         self.name = name
-        self.arrays = dict(arrays or {})  # process name -> (rows, cols) of its MAC array
+        # process name -> (rows, cols) of a matmul process's MAC array, or the lanes (an
+        # int: elements per cycle) of any other process (``tvm_spatial.estimate.Allocation``)
+        self.arrays = dict(arrays or {})
+        self.nests: dict[str, tuple] = {}  # stage PrimFunc name -> its loop nests (codegen_hls.lanes)
+        self.matmuls: dict = {}  # stage PrimFunc name -> matmul_info (None: not a matmul)
         self.legal = legal
         self.procs = interp.procs
         self.params = params
@@ -352,24 +356,59 @@ class _KernelWriter:
         check_stream_balance(self.name, self.streams, self.procs)
 
     # ---- printing -------------------------------------------------------
-    def mac_array(self, proc: Proc, stage: Stage) -> MacArray | None:
-        """The MAC array of a matmul process's matmul stage (realized), else None."""
-        if proc.op not in MATMUL_OPS:
-            return None
-        info = matmul_info(self.legal[stage.prim_name])
-        if info is None:
-            return None
-        (_, m, n, _), dtypes = info
-        latency = accumulate_latency(*dtypes)
-        # default: the array whose tile is the library's default tile (8 x 32 updates per
-        # k step, ``latency`` cycles apart): fast on the host, no accumulate stall in HLS
-        rows, cols = self.arrays.get(proc.name, (max(1, MacArray.rows // latency), MacArray.cols))
-        return MacArray(rows, cols, latency).tile(m, n)[1]
+    def mac_array(self, proc: Proc, stage: Stage):
+        """The hardware of one stage, as realized: a matmul process's matmul stage gets its
+        MAC array (``MacArray``); every other stage gets ``Lanes`` (``codegen_hls.lanes``):
+        the process's lanes (default 1), fitted to a divisor of its output row; the other
+        stages of a matmul process (bias add, quantization) get the lanes that keep pace
+        with its array, so that they take at most an eighth of its time."""
+        from .lanes import Lanes, largest_divisor
 
-    def stage_function(self, prim_name: str, array: MacArray | None = None) -> str:
+        def info_of(prim_name):
+            if prim_name not in self.matmuls:
+                self.matmuls[prim_name] = matmul_info(self.legal[prim_name])
+            return self.matmuls[prim_name]
+
+        info = info_of(stage.prim_name) if proc.op in MATMUL_OPS else None
+        if info is not None:
+            (_, m, n, _), dtypes = info
+            latency = accumulate_latency(*dtypes)
+            # default: the array whose tile is the library's default tile (8 x 32 updates per
+            # k step, ``latency`` cycles apart): fast on the host, no accumulate stall in HLS
+            entry = self.arrays.get(proc.name)
+            default = (max(1, MacArray.rows // latency), MacArray.cols)
+            rows, cols = tuple(entry) if isinstance(entry, (tuple, list)) else default
+            return MacArray(rows, cols, latency).tile(m, n)[1]
+        matmuls = [(self.mac_array(proc, s), info_of(s.prim_name)[0][3]) for s in proc.stages
+                   if proc.op in MATMUL_OPS and info_of(s.prim_name) is not None]
+        entry = self.arrays.get(proc.name)
+        wanted = int(entry) if isinstance(entry, int) else 1
+        if matmuls:  # keep pace with the array (rows x cols results per k steps) within 1/8 of its time
+            array, k = matmuls[0]
+            wanted = -(-8 * array.rows * array.cols // max(1, k))
+        last = proc.stages[-1].args[-1] if proc.stages else None
+        width = last.shape[-1] if last is not None and last.shape else 1
+        lanes = largest_divisor(width, max(1, wanted))
+        if lanes == 1:
+            return Lanes(1)
+        ports = []  # m_axi ports among the stage's arguments (read in place, or written in place)
+        for i, slot in enumerate(stage.args):
+            in_place = (slot.producer is proc and len(self.out_ports.get(id(slot), [])) == 1
+                        and not self.output_streams(slot, proc))
+            if (id(slot), id(proc)) in self.port_of or in_place:
+                ports.append(i)
+        return Lanes(lanes, tuple(ports))
+
+    def stage_function(self, prim_name: str, array=None) -> str:
+        """The C name of a stage function under its schedule (``mac_array``)."""
         key = (prim_name, array)
         if key not in self.printed:
-            suffix = "" if array is None else f"_a{array.rows}x{array.cols}"
+            if isinstance(array, MacArray):
+                suffix = f"_a{array.rows}x{array.cols}"
+            elif array is not None and array.lanes > 1:  # Lanes: its width and unpartitioned ports
+                suffix = f"_l{array.lanes}" + "".join(f"_m{i}" for i in array.ports)
+            else:
+                suffix = ""
             self.printed[key] = f"{self.name}__{prim_name}{suffix}"
         return self.printed[key]
 
@@ -568,9 +607,18 @@ class _KernelWriter:
             last = proc.stages[-1].args[-1] if proc.stages else (proc.outputs[0] if proc.outputs else None)
             if last is not None:
                 extra.update(elements=last.elements, dtype=last.dtype)
+            if proc.stages and proc.op not in MATMUL_OPS:
+                from .lanes import loop_nests
+
+                lanes = self.mac_array(proc, proc.stages[-1]).lanes
+                for stage in proc.stages:
+                    if stage.prim_name not in self.nests:
+                        self.nests[stage.prim_name] = loop_nests(self.legal[stage.prim_name])
+                nests = tuple(n for stage in proc.stages for n in self.nests[stage.prim_name])
+                extra.update(lanes=lanes, width=last.shape[-1] if last.shape else 1, nests=nests)
             for stage in proc.stages:
                 array = self.mac_array(proc, stage)
-                if array is None:
+                if not isinstance(array, MacArray):
                     continue
                 (batch, m, n, k), dtypes = matmul_info(self.legal[stage.prim_name])
                 tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)

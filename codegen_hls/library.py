@@ -11,6 +11,9 @@ schedule with a shape that suits both the FPGA and the emulation host:
   ``k``, then is written back. (Copying the weight tile into a contiguous buffer first
   was measured slower on the host, 22 vs 35 GFLOP/s, so it is not done.) The reduction order over ``k`` is unchanged, so results match
   the untiled kernel.
+* **everything else** (element-wise, broadcast, normalizations, softmax, layout copies):
+  ``lanes`` elements per cycle (:mod:`codegen_hls.lanes`, ``Lanes``), what the
+  allocation chooses for each non-matmul process.
 
 ``prepare_for_hls`` then lowers reduction inits and moves/shrinks buffers to where they
 are used (TVM's own passes), so a tile accumulator is declared inside its tile loop.
@@ -26,6 +29,8 @@ import tvm_ffi
 from tvm import s_tir, tirx
 
 import tvm_spatial.annotations as ann
+
+from .lanes import Lanes, partition_lanes, schedule_lanes
 
 
 @dataclass(frozen=True)
@@ -140,9 +145,11 @@ def peel_last_iterations(func: tirx.PrimFunc) -> tirx.PrimFunc:
 _HLS_LOWERING = None
 
 
-def prepare_for_hls(func: tirx.PrimFunc, array: "MacArray | None" = None) -> tirx.PrimFunc:
-    """Library schedule, then init lowering and buffer placement/compaction. With
-    ``array``, a matmul is tiled and annotated for that MAC array (:func:`schedule_array`)."""
+def prepare_for_hls(func: tirx.PrimFunc, array: "MacArray | Lanes | None" = None) -> tirx.PrimFunc:
+    """Library schedule, then init lowering and buffer placement/compaction. With a
+    ``MacArray``, a matmul is tiled and annotated for that array (:func:`schedule_array`);
+    with ``Lanes``, every loop nest gets the lanes schedule (:mod:`codegen_hls.lanes`);
+    with neither, a matmul gets the library's host-friendly tile and nothing else changes."""
     global _HLS_LOWERING
     if _HLS_LOWERING is None:
         _HLS_LOWERING = tvm.transform.Sequential(
@@ -153,9 +160,13 @@ def prepare_for_hls(func: tirx.PrimFunc, array: "MacArray | None" = None) -> tir
                 s_tir.transform.CompactBufferAllocation(),
             ]
         )
-    scheduled = schedule_matmul(func) if array is None else schedule_array(func, array)[0]
+    if isinstance(array, Lanes):
+        scheduled = schedule_lanes(func, array)
+    else:
+        scheduled = schedule_matmul(func) if array is None else schedule_array(func, array)[0]
     lowered = peel_last_iterations(_HLS_LOWERING(tvm.IRModule({"main": scheduled}))["main"])
-    return tirx.transform.StmtSimplify()(tvm.IRModule({"main": lowered}))["main"]
+    simplified = tirx.transform.StmtSimplify()(tvm.IRModule({"main": lowered}))["main"]
+    return partition_lanes(simplified, array) if isinstance(array, Lanes) else simplified
 
 
 # ---- the hardware array of a matmul process (what the allocation chooses) -------------

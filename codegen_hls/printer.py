@@ -318,7 +318,7 @@ class FunctionPrinter:
         if not isinstance(cond, tirx.LT) or not isinstance(cond.b, tirx.IntImm):
             return None
         offset = self.analyzer.simplify(cond.a - var)
-        if _uses_var(offset, var) or not isinstance(loop.extent, tirx.IntImm):
+        if uses_var(offset, var) or not isinstance(loop.extent, tirx.IntImm):
             return None
         return self.expr(self.analyzer.simplify(cond.b - offset))
 
@@ -544,7 +544,8 @@ def _small_integer(expr) -> int | None:
     return None
 
 
-def _uses_var(expr, var) -> bool:
+def uses_var(expr, var) -> bool:
+    """Does ``expr`` mention the TIR variable ``var``?"""
     found = []
 
     def visit(node):

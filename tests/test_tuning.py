@@ -1,8 +1,8 @@
 """Meta-schedule tuning of a design's MAC arrays (tvm_spatial.tuning.tuner): the BERT
 fixture tuned with a small trial budget is at least as fast as the model's greedy
-allocation (what ``relax.build`` does untuned) -- strictly faster for this fixture -- within
-the budget, ``relax.build`` under ``with database:`` realizes the best record, and the
-tuned design still matches onnxruntime in emulation.
+allocation (what ``relax.build`` does untuned) within the budget, ``relax.build`` under
+``with database:`` realizes the best record, and the tuned design still matches
+onnxruntime in emulation.
 
 Slow part: the first ``TuneContext`` imports TVM's tensor intrinsics (tens of seconds)."""
 
@@ -54,9 +54,8 @@ def test_tuning_is_at_least_as_fast_as_the_allocation_and_fits(tuned):
     greedy = allocate_for_codegen(design_work(plan), dev).estimate
     assert result.baseline_seconds == pytest.approx(greedy.seconds(greedy.prefill_cycles))
     assert result.best_seconds <= result.baseline_seconds
-    # for this fixture the greedy allocation leaves a better design to find (one array grown,
-    # one on the same SLR shrunk); 32 trials find it with the fixed seed
-    assert result.best_seconds < result.baseline_seconds * (1 - 1e-3)
+    # (since the allocation also grows lanes, this fixture's greedy design has no better one
+    # within a grow-one-shrink-one step, so tuning may keep it: no strict gain is asserted)
     from tvm_spatial.tuning.tuner import score
 
     est, error = score(design_work(plan), dev, result.best_arrays)

@@ -50,6 +50,17 @@ class Allocation:
         # the codegen's array counts multipliers: a packed W4A8 one makes two outputs each
         return {n: (par.rows, max(1, par.cols // packed[n])) for n, par in self.config.parallelism if n in packed}
 
+    def codegen_table(self) -> dict:
+        """Everything the codegen takes (``codegen_hls.kernel.build_design(arrays=...)``): the
+        MAC array of each matmul process and the lanes of every other process."""
+        return {**self.matmul_tilings(), **self.lanes()}
+
+    def lanes(self) -> dict[str, int]:
+        """Process name -> lanes of every other process (what ``codegen_hls.lanes`` realizes
+        and ``tvm_spatial.allocation(lanes=...)`` takes)."""
+        matmuls = {p.name for p in self.estimate.processes if p.macs}
+        return {n: par.lanes for n, par in self.config.parallelism if n not in matmuls}
+
 
 def over_budget(message: str, **culprit) -> ResourceBudgetError:
     """A :class:`ResourceBudgetError` carrying ``kernel``, ``process``, ``resource``,
@@ -81,6 +92,28 @@ def realizable_array(mm, rows: int, cols: int) -> tuple[int, int]:
     return real.rows, real.cols * mm.packed
 
 
+def realizable_lanes(p, lanes: int) -> int:
+    """The lanes the codegen realizes for a requested number (``codegen_hls.lanes``): the
+    largest divisor of the process's row (its output's last dimension) not above it."""
+    from codegen_hls.lanes import largest_divisor
+
+    return largest_divisor(p.width or p.elements or 1, max(1, lanes))
+
+
+def _next_lanes(p, par: Parallelism, limit: int, realize_lanes) -> Parallelism | None:
+    """Double the lanes, or more until the realized lanes grow (None: they cannot)."""
+    if realize_lanes is None:
+        return replace(par, lanes=par.lanes * 2)
+    want = par.lanes * 2
+    while True:
+        got = realize_lanes(p, min(want, limit))
+        if got > par.lanes:
+            return replace(par, lanes=got)
+        if want >= limit:
+            return None
+        want *= 2
+
+
 def _next_array(mm, par: Parallelism, axis: str, limit: int, realize) -> Parallelism | None:
     """Double ``axis`` (rows or cols) of the array, or more until the realized array grows."""
     size = getattr(par, axis)
@@ -100,7 +133,7 @@ def _next_array(mm, par: Parallelism, axis: str, limit: int, realize) -> Paralle
 
 
 def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = None,
-          realize=None) -> list[Parallelism]:
+          realize=None, realize_lanes=None) -> list[Parallelism]:
     """Candidate next steps for a process, best first."""
     out = []
     memory = est.block_bound == "memory"
@@ -113,14 +146,17 @@ def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = N
             if cand is not None:
                 out.append(cand)
     elif par.lanes < min(p.elements, max_lanes or p.elements):
-        out.append(replace(par, lanes=par.lanes * 2))
+        cand = _next_lanes(p, par, min(p.elements, max_lanes or p.elements), realize_lanes)
+        if cand is not None:
+            out.append(cand)
     if not memory and par.channels < max_channels and est.decode_bound == "memory":
         out.append(replace(par, channels=par.channels * 2))
     return out
 
 
 def _allocate_block(work: DesignWork, device: Device, block: int | None, budget: float, clock: float,
-                    max_channels: int | None = None, max_lanes: int | None = None, realize=None):
+                    max_channels: int | None = None, max_lanes: int | None = None, realize=None,
+                    realize_lanes=None):
     caps = [{r: device.slr(i).get(r) * budget for r in RESOURCES} for i in range(device.slrs)]
     use = _stream_use(work, device, block)
     pars: dict[str, Parallelism] = {}
@@ -154,16 +190,14 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
             continue
         p = by_name[name]
         slr = min(p.slr, device.slrs - 1)
-        grown = False
         channels = max_channels or (MAX_CHANNELS if device.hbm else device.offchip.channels)
-        for cand in _grow(p, pars[name], ests[name], channels, max_lanes, realize):
+        for cand in _grow(p, pars[name], ests[name], channels, max_lanes, realize, realize_lanes):
             est = process_estimate(p, cand, device, clock, block)
             new_use = use[slr] + est.resources + Resources(*(-ests[name].resources.get(r) for r in RESOURCES))
             if est.block_cycles < ests[name].block_cycles and _fits(new_use, caps[slr]):
                 use[slr] = new_use
                 pars[name], ests[name] = cand, est
                 heapq.heappush(heap, (-est.block_cycles, name))
-                grown = True
                 break
     # decode: more channels for memory-bound processes, largest first, while it fits
     order = sorted(pars, key=lambda n: -ests[n].decode_cycles)
@@ -183,14 +217,15 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
 def allocate(
     work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET, blocks=None,
     clock_mhz: float | None = None, max_channels: int | None = None, max_lanes: int | None = None,
-    realize=None,
+    realize=None, realize_lanes=None,
 ) -> Allocation:
     """Choose every process's parallelism (and the token block) for the fastest prefill
     within ``budget`` of each SLR resource. Raises :class:`ResourceBudgetError` if even the
     smallest design does not fit.
 
-    ``blocks``, ``max_channels``, ``max_lanes`` and ``realize`` (``(matmul, rows, cols) ->
-    (rows, cols)`` actually built) restrict the choice to what a code generator realizes:
+    ``blocks``, ``max_channels``, ``max_lanes``, ``realize`` (``(matmul, rows, cols) ->
+    (rows, cols)`` actually built) and ``realize_lanes`` (``(process, lanes) -> lanes``
+    actually built) restrict the choice to what a code generator realizes:
     :func:`allocate_for_codegen` is the allocation ``relax.build`` applies."""
     clock = clock_mhz or device.clock_mhz
     tokens = max(1, work.tokens)
@@ -200,7 +235,8 @@ def allocate(
     failure = None
     for block in blocks:
         try:
-            pars = _allocate_block(work, device, block, budget, clock, max_channels, max_lanes, realize)
+            pars = _allocate_block(work, device, block, budget, clock, max_channels, max_lanes, realize,
+                                   realize_lanes)
         except ResourceBudgetError as err:
             failure = failure or err
             continue
@@ -216,21 +252,27 @@ def allocate(
 
 # What today's codegen realizes of a Parallelism: the MAC array of each matmul process
 # (tile loops unrolled, accumulator partitioned); whole tensors between processes (no token
-# blocks), one m_axi port per reader (one channel), element-wise processes one element per cycle.
-CODEGEN_LIMITS = dict(blocks=(None,), max_channels=1, max_lanes=1)
+# blocks), one m_axi port per reader (one channel); the lanes of every other process
+# (codegen_hls.lanes: a divisor of its row, see realizable_lanes) up to CODEGEN_MAX_LANES.
+# Why a cap: past 64 fp32 lanes (a 2048-bit datapath, 64 memory banks per buffer) the
+# unrolled loops and partitions grow HLS effort and routing, while the streams between
+# processes still carry one element per cycle.
+CODEGEN_MAX_LANES = 64
+CODEGEN_LIMITS = dict(blocks=(None,), max_channels=1, max_lanes=CODEGEN_MAX_LANES)
 
 
 def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET) -> Allocation:
     """The allocation ``relax.build(..., "vitis_spatial")`` applies: :func:`allocate`
     restricted to what the codegen realizes (``CODEGEN_LIMITS``, arrays as
     :func:`realizable_array`), so the estimate of the built design equals this one."""
-    return allocate(work, device, budget=budget, realize=realizable_array, **CODEGEN_LIMITS)
+    return allocate(work, device, budget=budget, realize=realizable_array, realize_lanes=realizable_lanes,
+                    **CODEGEN_LIMITS)
 
 
 def realized_config(design) -> ModelConfig:
     """The ModelConfig a built Design realizes: each matmul process's recorded MAC array,
-    whole tensors between processes, one channel per port (columns in outputs: a packed
-    W4A8 array makes two per multiplier)."""
+    every other process's recorded lanes, whole tensors between processes, one channel
+    per port (columns in outputs: a packed W4A8 array makes two per multiplier)."""
     from .workload import design_work
 
     packed = {p.name: p.matmul.packed for p in design_work(design).processes if p.matmul is not None}
@@ -239,6 +281,8 @@ def realized_config(design) -> ModelConfig:
         for proc in kernel.processes:
             if proc.array:
                 table[proc.name] = Parallelism(rows=proc.array[0], cols=proc.array[1] * packed.get(proc.name, 1))
+            elif proc.lanes > 1:
+                table[proc.name] = Parallelism(lanes=proc.lanes)
     return ModelConfig().with_parallelism(table)
 
 
@@ -246,4 +290,5 @@ def log2_steps(n: int) -> int:
     return int(math.log2(max(1, n)))
 
 
-__all__ = ["Allocation", "allocate", "allocate_for_codegen", "realized_config", "DEFAULT_BUDGET", "costs"]
+__all__ = ["Allocation", "allocate", "allocate_for_codegen", "realizable_lanes", "realized_config", "DEFAULT_BUDGET",
+           "costs"]

@@ -11,7 +11,9 @@ The architecture it models (Chen et al., TRETS'24, Sec. 4; Allo's GPT2 design):
   per cycle (II=1), so a tile pass takes ``K`` cycles; weights stream from off-chip memory
   one column tile at a time, over ``channels`` HBM pseudo-channels;
 * element-wise processes handle ``lanes`` elements per cycle (II=1), and ``passes`` times
-  over a row for normalizations;
+  over a row for normalizations; a built design records its loop nests, each of which
+  takes ``extent / l`` cycles per trip (``l`` the largest divisor of the extent not above
+  ``lanes``, reductions too: ``codegen_hls.lanes``), and the model sums exactly those;
 * **prefill**: tokens flow between processes in blocks of ``block`` tokens. Process ``i``
   takes ``tau_i = max(compute, weight traffic)`` per block; a chain of processes takes
   ``sum(tau_i) + (blocks - 1) * max(tau_i)`` (fill, then the bottleneck once per block).
@@ -226,6 +228,20 @@ class Estimate:
 
 
 # ---- one process ---------------------------------------------------------------------
+def nests_cycles(nests, lanes: int) -> int:
+    """Cycles of loop nests ``(trips, extent, fixed II)`` at ``lanes`` (``codegen_hls.lanes``):
+    ``l``, the largest divisor of the extent not above ``lanes``, elements per cycle, or
+    the fixed II per element of a reduction its own loop carries."""
+    total = 0
+    for trips, extent, ii in nests:
+        if ii:
+            total += trips * extent * ii
+        else:
+            width = max(d for d in range(1, max(1, min(extent, lanes)) + 1) if extent % d == 0)
+            total += trips * (extent // width)
+    return total
+
+
 def _bank_memory(depth: int, width: int, banks: int, uram_threshold: int) -> tuple[float, float]:
     """(BRAM18, URAM) for ``banks`` banks of ``depth`` x ``width`` bits."""
     if depth <= 0 or banks <= 0:
@@ -306,13 +322,15 @@ def process_estimate(
         lanes = max(1, par.lanes)
         passes = costs.ELEMENT_PASSES.get(p.op, 1)
         mix = costs.ELEMENT_OPS.get(p.op, {})
-        per_element = max(1, p.work // max(1, p.elements)) if not mix else passes
-        iterations = p.elements * per_element
-        trips = (math.ceil(iterations / lanes),)
-        prefill = float(math.ceil(iterations / lanes))
+        if p.nests:  # a built design: its loop nests as the lanes schedule realizes them
+            prefill = float(nests_cycles(p.nests, lanes))
+        else:  # by size: ``passes`` over the data (or as many as its TIR's iterations say)
+            per_element = max(passes if mix else 1, p.work // max(1, p.elements))
+            prefill = float(math.ceil(p.elements * per_element / lanes))
+        trips = (int(prefill),)
         compute_block = prefill / n_blocks
         mem_block = ((p.port_bytes + cache_bytes) / n_blocks) / bw
-        d_compute = math.ceil(iterations / tokens / lanes)
+        d_compute = math.ceil(prefill / tokens)
         d_bytes = (p.port_bytes + cache_bytes) / tokens
         d_mem = d_bytes / bw
         dsp = lut = ff = 0.0

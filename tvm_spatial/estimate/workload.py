@@ -67,6 +67,8 @@ class ProcessWork:
     # per token, wherever the cache lives (see kvcache.py); cache_dtype is their type
     cache_traffic: tuple[tuple[int, int], ...] = ()
     cache_dtype: str = ""
+    width: int = 0  # last dimension of what it computes: the codegen's lanes divide it (0: unknown)
+    nests: tuple[tuple[int, int, int], ...] = ()  # its loop nests as built (codegen_hls.design.Process)
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,7 @@ def design_work(design) -> DesignWork:
             calls = re.findall(rf"\b({re.escape(kernel.name)}__\w+)\(([^;]*)\);", body)
             matmul = None
             elements = proc.elements
+            width = proc.width
             dtype = proc.dtype or "float32"
             if proc.matmul:  # the codegen recorded it (designs since the allocation was applied)
                 batch, m, n, k = proc.matmul
@@ -283,6 +286,7 @@ def design_work(design) -> DesignWork:
                 if params:
                     elements = _prod(params[-1][2])
                     dtype = params[-1][1]
+                    width = proc.width or (params[-1][2][-1] if params[-1][2] else 1)
                 found = _matmul_of(params) if proc.op in MATMUL_OPS else None
                 if found is not None and matmul is None:
                     batch, m, n, k, ad, bd = found
@@ -323,7 +327,8 @@ def design_work(design) -> DesignWork:
                 ProcessWork(
                     kernel=kernel.name, name=proc.name, op=proc.op, layer=proc.layer, slr=proc.slr,
                     work=proc.work, tokens=0, elements=elements, dtype=dtype, matmul=matmul,
-                    ports=used_ports, port_bytes=port_bytes, in_stream_elements=in_elems,
+                    ports=used_ports, port_bytes=port_bytes, in_stream_elements=in_elems, width=width,
+                    nests=tuple(proc.nests),
                 )
             )
         for s in kernel.streams:

@@ -1,4 +1,5 @@
-"""How ``relax.build(..., "vitis_spatial")`` chooses each matmul process's MAC array.
+"""How ``relax.build(..., "vitis_spatial")`` chooses each matmul process's MAC array and
+every other process's lanes.
 
 Why a context manager: TVM's build configuration for a Python plugin has no other home --
 ``PassContext`` rejects config keys that were not registered in C++, and our target is an
@@ -10,18 +11,20 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
 * ``with tvm_spatial.allocation("default"):`` the library's default 8 x 32 array everywhere;
 * ``with tvm_spatial.allocation(budget=0.5):`` the model's allocation at another budget;
 * ``with tvm_spatial.allocation(arrays={"k0_..._p4_linear": (2, 16)}):`` explicit arrays for
-  some processes (the others as the mode says);
+  some processes (the others as the mode says); ``lanes={"k0_..._p17_gelu": 16}`` likewise
+  the lanes (elements per cycle, ``codegen_hls.lanes``) of non-matmul processes;
 * ``with database:`` (a ``tvm.s_tir.meta_schedule`` database holding records of
-  :mod:`tvm_spatial.tuning`): the best tuned arrays of this design, if it was tuned.
+  :mod:`tvm_spatial.tuning`): the best tuned arrays and lanes of this design, if it was tuned.
 
 A design that does not fit the card even at the smallest arrays (GPT2-small today: its
 whole-tensor buffers need more URAM than the U280 has) is still built for emulation with
 the library's default arrays and a :class:`DesignOverBudgetWarning` that names the kernel,
-process and resource; ``allocation(strict=True)`` raises the ``ResourceBudgetError`` instead.
+process and resource (and one lane per non-matmul process); ``allocation(strict=True)``
+raises the ``ResourceBudgetError`` instead.
 
 The choice travels to the codegen inside ``RunCodegen``'s options (as JSON), and every
-process of the built design records the array it realized (``Process.array``), which
-``tvm_spatial.estimate`` reads back.
+process of the built design records the array or the lanes it realized (``Process.array``,
+``Process.lanes``), which ``tvm_spatial.estimate`` reads back.
 """
 
 from __future__ import annotations
@@ -48,12 +51,14 @@ class AllocationPolicy:
     mode: str = "model"  # "model": the analytical model's allocation; "default": the library's 8 x 32
     budget: float = DEFAULT_BUDGET
     arrays: tuple = field(default=())  # ((process name, (rows, cols)), ...) overrides
+    lanes: tuple = field(default=())  # ((process name, lanes), ...) overrides
     use_database: bool = True  # apply tuned records of the current meta-schedule database
     strict: bool = False  # a design over budget even at the smallest arrays: raise, not warn
 
     def to_json(self) -> str:
         return json.dumps({"mode": self.mode, "budget": self.budget, "use_database": self.use_database,
-                           "strict": self.strict, "arrays": [[n, list(rc)] for n, rc in self.arrays]},
+                           "strict": self.strict, "arrays": [[n, list(rc)] for n, rc in self.arrays],
+                           "lanes": [[n, int(lanes)] for n, lanes in self.lanes]},
                           sort_keys=True)
 
     @classmethod
@@ -62,8 +67,9 @@ class AllocationPolicy:
             return cls()
         data = json.loads(str(text))
         arrays = tuple((str(n), (int(rc[0]), int(rc[1]))) for n, rc in data.get("arrays", ()))
+        lanes = tuple((str(n), int(lanes)) for n, lanes in data.get("lanes", ()))
         return cls(str(data.get("mode", "model")), float(data.get("budget", DEFAULT_BUDGET)), arrays,
-                   bool(data.get("use_database", True)), bool(data.get("strict", False)))
+                   lanes, bool(data.get("use_database", True)), bool(data.get("strict", False)))
 
 
 _STACK = threading.local()
@@ -76,7 +82,7 @@ def current_policy() -> AllocationPolicy:
 
 @contextlib.contextmanager
 def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: dict | None = None,
-               use_database: bool = True, strict: bool = False):
+               lanes: dict | None = None, use_database: bool = True, strict: bool = False):
     """Builds inside this block use this allocation (see the module docstring)."""
     from ..errors import UsageError
 
@@ -85,7 +91,11 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
     if not 0 < budget <= 1:
         raise UsageError(f"allocation budget {budget} must be a fraction in (0, 1]")
     table = tuple(sorted((str(n), (int(r), int(c))) for n, (r, c) in (arrays or {}).items()))
-    policy = AllocationPolicy(mode, float(budget), table, use_database, strict)
+    for n, width in (lanes or {}).items():
+        if int(width) < 1:
+            raise UsageError(f"lanes of {n} must be at least 1, not {width}")
+    lane_table = tuple(sorted((str(n), int(width)) for n, width in (lanes or {}).items()))
+    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict)
     stack = getattr(_STACK, "stack", None)
     if stack is None:
         stack = _STACK.stack = []
@@ -97,27 +107,28 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
 
 
 def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict | None:
-    """Process name -> (rows, cols) for the codegen, per ``policy`` (None: library default)."""
+    """Process name -> (rows, cols) of each matmul's MAC array and lanes (an int) of each
+    other process, for the codegen, per ``policy`` (None: the library's defaults)."""
     from codegen_hls.kernel import plan_design
 
     from ..devices import get_device
     from ..estimate import allocate_for_codegen, design_work
 
     database = _current_database() if policy.use_database else None
-    if policy.mode == "default" and not policy.arrays and database is None:
+    if policy.mode == "default" and not policy.arrays and not policy.lanes and database is None:
         return None
     plan = plan_design(funcs, device, host_ops)
     arrays = None
     if database is not None:
-        from .tuner import tuned_arrays
+        from .tuner import tuned_table
 
-        arrays = tuned_arrays(database, plan)
+        arrays = tuned_table(database, plan)
     if arrays is None:
         arrays = {}
         if policy.mode == "model":
             work = design_work(plan)
             try:
-                arrays = allocate_for_codegen(work, get_device(device), budget=policy.budget).matmul_tilings()
+                arrays = allocate_for_codegen(work, get_device(device), budget=policy.budget).codegen_table()
             except ResourceBudgetError as err:
                 if policy.strict:
                     raise
@@ -125,10 +136,11 @@ def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dic
                 warnings.warn(f"vitis_spatial: the design does not fit, so the allocation is not applied "
                               f"(the library's default arrays are used): {err}", DesignOverBudgetWarning,
                               stacklevel=2)
-                arrays = None if not policy.arrays else {}
+                arrays = None if not (policy.arrays or policy.lanes) else {}
     if arrays is None:
         return None
     arrays.update(dict(policy.arrays))
+    arrays.update(dict(policy.lanes))
     return arrays
 
 

@@ -1,24 +1,27 @@
-"""Tuning a design's MAC arrays with ``tvm.s_tir.meta_schedule``, scored by the analytical model.
+"""Tuning a design's MAC arrays and lanes with ``tvm.s_tir.meta_schedule``, scored by the analytical model.
 
 How it maps onto meta-schedule:
 
 * **workload** -- one TIR PrimFunc per design (:func:`design_workload`): one sblock per
   matmul process, named after the process, with its ``batch x m x n x k`` iteration
-  space and operand types; the device is a function attribute. Its structural hash is the
+  space and operand types, and one per other process whose lanes can grow (its elements);
+  the device is a function attribute. Its structural hash is the
   database key, so ``relax.build`` under ``with database:`` finds the records of exactly
   this design on this device.
 * **search space** -- a ``ScheduleFn`` (:class:`ArraySpace`): for every process,
   ``sample_categorical`` over the array sides the codegen realizes
-  (``tvm_spatial.estimate.allocation.realizable_array``) picks rows and cols, which are
-  annotated on the process's sblock. The distribution is centred on the best design found
-  so far (first: the model's greedy allocation), so ``ReplayFunc`` performs a local random
-  search around it; each record's trace replays its exact decisions.
-* **builder** -- nothing to compile: :class:`ArrayBuilder` reads the sampled arrays from the
+  (``tvm_spatial.estimate.allocation.realizable_array``) picks rows and cols, or over the
+  lanes it realizes (``realizable_lanes``), which are annotated on the process's sblock.
+  The distribution is centred on the best design found so far (first: the model's greedy
+  allocation), so ``ReplayFunc`` performs a local random search around it; each record's
+  trace replays its exact decisions.
+* **builder** -- nothing to compile: :class:`ArrayBuilder` reads the sampled arrays and lanes from the
   scheduled workload and hands them on as the artifact (JSON text, not a path).
 * **runner** -- :class:`ModelRunner` scores the arrays with the analytical model
   (:func:`tvm_spatial.estimate.estimate_work`, the same pure function as the allocation):
   ``run_secs`` is the estimated prefill latency; a design over the per-SLR budget fails
-  with a message naming the resource.
+  with a message naming the resource. The other processes keep the lanes of the greedy
+  allocation (only the arrays are tuned).
 * **database** -- a ``JSONDatabase`` in the work directory. ``relax.build`` applies its best
   record when built inside ``with database:`` (:func:`tuned_arrays`).
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tvm
 from tvm import te
@@ -41,11 +44,12 @@ from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerFutur
 
 from ..devices import RESOURCES, get_device
 from ..estimate import DEFAULT_BUDGET, ModelConfig, Parallelism, allocate_for_codegen, design_work, estimate_work
-from ..estimate.allocation import realizable_array
+from ..estimate.allocation import CODEGEN_MAX_LANES, realizable_array, realizable_lanes
 from ..target import tag_name
 
 ROWS_KEY = "tvm_spatial.array_rows"
 COLS_KEY = "tvm_spatial.array_cols"
+LANES_KEY = "tvm_spatial.lanes"
 DEVICE_ATTR = "tvm_spatial.device"
 
 
@@ -54,8 +58,26 @@ def _matmul_processes(work):
     return sorted((p for p in work.processes if p.matmul is not None), key=lambda p: p.name)
 
 
+def _lane_choices(p) -> list[int]:
+    """The lanes the codegen realizes for a non-matmul process (requests 1, 2, 4, ...)."""
+    limit = max(1, min(p.elements, CODEGEN_MAX_LANES))
+    found, want = set(), 1
+    while True:
+        found.add(realizable_lanes(p, min(want, limit)))
+        if want >= limit:
+            return sorted(found)
+        want *= 2
+
+
+def _lane_processes(work):
+    """The other processes whose lanes can grow."""
+    return sorted((p for p in work.processes if p.matmul is None and len(_lane_choices(p)) > 1),
+                  key=lambda p: p.name)
+
+
 def design_workload(design) -> tvm.IRModule:
-    """The meta-schedule workload of a design: one sblock per matmul process (see module doc)."""
+    """The meta-schedule workload of a design: one sblock per matmul process and per other
+    process whose lanes can grow (see module doc)."""
     work = design_work(design)
     tensors = []
     for p in _matmul_processes(work):
@@ -64,8 +86,15 @@ def design_workload(design) -> tvm.IRModule:
         a = te.placeholder((mm.batch, mm.m, mm.k), mm.a_dtype, name=f"{p.name}_a")
         b = te.placeholder((mm.batch, mm.k, mm.n), mm.b_dtype, name=f"{p.name}_b")
         tensors += [a, b, _matmul(a, b, mm.k, acc, p.name)]
+    for p in _lane_processes(work):
+        x = te.placeholder((p.elements,), p.dtype or "float32", name=f"{p.name}_x")
+        tensors += [x, _copy(x, p.name)]
     func = te.create_prim_func(tensors).with_attr(DEVICE_ATTR, design.device).with_attr("global_symbol", "main")
     return tvm.IRModule({"main": func})
+
+
+def _copy(x, name: str):
+    return te.compute(x.shape, lambda i: x[i], name=name)
 
 
 def _matmul(a, b, k: int, acc: str, name: str):
@@ -79,6 +108,12 @@ def _matmul(a, b, k: int, acc: str, name: str):
 
 def arrays_of(mod: tvm.IRModule) -> dict[str, tuple[int, int]]:
     """Process name -> (rows, cols) annotated on a scheduled workload's sblocks."""
+    return {n: v for n, v in table_of(mod).items() if isinstance(v, tuple)}
+
+
+def table_of(mod: tvm.IRModule) -> dict:
+    """Process name -> (rows, cols), or lanes (int), annotated on a scheduled workload's sblocks:
+    what ``codegen_hls.kernel.build_design(arrays=...)`` takes."""
     from tvm import s_tir
 
     found = {}
@@ -86,6 +121,8 @@ def arrays_of(mod: tvm.IRModule) -> dict[str, tuple[int, int]]:
     def visit(node):
         if isinstance(node, s_tir.SBlock) and ROWS_KEY in node.annotations:
             found[node.name_hint] = (int(node.annotations[ROWS_KEY]), int(node.annotations[COLS_KEY]))
+        elif isinstance(node, s_tir.SBlock) and LANES_KEY in node.annotations:
+            found[node.name_hint] = int(node.annotations[LANES_KEY])
 
     import tvm_ffi
 
@@ -110,7 +147,8 @@ def _sides(mm, axis: str, limit: int) -> list[int]:
 
 @dataclass
 class ArraySpace:
-    """The space: every matmul process's array rows x cols (the sides the codegen realizes).
+    """The space: every matmul process's array rows x cols (the sides the codegen realizes)
+    and every other process's lanes (one side, the lanes it realizes).
 
     A candidate is the ``centre`` (the best design so far) with one side grown by a step
     and one side of a process on the same SLR shrunk by a step, so that it stays within
@@ -121,7 +159,7 @@ class ArraySpace:
 
     work: object  # DesignWork
     device: object
-    centre: dict  # process name -> (rows, cols), updated by the runner
+    centre: dict  # process name -> (rows, cols) or lanes, updated by the runner
     exact: bool = False  # take the centre itself (decisions fixed), for the baseline record
     floor: float = 0.05  # share of the proposal spread uniformly over all moves
 
@@ -131,11 +169,19 @@ class ArraySpace:
         for p in self.procs.values():
             self.choices[p.name] = (_sides(p.matmul, "rows", min(p.matmul.m, p.tokens)),
                                     _sides(p.matmul, "cols", p.matmul.n))
+        for p in _lane_processes(self.work):
+            self.procs[p.name] = p
+            self.choices[p.name] = (_lane_choices(p),)
 
     def _index(self, name: str, axis: int) -> int:
         sides = self.choices[name][axis]
-        value = self.centre.get(name, (sides[0], sides[0]))[axis]
+        value = self.centre.get(name, sides[0])
+        value = value if isinstance(value, int) else value[axis]
         return min(range(len(sides)), key=lambda i: abs(sides[i] - value))
+
+    @staticmethod
+    def _par(values) -> Parallelism:
+        return Parallelism(rows=values[0], cols=values[1]) if len(values) == 2 else Parallelism(lanes=values[0])
 
     def _moves(self, step: int) -> list[tuple[str, int, float]]:
         """(process, axis, merit) of moving each side by ``step`` (+1 grow, -1 shrink)."""
@@ -144,15 +190,16 @@ class ArraySpace:
         clock = self.device.clock_mhz
         out = []
         for name, p in self.procs.items():
-            here = [self.choices[name][a][self._index(name, a)] for a in (0, 1)]
-            cur = process_estimate(p, Parallelism(rows=here[0], cols=here[1]), self.device, clock, None)
-            for axis in (0, 1):
+            axes = range(len(self.choices[name]))
+            here = [self.choices[name][a][self._index(name, a)] for a in axes]
+            cur = process_estimate(p, self._par(here), self.device, clock, None)
+            for axis in axes:
                 i = self._index(name, axis) + step
                 if not 0 <= i < len(self.choices[name][axis]):
                     continue  # no such move
                 there = list(here)
                 there[axis] = self.choices[name][axis][i]
-                new = process_estimate(p, Parallelism(rows=there[0], cols=there[1]), self.device, clock, None)
+                new = process_estimate(p, self._par(there), self.device, clock, None)
                 cycles = cur.block_cycles - new.block_cycles  # saved (grow) or lost (shrink, < 0)
                 dsp = new.resources.dsp - cur.resources.dsp  # added (grow) or freed (shrink, < 0)
                 merit = max(0.0, cycles) / max(1.0, dsp) if step > 0 else -dsp / max(1.0, -cycles)
@@ -170,7 +217,7 @@ class ArraySpace:
         return possible[pick][0], possible[pick][1]
 
     def __call__(self, sch) -> None:
-        target = dict((name, [self._index(name, 0), self._index(name, 1)]) for name in self.choices)
+        target = {name: [self._index(name, a) for a in range(len(sides))] for name, sides in self.choices.items()}
         if not self.exact and self.choices:
             grow = self._sample(sch, self._moves(+1))
             if grow is not None:
@@ -181,9 +228,10 @@ class ArraySpace:
                 if shrink is not None:
                     other, axis2 = shrink
                     target[other][axis2] -= 1
-        for name, (rows, cols) in self.choices.items():
+        for name, choices in self.choices.items():
             block = sch.get_sblock(name)
-            for axis, (key, sides) in enumerate(((ROWS_KEY, rows), (COLS_KEY, cols))):
+            keys = (ROWS_KEY, COLS_KEY) if len(choices) == 2 else (LANES_KEY,)
+            for axis, (key, sides) in enumerate(zip(keys, choices)):
                 probs = [0.0] * len(sides)
                 probs[target[name][axis]] = 1.0
                 rv = sch.sample_categorical(sides, probs, decision=target[name][axis])
@@ -198,8 +246,8 @@ class ArrayBuilder(PyBuilder):
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         out = []
         for item in build_inputs:
-            arrays = arrays_of(item.mod)
-            out.append(BuilderResult(json.dumps(sorted(arrays.items())), None))
+            table = table_of(item.mod)
+            out.append(BuilderResult(json.dumps(sorted(table.items())), None))
         return out
 
 
@@ -216,8 +264,10 @@ class _Done(PyRunnerFuture):
 
 
 def score(work, device, arrays: dict, budget: float = DEFAULT_BUDGET, clock_mhz=None):
-    """(estimate, error message or None) of a design with these arrays (what the runner does)."""
-    table = {n: Parallelism(rows=r, cols=c) for n, (r, c) in arrays.items()}
+    """(estimate, error message or None) of a design with these arrays -- process name ->
+    (rows, cols), or lanes (an int) of a non-matmul process (default one): what the runner does."""
+    table = {n: Parallelism(lanes=v) if isinstance(v, int) else Parallelism(rows=v[0], cols=v[1])
+             for n, v in arrays.items()}
     est = estimate_work(work, device, ModelConfig(clock_mhz=clock_mhz).with_parallelism(table))
     for i, util in enumerate(est.slr_utilization()):
         for r in RESOURCES:
@@ -242,7 +292,7 @@ class ModelRunner(PyRunner):
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
         futures = []
         for item in runner_inputs:
-            arrays = {n: tuple(rc) for n, rc in json.loads(item.artifact_path)}
+            arrays = {n: tuple(v) if isinstance(v, list) else int(v) for n, v in json.loads(item.artifact_path)}
             est, error = score(self.work, self.device, arrays, self.budget)
             self.trials += 1
             if error is not None:
@@ -278,9 +328,10 @@ class TuneResult:
     workload: tvm.IRModule
     baseline_seconds: float  # the model's greedy allocation (what relax.build does untuned)
     best_seconds: float
-    best_arrays: dict
+    best_arrays: dict  # process name -> (rows, cols) of each matmul's array
     trials: int
     failed: int
+    best_lanes: dict = field(default_factory=dict)  # process name -> lanes of the others
 
 
 def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter: int = 16,
@@ -293,13 +344,13 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
     workload = design_workload(design)
     target = _target(device.key)
     baseline = allocate_for_codegen(work, device, budget=budget)
-    centre = dict(baseline.matmul_tilings())
+    centre = baseline.codegen_table()
     database = ms.database.JSONDatabase(work_dir=work_dir, module_equality="structural")
 
     # the baseline record: the greedy allocation's decisions, exactly
     sch = tvm.s_tir.Schedule(workload, seed=seed + 1)
     ArraySpace(work, device, dict(centre), exact=True)(sch)
-    base_est, error = score(work, device, arrays_of(sch.mod), budget)
+    base_est, error = score(work, device, table_of(sch.mod), budget)
     if error is not None:  # cannot happen for the allocation itself; refuse loudly if it does
         raise AssertionError(f"the allocation does not fit: {error}")
     base_secs = base_est.seconds(base_est.prefill_cycles)
@@ -319,14 +370,23 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
         space=ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[], mutator_probs={}),
         strategy=ms.search_strategy.ReplayFunc(), seed=seed, num_tuning_cores=1,
     )
-    best = tuned_arrays(database, design)
+    best = tuned_table(database, design)
     best_est, _ = score(work, device, best, budget)
-    return TuneResult(database, workload, base_secs, best_est.seconds(best_est.prefill_cycles), best,
-                      runner.trials, runner.failed)
+    arrays = {n: v for n, v in best.items() if isinstance(v, tuple)}
+    lanes = {n: v for n, v in best.items() if isinstance(v, int)}
+    return TuneResult(database, workload, base_secs, best_est.seconds(best_est.prefill_cycles), arrays,
+                      runner.trials, runner.failed, lanes)
 
 
 def tuned_arrays(database, design) -> dict | None:
     """The arrays of the best record of ``design``'s workload in ``database``, else None."""
+    table = tuned_table(database, design)
+    return None if table is None else {n: v for n, v in table.items() if isinstance(v, tuple)}
+
+
+def tuned_table(database, design) -> dict | None:
+    """The arrays and lanes of the best record of ``design``'s workload in ``database``
+    (what ``build_design(arrays=...)`` takes), else None."""
     workload = design_workload(design)
     if not database.has_workload(workload):
         return None
@@ -335,11 +395,11 @@ def tuned_arrays(database, design) -> dict | None:
         return None
     sch = tvm.s_tir.Schedule(workload)
     records[0].trace.apply_to_schedule(sch, remove_postproc=False)
-    return arrays_of(sch.mod)
+    return table_of(sch.mod)
 
 
 __all__ = ["ArrayBuilder", "ArraySpace", "ModelRunner", "TuneResult", "design_workload", "plan_module", "score",
-           "tune_design", "tuned_arrays"]
+           "table_of", "tune_design", "tuned_arrays", "tuned_table"]
 
 
 def plan_module(mod: tvm.IRModule, device: str = "u280"):
