@@ -27,11 +27,12 @@ def _option(options, key, default):
 def vitis_spatial_codegen(functions, options, constant_names):  # noqa: ARG001 - TVM's signature
     device = str(_option(options, "device", "u280"))
     host_ops = [str(op) for op in _option(options, "host_ops", [])]
-    from tvm_spatial.tuning.policy import AllocationPolicy, choose_arrays
+    from tvm_spatial.tuning.policy import AllocationPolicy, choose_layout
 
     policy = AllocationPolicy.from_json(_option(options, "allocation", None))
-    arrays = choose_arrays(list(functions), device, host_ops, policy)
-    design = build_design(list(functions), device=device, host_ops=host_ops, arrays=arrays)
+    layout = choose_layout(list(functions), device, host_ops, policy)
+    design = build_design(list(functions), device=device, host_ops=host_ops, arrays=layout.arrays,
+                          slrs=layout.slrs)
     return [emulation_module(design)]
 
 

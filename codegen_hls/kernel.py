@@ -273,8 +273,11 @@ class _KernelWriter:
     """Decides every tensor's storage (port, stream, buffer) and prints the kernel."""
 
     def __init__(self, name: str, legal: tvm.IRModule, interp: _Interpreter, params, results, device,
-                 arrays=None) -> None:
+                 arrays=None, slrs: int | None = None) -> None:
         self.name = name
+        if slrs is not None and not 1 <= slrs <= device.slrs:
+            raise CodegenError(f"{name}: {slrs} SLRs requested; {device.name} has {device.slrs}")
+        self.slr_count = slrs or device.slrs  # how many SLRs the processes are spread over
         # process name -> (rows, cols) of a matmul process's MAC array, or the lanes (an
         # int: elements per cycle) of any other process (``tvm_spatial.estimate.Allocation``)
         self.arrays = dict(arrays or {})
@@ -597,7 +600,7 @@ class _KernelWriter:
         works = [sum(_work(self.legal[s.prim_name]) for s in p.stages) for p in self.procs]
         index = {p.name: i for i, p in enumerate(self.procs)}
         links = [(index[st.producer], index[st.consumer]) for st in self.streams]
-        slrs = _slrs(works, self.device.slrs, links)
+        slrs = _slrs(works, self.slr_count, links)
         layers = _layers(self.procs)
         calls = calls or [self.process_signature(p)[1] for p in self.procs]
         processes = []
@@ -691,7 +694,7 @@ def accumulate_latency(a_dtype: str, b_dtype: str) -> int:
     return costs.MAC_COSTS[costs.mac_class(a_dtype, b_dtype)].latency
 
 
-def _planned_writer(func: relax.Function, device_key: str, arrays=None) -> "_KernelWriter":
+def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: int | None = None) -> "_KernelWriter":
     name = kernel_name_for(func)
     plain = func
     for attr in ("Codegen", "global_symbol"):
@@ -706,15 +709,16 @@ def _planned_writer(func: relax.Function, device_key: str, arrays=None) -> "_Ker
         env[p] = slot
         params.append(slot)
     results = _flatten(interp.run(main, env, None))
-    return _KernelWriter(name, legal, interp, params, results, get_device(device_key), arrays)
+    return _KernelWriter(name, legal, interp, params, results, get_device(device_key), arrays, slrs)
 
 
-def plan_design(funcs, device: str, host_ops=()) -> Design:
+def plan_design(funcs, device: str, host_ops=(), slrs: int | None = None) -> Design:
     """The design's processes, ports and streams without printing any C++ (kernel sources
-    are empty): what the allocation reads, in a fraction of the printing time."""
+    are empty): what the allocation reads, in a fraction of the printing time. ``slrs``:
+    how many SLRs the processes are spread over (default: all the device has)."""
     kernels = []
     for func in sorted(funcs, key=kernel_name_for):
-        writer = _planned_writer(func, device)
+        writer = _planned_writer(func, device, slrs=slrs)
         writer.plan()
         ops = tuple(p.op for p in writer.procs if p.op != "copy")
         records = writer.records()
@@ -723,11 +727,12 @@ def plan_design(funcs, device: str, host_ops=()) -> Design:
     return Design(device=device, kernels=tuple(kernels), common_header="", host_ops=tuple(host_ops))
 
 
-def build_kernel(func: relax.Function, device_key: str = "u280", arrays=None) -> tuple[Kernel, bool, bool]:
+def build_kernel(func: relax.Function, device_key: str = "u280", arrays=None,
+                 slrs: int | None = None) -> tuple[Kernel, bool, bool]:
     """Print one offloaded function. Returns the kernel, and whether it needs ap types /
     streams (so the common header includes only what is used). ``arrays``: process name
     -> (rows, cols) of its matmul's MAC array (default: the library's 8 x 32 tile)."""
-    writer = _planned_writer(func, device_key, arrays)
+    writer = _planned_writer(func, device_key, arrays, slrs)
     kernel = writer.print()
     return kernel, writer.uses_ap, bool(kernel.streams)
 
@@ -821,13 +826,14 @@ def common_header(uses_ap: bool, uses_streams: bool = False) -> str:
     return w.text()
 
 
-def build_design(funcs, device: str, host_ops=(), arrays=None) -> Design:
+def build_design(funcs, device: str, host_ops=(), arrays=None, slrs: int | None = None) -> Design:
     """All offloaded functions of one build, in a stable (name-sorted) order. ``arrays``:
-    process name -> (rows, cols) of its MAC array (``tvm_spatial.estimate.Allocation``)."""
+    process name -> (rows, cols) of its MAC array (``tvm_spatial.estimate.Allocation``); ``slrs``:
+    how many SLRs the processes are spread over (default: all the device has)."""
     kernels = []
     uses_ap = uses_streams = False
     for func in sorted(funcs, key=kernel_name_for):
-        kernel, ap, streams = build_kernel(func, device, arrays)
+        kernel, ap, streams = build_kernel(func, device, arrays, slrs)
         kernels.append(kernel)
         uses_ap |= ap
         uses_streams |= streams

@@ -135,15 +135,15 @@ def test_policy_default_and_overrides():
 def test_device_comes_from_the_target_tag():
     """A tighter budget (or another card) gives another allocation; the codegen follows it."""
     funcs, host_ops = _offloaded("bert_tiny")
-    from tvm_spatial.tuning.policy import AllocationPolicy, choose_arrays
+    from tvm_spatial.tuning.policy import AllocationPolicy, choose_arrays, choose_layout
 
     wide = choose_arrays(funcs, "u280", host_ops, AllocationPolicy())
     narrow = choose_arrays(funcs, "u280", host_ops, AllocationPolicy(budget=0.3))
     units = lambda arrays: sum(v[0] * v[1] for v in arrays.values() if isinstance(v, tuple))  # noqa: E731
     assert units(narrow) < units(wide)
     for key in ("u250", "u55c"):
-        arrays = choose_arrays(funcs, key, host_ops, AllocationPolicy())
-        design = build_design(funcs, key, host_ops, arrays=arrays)
+        layout = choose_layout(funcs, key, host_ops, AllocationPolicy())
+        design = build_design(funcs, key, host_ops, arrays=layout.arrays, slrs=layout.slrs)
         est = tvm_spatial.estimate(design)
         assert est.device.key == key and est.max_slr_utilization[0] <= 0.85 + 1e-9
 
@@ -199,3 +199,39 @@ def test_design_over_budget_warns_and_builds_or_raises_when_strict():
     with pytest.raises(tvm_spatial.ResourceBudgetError) as err:
         choose_arrays(funcs, "u280", host_ops, AllocationPolicy(budget=0.001, strict=True))
     assert err.value.process.startswith("k0_") and err.value.resource in ("dsp", "bram18k", "uram", "lut", "ff")
+
+
+def test_slrs_fit_first_takes_the_fewest_slrs_that_cost_no_speed():
+    """The rule, checked from the model directly: allocate the plan on 1, 2 and 3 SLRs; the
+    policy must take the fewest whose prefill is within SLR_SLACK of the fastest, and the
+    built design must use exactly that many SLRs within budget."""
+    from tvm_spatial.tuning.policy import SLR_SLACK, AllocationPolicy, choose_layout
+
+    funcs, host_ops = _offloaded("gpt2_tiny")
+    dev = get_device("u280")
+    cycles = {n: allocate_for_codegen(design_work(plan_design(funcs, "u280", host_ops, slrs=n)), dev)
+              .estimate.prefill_cycles for n in range(1, dev.slrs + 1)}
+    layout = choose_layout(funcs, "u280", host_ops, AllocationPolicy())
+    assert layout.slrs == min(n for n, c in cycles.items() if c <= min(cycles.values()) * (1 + SLR_SLACK))
+    design = build_design(funcs, "u280", host_ops, arrays=layout.arrays, slrs=layout.slrs)
+    assert {p.slr for k in design.kernels for p in k.processes} == set(range(layout.slrs))
+    assert len(design.vitis_kernels()) == (layout.slrs if layout.slrs > 1 else 1)
+    assert tvm_spatial.estimate(design).max_slr_utilization[0] <= 0.85 + 1e-9
+
+
+def test_small_design_stays_on_one_slr_unless_told():
+    """An MLP gains nothing from more SLRs: one kernel, no AXI-stream links. Asked for 3, it
+    is split in 3; asked for more than the card has, a usage error names the limit."""
+    from tvm_spatial import examples
+
+    design = tvm_spatial.design_of(relax.build(examples.mlp().mod, target="vitis_spatial"))
+    assert {p.slr for p in design.kernels[0].processes} == {0} and design.kernels[0].segments == ()
+    with tvm_spatial.allocation(slrs=3):
+        split = tvm_spatial.design_of(relax.build(examples.mlp().mod, target="vitis_spatial"))
+    assert {p.slr for p in split.kernels[0].processes} == {0, 1, 2} and len(split.kernels[0].segments) == 3
+    with pytest.raises(tvm_spatial.UsageError, match="slrs=4.*3 SLRs"):
+        with tvm_spatial.allocation(slrs=4):
+            relax.build(examples.mlp().mod, target="vitis_spatial")
+    with pytest.raises(tvm_spatial.UsageError, match="count of SLRs"):
+        with tvm_spatial.allocation(slrs=-1):
+            pass

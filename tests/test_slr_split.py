@@ -1,6 +1,7 @@
 """A region spanning several SLRs becomes one Vitis kernel per SLR, linked by AXI streams.
 
-The GPT2 fixture (2 layers) is spread by the work balance over the U280's 3 SLRs. Its
+The GPT2 fixture (2 layers), spread over the U280's 3 SLRs (forced: the allocation would
+pack it into fewer, ``test_allocation``), with the work balanced between them. Its
 kernel file must hold one ``extern "C"`` DATAFLOW top per SLR segment, with an
 ``axis`` interface for every stream crossing a boundary, and the project must build them
 as separate kernels (``v++ -c -k`` each), place each on its SLR and link the crossings
@@ -56,7 +57,8 @@ class Built:
 @pytest.fixture(scope="module")
 def gpt2() -> Built:
     path, inputs, outputs, _ = load_fixture("gpt2_tiny")
-    ex = relax.build(tvm_spatial.frontend.from_onnx(path), target="vitis_spatial")
+    with tvm_spatial.allocation(slrs=3):
+        ex = relax.build(tvm_spatial.frontend.from_onnx(path), target="vitis_spatial")
     return Built(ex, tvm_spatial.design_of(ex), inputs, outputs)
 
 
@@ -192,7 +194,8 @@ def test_kernel_file_compiles_with_werror(gpt2, tmp_path):
 
 def test_codegen_is_deterministic(gpt2):
     path, *_ = load_fixture("gpt2_tiny")
-    again = tvm_spatial.design_of(relax.build(tvm_spatial.frontend.from_onnx(path), target="vitis_spatial"))
+    with tvm_spatial.allocation(slrs=3):
+        again = tvm_spatial.design_of(relax.build(tvm_spatial.frontend.from_onnx(path), target="vitis_spatial"))
     assert again.to_json() == gpt2.design.to_json()
     assert project_files(again) == project_files(gpt2.design)
 
@@ -354,11 +357,11 @@ def test_runtime_runs_the_region_through_xrt_and_checks_stream_args(gpt2, projec
 # -- a region on one SLR is unchanged --------------------------------------------------------
 
 
-def test_region_on_one_slr_stays_one_kernel(monkeypatch, tmp_path):
+def test_region_on_one_slr_stays_one_kernel(tmp_path):
     """With every process on one SLR (forced here), the region is the single top it always
     was: no segment, no AXI-stream port, no stream_connect, and the same process calls."""
-    monkeypatch.setattr(kernel_module, "_slrs", lambda works, slrs, links=(): [0] * len(works))
-    design = tvm_spatial.design_of(relax.build(examples.mlp().mod, target="vitis_spatial"))
+    with tvm_spatial.allocation(slrs=1):
+        design = tvm_spatial.design_of(relax.build(examples.mlp().mod, target="vitis_spatial"))
     kernel = design.kernels[0]
     assert kernel.segments == ()
     assert [v.name for v in design.vitis_kernels()] == [kernel.name]

@@ -49,10 +49,11 @@ def design_from_module(mod, device: str = "u280"):
     check_static_shapes(mod)
     mod = partition_for_vitis_spatial(mod)
     funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
-    from ..tuning.policy import choose_arrays, current_policy
+    from ..tuning.policy import choose_layout, current_policy
 
     key, host_ops = get_device(device).key, host_operators(mod)
-    return build_design(funcs, key, host_ops, arrays=choose_arrays(funcs, key, host_ops, current_policy()))
+    layout = choose_layout(funcs, key, host_ops, current_policy())
+    return build_design(funcs, key, host_ops, arrays=layout.arrays, slrs=layout.slrs)
 
 
 def estimate(obj, device: str | None = None, seq: int | None = None, *, precision: str | None = None,

@@ -14,7 +14,15 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
   some processes (the others as the mode says); ``lanes={"k0_..._p17_gelu": 16}`` likewise
   the lanes (elements per cycle, ``codegen_hls.lanes``) of non-matmul processes;
 * ``with database:`` (a ``tvm.s_tir.meta_schedule`` database holding records of
-  :mod:`tvm_spatial.tuning`): the best tuned arrays and lanes of this design, if it was tuned.
+  :mod:`tvm_spatial.tuning`): the best tuned arrays and lanes of this design, if it was tuned;
+* ``with tvm_spatial.allocation(slrs=2):`` spread the processes over exactly 2 SLRs.
+
+SLRs, fit first: the model's allocation is tried on 1, 2, ... SLRs, and the design takes the
+fewest whose estimated prefill is within ``SLR_SLACK`` of the fastest. Why: every stream
+that crosses an SLR boundary becomes an AXI-stream link between two kernels over the
+scarce super long lines, and a design split for no speed gain pays for it in routing and
+timing. The other modes (library arrays, explicit arrays, tuned records) keep the
+processes spread over every SLR, as they were tuned or written for.
 
 A design that does not fit the card even at the smallest arrays (GPT2-small today: its
 whole-tensor buffers need more URAM than the U280 has) is still built for emulation with
@@ -39,6 +47,8 @@ from ..errors import ResourceBudgetError
 from ..estimate import DEFAULT_BUDGET
 
 MODES = ("model", "default")
+# Fit first: the fewest SLRs whose allocated design is at most this much slower than the best.
+SLR_SLACK = 0.05
 
 
 class DesignOverBudgetWarning(UserWarning):
@@ -54,11 +64,12 @@ class AllocationPolicy:
     lanes: tuple = field(default=())  # ((process name, lanes), ...) overrides
     use_database: bool = True  # apply tuned records of the current meta-schedule database
     strict: bool = False  # a design over budget even at the smallest arrays: raise, not warn
+    slrs: int = 0  # SLRs to spread the processes over; 0: fit first ("model"), else all
 
     def to_json(self) -> str:
         return json.dumps({"mode": self.mode, "budget": self.budget, "use_database": self.use_database,
                            "strict": self.strict, "arrays": [[n, list(rc)] for n, rc in self.arrays],
-                           "lanes": [[n, int(lanes)] for n, lanes in self.lanes]},
+                           "lanes": [[n, int(lanes)] for n, lanes in self.lanes], "slrs": self.slrs},
                           sort_keys=True)
 
     @classmethod
@@ -69,7 +80,8 @@ class AllocationPolicy:
         arrays = tuple((str(n), (int(rc[0]), int(rc[1]))) for n, rc in data.get("arrays", ()))
         lanes = tuple((str(n), int(lanes)) for n, lanes in data.get("lanes", ()))
         return cls(str(data.get("mode", "model")), float(data.get("budget", DEFAULT_BUDGET)), arrays,
-                   lanes, bool(data.get("use_database", True)), bool(data.get("strict", False)))
+                   lanes, bool(data.get("use_database", True)), bool(data.get("strict", False)),
+                   int(data.get("slrs", 0)))
 
 
 _STACK = threading.local()
@@ -82,7 +94,7 @@ def current_policy() -> AllocationPolicy:
 
 @contextlib.contextmanager
 def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: dict | None = None,
-               lanes: dict | None = None, use_database: bool = True, strict: bool = False):
+               lanes: dict | None = None, use_database: bool = True, strict: bool = False, slrs: int = 0):
     """Builds inside this block use this allocation (see the module docstring)."""
     from ..errors import UsageError
 
@@ -94,8 +106,10 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
     for n, width in (lanes or {}).items():
         if int(width) < 1:
             raise UsageError(f"lanes of {n} must be at least 1, not {width}")
+    if not isinstance(slrs, int) or slrs < 0:
+        raise UsageError(f"allocation slrs {slrs!r} must be a count of SLRs (0: fit first)")
     lane_table = tuple(sorted((str(n), int(width)) for n, width in (lanes or {}).items()))
-    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict)
+    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict, slrs)
     stack = getattr(_STACK, "stack", None)
     if stack is None:
         stack = _STACK.stack = []
@@ -106,42 +120,64 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
         stack.pop()
 
 
-def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict | None:
-    """Process name -> (rows, cols) of each matmul's MAC array and lanes (an int) of each
-    other process, for the codegen, per ``policy`` (None: the library's defaults)."""
+@dataclass(frozen=True)
+class Layout:
+    """What the codegen is told: each matmul's MAC array and every other process's lanes
+    (None: the library's) and how many SLRs the processes are spread over (None: all)."""
+
+    arrays: dict | None
+    slrs: int | None
+
+
+def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Layout:
+    """The arrays, lanes and SLR count for the codegen, per ``policy`` (module docstring)."""
     from codegen_hls.kernel import plan_design
 
     from ..devices import get_device
     from ..estimate import allocate_for_codegen, design_work
 
+    dev = get_device(device)
+    if policy.slrs > dev.slrs:
+        from ..errors import UsageError
+
+        raise UsageError(f"allocation slrs={policy.slrs}: {dev.name} has {dev.slrs} SLRs")
+    forced = policy.slrs or None
+    overrides = {**dict(policy.arrays), **dict(policy.lanes)}
     database = _current_database() if policy.use_database else None
-    if policy.mode == "default" and not policy.arrays and not policy.lanes and database is None:
-        return None
-    plan = plan_design(funcs, device, host_ops)
-    arrays = None
+    if policy.mode == "default" and not overrides and database is None:
+        return Layout(None, forced)
     if database is not None:
         from .tuner import tuned_table
 
-        arrays = tuned_table(database, plan)
-    if arrays is None:
-        arrays = {}
-        if policy.mode == "model":
-            work = design_work(plan)
-            try:
-                arrays = allocate_for_codegen(work, get_device(device), budget=policy.budget).codegen_table()
-            except ResourceBudgetError as err:
-                if policy.strict:
-                    raise
-                # the emulation is still worth building: say so, keep the library's arrays
-                warnings.warn(f"vitis_spatial: the design does not fit, so the allocation is not applied "
-                              f"(the library's default arrays are used): {err}", DesignOverBudgetWarning,
-                              stacklevel=2)
-                arrays = None if not (policy.arrays or policy.lanes) else {}
-    if arrays is None:
-        return None
-    arrays.update(dict(policy.arrays))
-    arrays.update(dict(policy.lanes))
-    return arrays
+        table = tuned_table(database, plan_design(funcs, device, host_ops, slrs=forced))
+        if table is not None:
+            return Layout({**table, **overrides}, forced)
+    if policy.mode != "model":
+        return Layout(overrides, forced)
+    fitted, failure = {}, None
+    for count in [forced] if forced else range(1, dev.slrs + 1):
+        try:
+            fitted[count] = allocate_for_codegen(design_work(plan_design(funcs, device, host_ops, slrs=count)),
+                                                 dev, budget=policy.budget)
+        except ResourceBudgetError as err:
+            failure = err  # the last (most SLRs) failure names the tightest resource
+    if not fitted:
+        if policy.strict:
+            raise failure
+        # the emulation is still worth building: say so, keep the library's arrays
+        warnings.warn(f"vitis_spatial: the design does not fit, so the allocation is not applied "
+                      f"(the library's default arrays are used): {failure}", DesignOverBudgetWarning,
+                      stacklevel=2)
+        return Layout(overrides or None, forced)
+    fastest = min(a.estimate.prefill_cycles for a in fitted.values())
+    count = min(n for n, a in fitted.items() if a.estimate.prefill_cycles <= fastest * (1 + SLR_SLACK))
+    return Layout({**fitted[count].codegen_table(), **overrides}, count)
+
+
+def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict | None:
+    """Process name -> (rows, cols) of each matmul's MAC array and lanes (an int) of each
+    other process, for the codegen, per ``policy`` (None: the library's defaults)."""
+    return choose_layout(funcs, device, host_ops, policy).arrays
 
 
 def _current_database():
