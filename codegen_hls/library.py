@@ -30,7 +30,7 @@ from tvm import s_tir, tirx
 
 import tvm_spatial.annotations as ann
 
-from .lanes import Lanes, partition_lanes, schedule_lanes
+from .lanes import Lanes, largest_divisor, partition_lanes, schedule_lanes
 
 
 @dataclass(frozen=True)
@@ -45,24 +45,19 @@ class MatmulTiling:
         wide output whose width has no divisor that is a multiple of 8 (a vocabulary of
         50257) keeps the full column tile and shortens the last one: odd widths would
         not vectorize."""
-        cols = _largest_divisor(n, self.cols)
+        cols = largest_divisor(n, self.cols)
         if cols % 8 and n >= 4 * self.cols:  # not a whole number of vectors: keep the tile
             cols = self.cols
-        return MatmulTiling(_largest_divisor(m, self.rows), cols)
+        return MatmulTiling(largest_divisor(m, self.rows), cols)
 
 
-# The emulation's tile: 8 rows x 64 columns keeps 32 accumulator vectors of 16 floats in
-# AVX-512 registers (two weight loads and eight broadcasts per 32 FMAs); measured 61 vs 49
-# GFLOP/s for 8 x 32 on a 128 x 768 x 3072 matmul, GPT2-small 12 % faster end to end. The
-# hardware's parallelism is the MAC array (``MacArray``), not this tile.
+# The emulation's tile: 8 rows x 64 columns, 32 accumulator vectors of 16 floats (GCC 12
+# keeps 27 in AVX-512 registers and spills 5), four weight loads and eight broadcasts per
+# 32 FMAs. On a 128 x 768 x 3072 matmul it was the fastest of 8x32, 8x48, 4x64, 16x32, 4x96
+# and 8x96 (83 vs 43-78 GFLOP/s; an earlier build: 61 vs 49 for 8 x 32), and GPT2-small
+# ran 12 % faster end to end than with 8 x 32. The hardware's parallelism is the MAC array
+# (``MacArray``), not this tile.
 DEFAULT_MATMUL_TILING = MatmulTiling(8, 64)
-
-
-def _largest_divisor(n: int, at_most: int) -> int:
-    for d in range(min(n, at_most), 0, -1):
-        if n % d == 0:
-            return d
-    return 1
 
 
 def _matmul_block(func: tirx.PrimFunc):
