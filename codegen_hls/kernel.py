@@ -359,7 +359,7 @@ class _KernelWriter:
         check_stream_balance(self.name, self.streams, self.procs)
 
     # ---- printing -------------------------------------------------------
-    def mac_array(self, proc: Proc, stage: Stage):
+    def stage_hardware(self, proc: Proc, stage: Stage):
         """The hardware of one stage, as realized: a matmul process's matmul stage gets its
         MAC array (``MacArray``); every other stage gets ``Lanes`` (``codegen_hls.lanes``):
         the process's lanes (default 1), fitted to a divisor of its output row; the other
@@ -382,7 +382,7 @@ class _KernelWriter:
             default = (max(1, MacArray.rows // latency), MacArray.cols)
             rows, cols = tuple(entry) if isinstance(entry, (tuple, list)) else default
             return MacArray(rows, cols, latency).tile(m, n)[1]
-        matmuls = [(self.mac_array(proc, s), info_of(s.prim_name)[0][3]) for s in proc.stages
+        matmuls = [(self.stage_hardware(proc, s), info_of(s.prim_name)[0][3]) for s in proc.stages
                    if proc.op in MATMUL_OPS and info_of(s.prim_name) is not None]
         entry = self.arrays.get(proc.name)
         wanted = int(entry) if isinstance(entry, int) else 1
@@ -403,7 +403,7 @@ class _KernelWriter:
         return Lanes(lanes, tuple(ports))
 
     def stage_function(self, prim_name: str, array=None) -> str:
-        """The C name of a stage function under its schedule (``mac_array``)."""
+        """The C name of a stage function under its schedule (``stage_hardware``)."""
         key = (prim_name, array)
         if key not in self.printed:
             if isinstance(array, MacArray):
@@ -418,7 +418,7 @@ class _KernelWriter:
     def print_stage_functions(self, w: CodeWriter) -> None:
         for proc in self.procs:
             for stage in proc.stages:
-                array = self.mac_array(proc, stage)
+                array = self.stage_hardware(proc, stage)
                 if (stage.prim_name, array) in self.printed:
                     continue
                 func = prepare_for_hls(self.legal[stage.prim_name], array)
@@ -487,7 +487,7 @@ class _KernelWriter:
                             w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
                     self.uses_ap |= needs_ap_types(slot.dtype)
                 names = ", ".join(slot.cname for slot in stage.args)
-                w.line(f"{self.stage_function(stage.prim_name, self.mac_array(proc, stage))}({names});")
+                w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
             if proc.op == "copy":
                 proc.outputs[0].cname = proc.inputs[0].cname
             for slot in proc.outputs:
@@ -613,14 +613,14 @@ class _KernelWriter:
             if proc.stages and proc.op not in MATMUL_OPS:
                 from .lanes import loop_nests
 
-                lanes = self.mac_array(proc, proc.stages[-1]).lanes
+                lanes = self.stage_hardware(proc, proc.stages[-1]).lanes
                 for stage in proc.stages:
                     if stage.prim_name not in self.nests:
                         self.nests[stage.prim_name] = loop_nests(self.legal[stage.prim_name])
                 nests = tuple(n for stage in proc.stages for n in self.nests[stage.prim_name])
                 extra.update(lanes=lanes, width=last.shape[-1] if last.shape else 1, nests=nests)
             for stage in proc.stages:
-                array = self.mac_array(proc, stage)
+                array = self.stage_hardware(proc, stage)
                 if not isinstance(array, MacArray):
                     continue
                 (batch, m, n, k), dtypes = matmul_info(self.legal[stage.prim_name])
