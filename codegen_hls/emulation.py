@@ -47,6 +47,7 @@ from tvm_spatial.errors import CodegenError, ToolchainError
 from .c_types import c_type, needs_ap_types
 from .code_writer import CodeWriter
 from .design import Design, Kernel, Port
+from .host_code import written_args
 from .kernel import EMULATION_STREAM_HEADER, EMULATION_STREAMS_MACRO
 
 MANIFEST_SYMBOL = "vitis_spatial_design"
@@ -284,7 +285,7 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
         w.line(f'if (tvs_emulation::bind("{kernel.name}", args, num_args, ports, {n}, data) != 0) return -1;')
         w.line(f'int here = tvs_emulation::run_here("{kernel.name}");')
         w.line("if (here < 0) return -1;")
-        written = written_args(kernel)
+        written = in_place_results(kernel)
         if not written:
             w.line(f'if (here == 0) return tvs_emulation::run_on_xrt("{kernel.name}", tvs_manifest, args, num_args, result);')
         else:
@@ -304,13 +305,13 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
     w.line("}")
 
 
-def written_args(kernel: Kernel) -> list[int]:
+def in_place_results(kernel: Kernel) -> list[int]:
     """A kernel with an ``inout`` port is called through ``R.call_inplace_packed``
     (``relax_passes.kv_inplace``) and returns the arguments it writes -- in place and
     fresh outputs -- in ascending argument order; any other kernel returns nothing (DPS)."""
     if not any(p.direction == "inout" for p in kernel.ports):
         return []
-    return sorted({p.arg for p in kernel.ports if p.direction in ("out", "inout")})
+    return sorted(written_args(kernel))
 
 
 def _raw_string(text: str) -> str:
@@ -331,7 +332,7 @@ def emulation_source(design: Design) -> str:
     w.line()
     w.line(f"static const char tvs_manifest[] = {_raw_string(design.to_json())};")
     w.line()
-    _write_runtime_support(w, any(written_args(kernel) for kernel in design.kernels))
+    _write_runtime_support(w, any(in_place_results(kernel) for kernel in design.kernels))
     for kernel in design.kernels:
         _write_entry_point(w, kernel)
     w.line()

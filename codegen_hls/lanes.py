@@ -85,15 +85,16 @@ def recurrence_latency(op: str, dtype: str) -> int:
     return costs.op_cost(op, dtype).latency
 
 
-def _leaf_blocks(func: tirx.PrimFunc) -> list[str]:
-    names = []
+def sblocks(func: tirx.PrimFunc) -> list:
+    """The sblocks of ``func`` that compute something (with block variables), in order."""
+    found = []
 
     def visit(node):
         if isinstance(node, s_tir.SBlock) and len(node.iter_vars):
-            names.append(node.name_hint)
+            found.append(node)
 
     tvm_ffi.structural_walk(func.body, visit)
-    return names
+    return found
 
 
 def _iter_kind(realize: s_tir.SBlockRealize, loop_var) -> int | None:
@@ -148,7 +149,7 @@ def loop_nests(func: tirx.PrimFunc) -> tuple[LoopNest, ...]:
     schedule makes of it, for the analytical model (``tvm_spatial.estimate``)."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     nests = []
-    for name in _leaf_blocks(func):
+    for name in [b.name_hint for b in sblocks(func)]:
         loops, kind, latency = _nest(sch, name)
         if kind is None:
             continue
@@ -160,7 +161,7 @@ def loop_nests(func: tirx.PrimFunc) -> tuple[LoopNest, ...]:
 def schedule_lanes(func: tirx.PrimFunc, lanes: Lanes) -> tirx.PrimFunc:
     """Apply the lanes schedule (module docstring) to every sblock of ``func``."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    for name in _leaf_blocks(func):
+    for name in [b.name_hint for b in sblocks(func)]:
         loops, kind, latency = _nest(sch, name)
         if kind is None:
             continue

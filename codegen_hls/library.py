@@ -30,7 +30,7 @@ from tvm import s_tir, tirx
 
 import tvm_spatial.annotations as ann
 
-from .lanes import Lanes, largest_divisor, partition_lanes, schedule_lanes
+from .lanes import Lanes, largest_divisor, partition_lanes, sblocks, schedule_lanes
 
 
 @dataclass(frozen=True)
@@ -257,11 +257,11 @@ def schedule_array(func: tirx.PrimFunc, array: MacArray) -> tuple[tirx.PrimFunc,
     sch = s_tir.Schedule(tvm.IRModule({"main": scheduled}))
     update = init = None
     accumulator = None
-    for block in _blocks(scheduled):
+    for block in sblocks(scheduled):
         if any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars):
             update = block.name_hint
             accumulator = block.writes[0].source
-    for block in _blocks(scheduled):
+    for block in sblocks(scheduled):
         if accumulator is not None and not len(block.reads) and any(w.source.same_as(accumulator) for w in block.writes):
             init = block.name_hint
     if update is None:
@@ -282,14 +282,3 @@ def schedule_array(func: tirx.PrimFunc, array: MacArray) -> tuple[tirx.PrimFunc,
         elif factor > 1:
             out = ann.with_partition(out, accumulator.name, ann.Partition(dim, factor, "cyclic"))
     return out, tile, real
-
-
-def _blocks(func: tirx.PrimFunc) -> list:
-    found = []
-
-    def visit(node):
-        if isinstance(node, s_tir.SBlock) and len(node.iter_vars):
-            found.append(node)
-
-    tvm_ffi.structural_walk(func.body, visit)
-    return found

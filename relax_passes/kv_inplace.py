@@ -19,8 +19,8 @@ back each token. What changes per token is one row per layer, so:
   composite's write: ``partition_for_vitis_spatial`` always runs both.)
 
 The kernel returns its written arguments in ascending argument order
-(:func:`written_args`; ``codegen_hls.emulation`` follows the same rule). The composite's
-parameters are always ``(cache, layer, new_row, position, slots)``
+(:func:`written_args`; ``codegen_hls.emulation.in_place_results`` follows the same
+rule). The composite's parameters are always ``(cache, layer, new_row, position, slots)``
 (:data:`KV_UPDATE_PARAMS`): the codegen reads its roles from that order.
 
 Hazard-free by construction: each (cache, layer) slice is touched by one process only,

@@ -232,13 +232,14 @@ def nests_cycles(nests, lanes: int) -> int:
     """Cycles of loop nests ``(trips, extent, fixed II)`` at ``lanes`` (``codegen_hls.lanes``):
     ``l``, the largest divisor of the extent not above ``lanes``, elements per cycle, or
     the fixed II per element of a reduction its own loop carries."""
+    from codegen_hls.lanes import largest_divisor  # the codegen's own rule (imported late: no cycle)
+
     total = 0
     for trips, extent, ii in nests:
         if ii:
             total += trips * extent * ii
         else:
-            width = max(d for d in range(1, max(1, min(extent, lanes)) + 1) if extent % d == 0)
-            total += trips * (extent // width)
+            total += trips * (extent // largest_divisor(extent, lanes))
     return total
 
 

@@ -17,11 +17,10 @@ How it maps onto meta-schedule:
   trace replays its exact decisions.
 * **builder** -- nothing to compile: :class:`ArrayBuilder` reads the sampled arrays and lanes from the
   scheduled workload and hands them on as the artifact (JSON text, not a path).
-* **runner** -- :class:`ModelRunner` scores the arrays with the analytical model
+* **runner** -- :class:`ModelRunner` scores the arrays and lanes with the analytical model
   (:func:`tvm_spatial.estimate.estimate_work`, the same pure function as the allocation):
   ``run_secs`` is the estimated prefill latency; a design over the per-SLR budget fails
-  with a message naming the resource. The other processes keep the lanes of the greedy
-  allocation (only the arrays are tuned).
+  with a message naming the resource.
 * **database** -- a ``JSONDatabase`` in the work directory. ``relax.build`` applies its best
   record when built inside ``with database:`` (:func:`tuned_arrays`).
 
