@@ -273,11 +273,13 @@ class _KernelWriter:
     """Decides every tensor's storage (port, stream, buffer) and prints the kernel."""
 
     def __init__(self, name: str, legal: tvm.IRModule, interp: _Interpreter, params, results, device,
-                 arrays=None, slrs: int | None = None) -> None:
+                 arrays=None, slrs: int | None = None, placement=None) -> None:
         self.name = name
         if slrs is not None and not 1 <= slrs <= device.slrs:
             raise CodegenError(f"{name}: {slrs} SLRs requested; {device.name} has {device.slrs}")
         self.slr_count = slrs or device.slrs  # how many SLRs the processes are spread over
+        # process name -> SLR, overriding the work-balanced split (tuned SLR cuts, or the user's)
+        self.placement = dict(placement or {})
         # process name -> (rows, cols) of a matmul process's MAC array, or the lanes (an
         # int: elements per cycle) of any other process (``tvm_spatial.estimate.Allocation``)
         self.arrays = dict(arrays or {})
@@ -601,6 +603,12 @@ class _KernelWriter:
         index = {p.name: i for i, p in enumerate(self.procs)}
         links = [(index[st.producer], index[st.consumer]) for st in self.streams]
         slrs = _slrs(works, self.slr_count, links)
+        for i, proc in enumerate(self.procs):
+            slr = self.placement.get(proc.name, slrs[i])
+            if not isinstance(slr, int) or not 0 <= slr < self.device.slrs:
+                raise CodegenError(f"{proc.name}: placed on SLR {slr!r}; {self.device.name} has SLRs "
+                                   f"0..{self.device.slrs - 1}")
+            slrs[i] = slr
         layers = _layers(self.procs)
         calls = calls or [self.process_signature(p)[1] for p in self.procs]
         processes = []
@@ -694,7 +702,8 @@ def accumulate_latency(a_dtype: str, b_dtype: str) -> int:
     return costs.MAC_COSTS[costs.mac_class(a_dtype, b_dtype)].latency
 
 
-def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: int | None = None) -> "_KernelWriter":
+def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: int | None = None,
+                    placement=None) -> "_KernelWriter":
     name = kernel_name_for(func)
     plain = func
     for attr in ("Codegen", "global_symbol"):
@@ -709,30 +718,42 @@ def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: in
         env[p] = slot
         params.append(slot)
     results = _flatten(interp.run(main, env, None))
-    return _KernelWriter(name, legal, interp, params, results, get_device(device_key), arrays, slrs)
+    return _KernelWriter(name, legal, interp, params, results, get_device(device_key), arrays, slrs, placement)
 
 
-def plan_design(funcs, device: str, host_ops=(), slrs: int | None = None) -> Design:
+def plan_design(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None) -> Design:
     """The design's processes, ports and streams without printing any C++ (kernel sources
     are empty): what the allocation reads, in a fraction of the printing time. ``slrs``:
-    how many SLRs the processes are spread over (default: all the device has)."""
+    how many SLRs the processes are spread over (default: all the device has);
+    ``placement``: process name -> SLR for processes placed otherwise."""
     kernels = []
     for func in sorted(funcs, key=kernel_name_for):
-        writer = _planned_writer(func, device, slrs=slrs)
+        writer = _planned_writer(func, device, slrs=slrs, placement=placement)
         writer.plan()
         ops = tuple(p.op for p in writer.procs if p.op != "copy")
         records = writer.records()
         kernels.append(Kernel(writer.name, "", tuple(writer.ports), ops, records, tuple(writer.streams),
                               writer.segments(records)))
+    _check_placement(kernels, placement)
     return Design(device=device, kernels=tuple(kernels), common_header="", host_ops=tuple(host_ops))
 
 
+def _check_placement(kernels, placement) -> None:
+    """A placement naming no process of the design is a mistake (a typo, or a table for
+    another design): say so rather than build something else than asked."""
+    names = {p.name for k in kernels for p in k.processes}
+    unknown = sorted(set(placement or ()) - names)
+    if unknown:
+        raise CodegenError(f"placement names no process of this design: {', '.join(unknown[:5])}"
+                           + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+
+
 def build_kernel(func: relax.Function, device_key: str = "u280", arrays=None,
-                 slrs: int | None = None) -> tuple[Kernel, bool, bool]:
+                 slrs: int | None = None, placement=None) -> tuple[Kernel, bool, bool]:
     """Print one offloaded function. Returns the kernel, and whether it needs ap types /
     streams (so the common header includes only what is used). ``arrays``: process name
     -> (rows, cols) of its matmul's MAC array (default: the library's 8 x 32 tile)."""
-    writer = _planned_writer(func, device_key, arrays, slrs)
+    writer = _planned_writer(func, device_key, arrays, slrs, placement)
     kernel = writer.print()
     return kernel, writer.uses_ap, bool(kernel.streams)
 
@@ -826,17 +847,20 @@ def common_header(uses_ap: bool, uses_streams: bool = False) -> str:
     return w.text()
 
 
-def build_design(funcs, device: str, host_ops=(), arrays=None, slrs: int | None = None) -> Design:
+def build_design(funcs, device: str, host_ops=(), arrays=None, slrs: int | None = None,
+                 placement=None) -> Design:
     """All offloaded functions of one build, in a stable (name-sorted) order. ``arrays``:
     process name -> (rows, cols) of its MAC array (``tvm_spatial.estimate.Allocation``); ``slrs``:
-    how many SLRs the processes are spread over (default: all the device has)."""
+    how many SLRs the processes are spread over (default: all the device has); ``placement``:
+    process name -> SLR of processes placed otherwise (tuned SLR cuts)."""
     kernels = []
     uses_ap = uses_streams = False
     for func in sorted(funcs, key=kernel_name_for):
-        kernel, ap, streams = build_kernel(func, device, arrays, slrs)
+        kernel, ap, streams = build_kernel(func, device, arrays, slrs, placement)
         kernels.append(kernel)
         uses_ap |= ap
         uses_streams |= streams
+    _check_placement(kernels, placement)
     return Design(
         device=device,
         kernels=tuple(kernels),

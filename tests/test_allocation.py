@@ -117,13 +117,17 @@ def test_allocation_fits_where_the_library_default_does_not(bert):
 
 def test_policy_default_and_overrides():
     funcs, host_ops = _offloaded("bert_tiny")
-    from tvm_spatial.tuning.policy import AllocationPolicy, choose_arrays
+    from tvm_spatial.tuning.policy import AllocationPolicy, choose_arrays, choose_layout
 
     assert choose_arrays(funcs, "u280", host_ops, AllocationPolicy(mode="default")) is None
     name = next(p.name for p in plan_design(funcs, "u280", host_ops).kernels[0].processes if p.op == "linear")
     policy = AllocationPolicy.from_json(AllocationPolicy(arrays=((name, (2, 16)),)).to_json())
     arrays = choose_arrays(funcs, "u280", host_ops, policy)
     assert arrays[name] == (2, 16) and len(arrays) > 1
+    # a placement survives the trip through RunCodegen's JSON options and reaches the layout
+    placed = AllocationPolicy.from_json(AllocationPolicy(placement=((name, 2),), slrs=3).to_json())
+    assert placed.placement == ((name, 2),)
+    assert choose_layout(funcs, "u280", host_ops, placed).placement == {name: 2}
     with tvm_spatial.allocation("default", arrays={name: (4, 8)}) as current:
         assert tvm_spatial.tuning.current_policy() is current
     assert tvm_spatial.tuning.current_policy().mode == "model"

@@ -145,6 +145,50 @@ def test_cut_moves_to_where_fewer_streams_cross():
     assert kernel_module._slrs(works, 2, [(i, i + 1) for i in range(8)]) == [0, 0, 0, 0, 1, 1, 1, 1, 1]
 
 
+def _gpt2_functions():
+    from relax_passes import host_operators, partition_for_vitis_spatial
+
+    path, *_ = load_fixture("gpt2_tiny")
+    part = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(path))
+    funcs = [f for _, f in part.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    return funcs, host_operators(part)
+
+
+def test_placement_moves_named_processes_and_the_cuts_round_trip():
+    """``placement`` (what tuned records and ``allocation(placement=...)`` give the codegen)
+    moves exactly the named processes; the model's view of a cut move places the same."""
+    from tvm_spatial.errors import CodegenError, UsageError
+    from tvm_spatial.estimate import design_work
+
+    funcs, host_ops = _gpt2_functions()
+    base = kernel_module.plan_design(funcs, "u280", host_ops, slrs=3)
+    procs = base.kernels[0].processes
+    first_of_slr1 = next(i for i, p in enumerate(procs) if p.slr == 1)
+    moved = kernel_module.plan_design(funcs, "u280", host_ops, slrs=3, placement={procs[first_of_slr1].name: 0})
+    assert [p.slr for p in moved.kernels[0].processes] == [
+        0 if i == first_of_slr1 else p.slr for i, p in enumerate(procs)]
+    # the same move as the tuner makes it: the first cut one process later
+    work = design_work(base)
+    (kernel, cuts), = work.cuts().items()
+    later = (cuts[0] + 1, *cuts[1:])
+    placement = work.placement_for_cuts({kernel: later})
+    assert design_work(moved).cuts() == {kernel: later}
+    assert {n: s for n, s in placement.items() if s != dict((p.name, p.slr) for p in procs)[n]} == {
+        procs[first_of_slr1].name: 0}
+    moved_work = work.with_placement(placement)
+    slr_of = {p.name: p.slr for p in moved_work.processes}
+    assert all(s.slr == slr_of[s.producer] for s in moved_work.streams)
+    with pytest.raises(ValueError, match="not increasing"):
+        work.placement_for_cuts({kernel: (cuts[1], cuts[0])})
+    with pytest.raises(CodegenError, match="names no process"):
+        kernel_module.plan_design(funcs, "u280", host_ops, placement={"k9_p0_nothing": 1})
+    with pytest.raises(CodegenError, match="has SLRs 0..2"):
+        kernel_module.plan_design(funcs, "u280", host_ops, placement={procs[0].name: 3})
+    with pytest.raises(UsageError, match="SLR index"):
+        with tvm_spatial.allocation(placement={procs[0].name: -1}):
+            pass
+
+
 # -- the HLS source -------------------------------------------------------------------------
 
 

@@ -78,6 +78,7 @@ class StreamWork:
     depth: int
     elements: int
     slr: int
+    producer: str = ""  # the process writing it (its SLR is the stream's)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,51 @@ class DesignWork:
             procs.append(p)
         kv = tuple(replace(c, dtype=a) for c in self.kv_cache)
         return replace(self, processes=tuple(procs), kv_cache=kv)
+
+    def with_placement(self, placement: dict) -> "DesignWork":
+        """The same design with some processes on other SLRs (process name -> SLR; the
+        others stay): what tuning the SLR cuts scores. A stream lives on its producer's SLR."""
+        if not placement:
+            return self
+        procs = tuple(replace(p, slr=placement.get(p.name, p.slr)) for p in self.processes)
+        slr_of = {p.name: p.slr for p in procs}
+        streams = tuple(replace(s, slr=slr_of.get(s.producer, s.slr)) for s in self.streams)
+        return replace(self, processes=procs, streams=streams)
+
+    def cuts(self) -> dict[str, tuple[int, ...]]:
+        """Kernel -> the indices (in its process order) where the next SLR begins, for
+        every kernel spread over more than one SLR (the codegen splits each kernel's chain
+        of processes into contiguous SLR segments)."""
+        out: dict[str, list[int]] = {}
+        for kernel, procs in self.kernel_processes().items():
+            out[kernel] = [i for i in range(1, len(procs)) if procs[i].slr != procs[i - 1].slr]
+        return {k: tuple(v) for k, v in out.items() if v}
+
+    def kernel_processes(self) -> dict[str, list[ProcessWork]]:
+        """Kernel -> its processes in chain order."""
+        out: dict[str, list[ProcessWork]] = {}
+        for p in self.processes:
+            out.setdefault(p.kernel, []).append(p)
+        return out
+
+    def placement_for_cuts(self, cuts: dict) -> dict[str, int]:
+        """Process name -> SLR when each kernel's chain is cut at ``cuts[kernel]`` (strictly
+        increasing indices inside the chain; segment ``j`` goes on the SLR the kernel's
+        ``j``-th segment occupies now)."""
+        placement = {}
+        chains, current = self.kernel_processes(), self.cuts()
+        for kernel, positions in cuts.items():
+            procs = chains.get(kernel, [])
+            if list(positions) != sorted(set(positions)) or not all(0 < c < len(procs) for c in positions):
+                raise ValueError(f"cuts {tuple(positions)} of kernel {kernel} are not increasing positions "
+                                 f"inside its {len(procs)} processes")
+            now = current.get(kernel, ())
+            labels = [procs[0].slr] + [procs[c].slr for c in now] if procs else []
+            if len(positions) != len(now):
+                raise ValueError(f"kernel {kernel} has {len(now)} SLR cut(s), not {len(positions)}")
+            for i, p in enumerate(procs):
+                placement[p.name] = labels[sum(1 for c in positions if i >= c)]
+        return placement
 
 
 # ---- reading a Design ---------------------------------------------------------------
@@ -332,7 +378,8 @@ def design_work(design) -> DesignWork:
                 )
             )
         for s in kernel.streams:
-            streams.append(StreamWork(s.name, dtype_bits(s.dtype), s.depth, s.elements, slr_of.get(s.producer, 0)))
+            streams.append(StreamWork(s.name, dtype_bits(s.dtype), s.depth, s.elements, slr_of.get(s.producer, 0),
+                                      s.producer))
     linears = [p.matmul.m for p in processes if p.matmul is not None and p.matmul.b_offchip]
     tokens = max(linears, default=1)
     procs = []

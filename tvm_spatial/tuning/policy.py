@@ -15,7 +15,10 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
   the lanes (elements per cycle, ``codegen_hls.lanes``) of non-matmul processes;
 * ``with database:`` (a ``tvm.s_tir.meta_schedule`` database holding records of
   :mod:`tvm_spatial.tuning`): the best tuned arrays and lanes of this design, if it was tuned;
-* ``with tvm_spatial.allocation(slrs=2):`` spread the processes over exactly 2 SLRs.
+* ``with tvm_spatial.allocation(slrs=2):`` spread the processes over exactly 2 SLRs;
+* ``with tvm_spatial.allocation(placement={"k0_..._p20_linear": 1}):`` put these processes
+  on these SLRs (the others where the work-balanced split puts them). Tuned records carry
+  a placement too: tuning moves the SLR cuts of each kernel's chain of processes.
 
 SLRs, fit first: the model's allocation is tried on 1, 2, ... SLRs, and the design takes the
 fewest whose estimated prefill is within ``SLR_SLACK`` of the fastest. Why: every stream
@@ -65,11 +68,13 @@ class AllocationPolicy:
     use_database: bool = True  # apply tuned records of the current meta-schedule database
     strict: bool = False  # a design over budget even at the smallest arrays: raise, not warn
     slrs: int = 0  # SLRs to spread the processes over; 0: fit first ("model"), else all
+    placement: tuple = field(default=())  # ((process name, SLR), ...) overrides
 
     def to_json(self) -> str:
         return json.dumps({"mode": self.mode, "budget": self.budget, "use_database": self.use_database,
                            "strict": self.strict, "arrays": [[n, list(rc)] for n, rc in self.arrays],
-                           "lanes": [[n, int(lanes)] for n, lanes in self.lanes], "slrs": self.slrs},
+                           "lanes": [[n, int(lanes)] for n, lanes in self.lanes], "slrs": self.slrs,
+                           "placement": [[n, int(slr)] for n, slr in self.placement]},
                           sort_keys=True)
 
     @classmethod
@@ -79,9 +84,10 @@ class AllocationPolicy:
         data = json.loads(str(text))
         arrays = tuple((str(n), (int(rc[0]), int(rc[1]))) for n, rc in data.get("arrays", ()))
         lanes = tuple((str(n), int(lanes)) for n, lanes in data.get("lanes", ()))
+        placement = tuple((str(n), int(slr)) for n, slr in data.get("placement", ()))
         return cls(str(data.get("mode", "model")), float(data.get("budget", DEFAULT_BUDGET)), arrays,
                    lanes, bool(data.get("use_database", True)), bool(data.get("strict", False)),
-                   int(data.get("slrs", 0)))
+                   int(data.get("slrs", 0)), placement)
 
 
 _STACK = threading.local()
@@ -94,7 +100,8 @@ def current_policy() -> AllocationPolicy:
 
 @contextlib.contextmanager
 def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: dict | None = None,
-               lanes: dict | None = None, use_database: bool = True, strict: bool = False, slrs: int = 0):
+               lanes: dict | None = None, use_database: bool = True, strict: bool = False, slrs: int = 0,
+               placement: dict | None = None):
     """Builds inside this block use this allocation (see the module docstring)."""
     from ..errors import UsageError
 
@@ -108,8 +115,12 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
             raise UsageError(f"lanes of {n} must be at least 1, not {width}")
     if not isinstance(slrs, int) or slrs < 0:
         raise UsageError(f"allocation slrs {slrs!r} must be a count of SLRs (0: fit first)")
+    for n, slr in (placement or {}).items():
+        if not isinstance(slr, int) or slr < 0:
+            raise UsageError(f"placement of {n} must be an SLR index, not {slr!r}")
     lane_table = tuple(sorted((str(n), int(width)) for n, width in (lanes or {}).items()))
-    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict, slrs)
+    places = tuple(sorted((str(n), int(slr)) for n, slr in (placement or {}).items()))
+    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict, slrs, places)
     stack = getattr(_STACK, "stack", None)
     if stack is None:
         stack = _STACK.stack = []
@@ -123,10 +134,12 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
 @dataclass(frozen=True)
 class Layout:
     """What the codegen is told: each matmul's MAC array and every other process's lanes
-    (None: the library's) and how many SLRs the processes are spread over (None: all)."""
+    (None: the library's), how many SLRs the processes are spread over (None: all), and
+    the SLR of processes placed otherwise than the work-balanced split (tuned cuts)."""
 
     arrays: dict | None
     slrs: int | None
+    placement: dict = field(default_factory=dict)
 
 
 def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Layout:
@@ -143,22 +156,24 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
         raise UsageError(f"allocation slrs={policy.slrs}: {dev.name} has {dev.slrs} SLRs")
     forced = policy.slrs or None
     overrides = {**dict(policy.arrays), **dict(policy.lanes)}
+    placed = dict(policy.placement)
     database = _current_database() if policy.use_database else None
     if policy.mode == "default" and not overrides and database is None:
-        return Layout(None, forced)
+        return Layout(None, forced, placed)
     if database is not None:
-        from .tuner import tuned_table
+        from .tuner import tuned_layout
 
-        table = tuned_table(database, plan_design(funcs, device, host_ops, slrs=forced))
-        if table is not None:
-            return Layout({**table, **overrides}, forced)
+        tuned = tuned_layout(database, plan_design(funcs, device, host_ops, slrs=forced))
+        if tuned is not None:
+            table, placement = tuned
+            return Layout({**table, **overrides}, forced, {**placement, **placed})
     if policy.mode != "model":
-        return Layout(overrides, forced)
+        return Layout(overrides, forced, placed)
     fitted, failure = {}, None
     for count in [forced] if forced else range(1, dev.slrs + 1):
         try:
-            fitted[count] = allocate_for_codegen(design_work(plan_design(funcs, device, host_ops, slrs=count)),
-                                                 dev, budget=policy.budget)
+            plan = plan_design(funcs, device, host_ops, slrs=count, placement=placed)
+            fitted[count] = allocate_for_codegen(design_work(plan), dev, budget=policy.budget)
         except ResourceBudgetError as err:
             failure = err  # the last (most SLRs) failure names the tightest resource
     if not fitted:
@@ -168,10 +183,10 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
         warnings.warn(f"vitis_spatial: the design does not fit, so the allocation is not applied "
                       f"(the library's default arrays are used): {failure}", DesignOverBudgetWarning,
                       stacklevel=2)
-        return Layout(overrides or None, forced)
+        return Layout(overrides or None, forced, placed)
     fastest = min(a.estimate.prefill_cycles for a in fitted.values())
     count = min(n for n, a in fitted.items() if a.estimate.prefill_cycles <= fastest * (1 + SLR_SLACK))
-    return Layout({**fitted[count].codegen_table(), **overrides}, count)
+    return Layout({**fitted[count].codegen_table(), **overrides}, count, placed)
 
 
 def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict | None:

@@ -12,17 +12,20 @@ How it maps onto meta-schedule:
   ``sample_categorical`` over the array sides the codegen realizes
   (``tvm_spatial.estimate.allocation.realizable_array``) picks rows and cols, or over the
   lanes it realizes (``realizable_lanes``), which are annotated on the process's sblock.
-  The distribution is centred on the best design found so far (first: the model's greedy
-  allocation), so ``ReplayFunc`` performs a local random search around it; each record's
-  trace replays its exact decisions.
-* **builder** -- nothing to compile: :class:`ArrayBuilder` reads the sampled arrays and lanes from the
-  scheduled workload and hands them on as the artifact (JSON text, not a path).
+  A kernel spread over several SLRs also has an sblock whose annotations are its SLR cuts
+  (where in its chain of processes the next SLR begins): the default split balances the
+  chain's work, and moving a cut (then re-running the greedy allocation on the new
+  placement) is the other kind of move. The distribution is centred on the best design
+  found so far (first: the model's greedy allocation), so ``ReplayFunc`` performs a local
+  random search around it; each record's trace replays its exact decisions.
+* **builder** -- nothing to compile: :class:`ArrayBuilder` reads the sampled arrays, lanes and
+  cuts from the scheduled workload and hands them on as the artifact (JSON text, not a path).
 * **runner** -- :class:`ModelRunner` scores the arrays and lanes with the analytical model
   (:func:`tvm_spatial.estimate.estimate_work`, the same pure function as the allocation):
   ``run_secs`` is the estimated prefill latency; a design over the per-SLR budget fails
   with a message naming the resource.
 * **database** -- a ``JSONDatabase`` in the work directory. ``relax.build`` applies its best
-  record when built inside ``with database:`` (:func:`tuned_arrays`).
+  record (arrays, lanes and placement) when built inside ``with database:`` (:func:`tuned_layout`).
 
 The correctness of the best design in emulation is checked by the scripts
 (``contrib/tune_bert.py``) and tests: the tuned build runs against onnxruntime.
@@ -49,6 +52,9 @@ from ..target import tag_name
 ROWS_KEY = "tvm_spatial.array_rows"
 COLS_KEY = "tvm_spatial.array_cols"
 LANES_KEY = "tvm_spatial.lanes"
+CUT_KEY = "tvm_spatial.slr_cut"  # + the cut's index: where the kernel's next SLR segment begins
+CUTS_SUFFIX = "__slr_cuts"  # the sblock of a kernel's SLR cuts is named after the kernel
+MAX_CUT_SHIFT = 4  # processes a cut moves at most in one candidate
 DEVICE_ATTR = "tvm_spatial.device"
 
 
@@ -88,6 +94,10 @@ def design_workload(design) -> tvm.IRModule:
     for p in _lane_processes(work):
         x = te.placeholder((p.elements,), p.dtype or "float32", name=f"{p.name}_x")
         tensors += [x, _copy(x, p.name)]
+    chains = work.kernel_processes()
+    for kernel in sorted(work.cuts()):
+        x = te.placeholder((len(chains[kernel]),), "int32", name=f"{kernel}_chain")
+        tensors += [x, _copy(x, kernel + CUTS_SUFFIX)]
     func = te.create_prim_func(tensors).with_attr(DEVICE_ATTR, design.device).with_attr("global_symbol", "main")
     return tvm.IRModule({"main": func})
 
@@ -129,6 +139,24 @@ def table_of(mod: tvm.IRModule) -> dict:
     return found
 
 
+def cuts_of(mod: tvm.IRModule) -> dict[str, tuple[int, ...]]:
+    """Kernel -> its SLR cuts annotated on a scheduled workload (kernels spread over one
+    SLR have none)."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    found = {}
+
+    def visit(node):
+        if isinstance(node, s_tir.SBlock) and node.name_hint.endswith(CUTS_SUFFIX):
+            keys = sorted((k for k in node.annotations if str(k).startswith(CUT_KEY)), key=lambda k: int(k[len(CUT_KEY):]))
+            if keys:
+                found[node.name_hint[: -len(CUTS_SUFFIX)]] = tuple(int(node.annotations[k]) for k in keys)
+
+    tvm_ffi.structural_walk(mod["main"].body, visit)
+    return found
+
+
 # ---- the search space -----------------------------------------------------------------
 def _sides(mm, axis: str, limit: int) -> list[int]:
     """The array sides along ``axis`` the codegen realizes (requests 1, 2, 4, ... and ``limit``)."""
@@ -149,20 +177,34 @@ class ArraySpace:
     """The space: every matmul process's array rows x cols (the sides the codegen realizes)
     and every other process's lanes (one side, the lanes it realizes).
 
-    A candidate is the ``centre`` (the best design so far) with one side grown by a step
-    and one side of a process on the same SLR shrunk by a step, so that it stays within
-    the SLR's budget. Which sides move is sampled (``sample_categorical``, so the trace
-    records it) with probabilities from the model: growing in proportion to the cycles a
-    DSP saves, shrinking in proportion to the DSPs a lost cycle frees (plus a floor, so
-    that every move stays possible)."""
+    A candidate is the ``centre`` (the best design so far) moved one of two ways, chosen
+    by a sampled coin (``cut_share`` for the second) when the design has SLR cuts:
+
+    * one side grown by a step and one side of a process on the same SLR shrunk by a step,
+      so that it stays within the SLR's budget. Which sides move is sampled with
+      probabilities from the model: growing in proportion to the cycles a DSP saves,
+      shrinking in proportion to the DSPs a lost cycle frees (plus a floor, so that every
+      move stays possible);
+    * one SLR cut of one kernel moved by up to ``MAX_CUT_SHIFT`` processes, and every side
+      re-chosen by the greedy allocation for the new placement (why: the work-balanced
+      split weighs a GELU's iterations like a matmul's, while the SLRs' budgets and the
+      arrays' discrete sizes decide what a process can get).
+
+    Every decision is a ``sample_categorical`` in the trace, so a record replays exactly."""
 
     work: object  # DesignWork
     device: object
     centre: dict  # process name -> (rows, cols) or lanes, updated by the runner
     exact: bool = False  # take the centre itself (decisions fixed), for the baseline record
     floor: float = 0.05  # share of the proposal spread uniformly over all moves
+    cuts: dict = field(default_factory=dict)  # kernel -> its SLR cuts at the centre (runner updates)
+    budget: float = DEFAULT_BUDGET
+    cut_share: float = 0.5  # probability of a cut move, when there are cuts
 
     def __post_init__(self):
+        self.cuts = dict(self.cuts or self.work.cuts())
+        self.chain_length = {k: len(v) for k, v in self.work.kernel_processes().items()}
+        self._greedy: dict = {}  # cuts -> the greedy allocation's table for them (or None)
         self.choices = {}
         self.procs = {p.name: p for p in _matmul_processes(self.work)}
         for p in self.procs.values():
@@ -215,15 +257,56 @@ class ArraySpace:
         pick = int(sch.get(sch.sample_categorical(list(range(len(possible))), probs)))
         return possible[pick][0], possible[pick][1]
 
+    def _greedy_table(self, cuts: dict) -> dict | None:
+        """The greedy allocation's arrays and lanes with the processes placed by ``cuts``
+        (None: even the smallest design does not fit that placement)."""
+        from ..errors import ResourceBudgetError
+
+        key = tuple(sorted(cuts.items()))
+        if key not in self._greedy:
+            work = self.work.with_placement(self.work.placement_for_cuts(cuts))
+            try:
+                self._greedy[key] = allocate_for_codegen(work, self.device, budget=self.budget).codegen_table()
+            except ResourceBudgetError:
+                self._greedy[key] = None
+        return self._greedy[key]
+
+    def _cut_move(self, sch) -> dict | None:
+        """The centre's cuts with one cut moved (sampled), or None if the move leaves the chain."""
+        slots = [(k, j) for k in sorted(self.cuts) for j in range(len(self.cuts[k]))]
+        kernel, j = slots[int(sch.get(sch.sample_categorical(list(range(len(slots))), [1 / len(slots)] * len(slots))))]
+        shifts = [d for d in range(-MAX_CUT_SHIFT, MAX_CUT_SHIFT + 1) if d]
+        shift = shifts[int(sch.get(sch.sample_categorical(list(range(len(shifts))), [1 / len(shifts)] * len(shifts))))]
+        moved = list(self.cuts[kernel])
+        moved[j] += shift
+        if moved != sorted(set(moved)) or not all(0 < c < self.chain_length[kernel] for c in moved):
+            return None
+        return {**self.cuts, kernel: tuple(moved)}
+
     def __call__(self, sch) -> None:
         target = {name: [self._index(name, a) for a in range(len(sides))] for name, sides in self.choices.items()}
-        if not self.exact and self.choices:
+        cuts = dict(self.cuts)
+        cut_move = False
+        if not self.exact and self.cuts:
+            cut_move = bool(int(sch.get(sch.sample_categorical([0, 1], [1 - self.cut_share, self.cut_share]))))
+        if cut_move:
+            moved = self._cut_move(sch)
+            table = self._greedy_table(moved) if moved is not None else None
+            if table is not None:
+                cuts = moved
+                for name, sides in self.choices.items():
+                    value = table.get(name, sides[0][0])
+                    values = value if isinstance(value, tuple) else (value,)
+                    target[name] = [min(range(len(sides[a])), key=lambda i, a=a: abs(sides[a][i] - values[a]))
+                                    for a in range(len(sides))]
+        elif not self.exact and self.choices:
             grow = self._sample(sch, self._moves(+1))
             if grow is not None:
                 name, axis = grow
                 target[name][axis] = min(len(self.choices[name][axis]) - 1, target[name][axis] + 1)
-                slr = self.procs[name].slr
-                shrink = self._sample(sch, [m for m in self._moves(-1) if self.procs[m[0]].slr == slr and m[0] != name])
+                placed = self.work.placement_for_cuts(self.cuts) if self.cuts else {}
+                slr_of = {n: placed.get(n, p.slr) for n, p in self.procs.items()}
+                shrink = self._sample(sch, [m for m in self._moves(-1) if slr_of[m[0]] == slr_of[name] and m[0] != name])
                 if shrink is not None:
                     other, axis2 = shrink
                     target[other][axis2] -= 1
@@ -235,18 +318,25 @@ class ArraySpace:
                 probs[target[name][axis]] = 1.0
                 rv = sch.sample_categorical(sides, probs, decision=target[name][axis])
                 sch.annotate(block, key, rv)
+        for kernel in sorted(cuts):
+            block = sch.get_sblock(kernel + CUTS_SUFFIX)
+            positions = list(range(1, self.chain_length[kernel]))
+            for j, cut in enumerate(cuts[kernel]):
+                probs = [0.0] * len(positions)
+                probs[cut - 1] = 1.0
+                sch.annotate(block, f"{CUT_KEY}{j}", sch.sample_categorical(positions, probs, decision=cut - 1))
 
 
 # ---- builder and runner ---------------------------------------------------------------
 @derived_object
 class ArrayBuilder(PyBuilder):
-    """Nothing is compiled: the artifact is the sampled arrays as JSON text."""
+    """Nothing is compiled: the artifact is the sampled arrays, lanes and cuts as JSON text."""
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         out = []
         for item in build_inputs:
-            table = table_of(item.mod)
-            out.append(BuilderResult(json.dumps(sorted(table.items())), None))
+            artifact = {"table": sorted(table_of(item.mod).items()), "cuts": sorted(cuts_of(item.mod).items())}
+            out.append(BuilderResult(json.dumps(artifact), None))
         return out
 
 
@@ -262,9 +352,12 @@ class _Done(PyRunnerFuture):
         return self._result
 
 
-def score(work, device, arrays: dict, budget: float = DEFAULT_BUDGET, clock_mhz=None):
+def score(work, device, arrays: dict, budget: float = DEFAULT_BUDGET, clock_mhz=None, cuts: dict | None = None):
     """(estimate, error message or None) of a design with these arrays -- process name ->
-    (rows, cols), or lanes (an int) of a non-matmul process (default one): what the runner does."""
+    (rows, cols), or lanes (an int) of a non-matmul process (default one) -- and these SLR
+    cuts (kernel -> cut positions; default: the design's own): what the runner does."""
+    if cuts:
+        work = work.with_placement(work.placement_for_cuts(cuts))
     table = {n: Parallelism(lanes=v) if isinstance(v, int) else Parallelism(rows=v[0], cols=v[1])
              for n, v in arrays.items()}
     est = estimate_work(work, device, ModelConfig(clock_mhz=clock_mhz).with_parallelism(table))
@@ -291,8 +384,10 @@ class ModelRunner(PyRunner):
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
         futures = []
         for item in runner_inputs:
-            arrays = {n: tuple(v) if isinstance(v, list) else int(v) for n, v in json.loads(item.artifact_path)}
-            est, error = score(self.work, self.device, arrays, self.budget)
+            artifact = json.loads(item.artifact_path)
+            arrays = {n: tuple(v) if isinstance(v, list) else int(v) for n, v in artifact["table"]}
+            cuts = {k: tuple(v) for k, v in artifact["cuts"]}
+            est, error = score(self.work, self.device, arrays, self.budget, cuts=cuts)
             self.trials += 1
             if error is not None:
                 self.failed += 1
@@ -308,6 +403,7 @@ class ModelRunner(PyRunner):
                     self.centre_key = (secs, est.total.dsp)
                     self.space.centre.clear()
                     self.space.centre.update(arrays)
+                    self.space.cuts = cuts or self.space.cuts
                 futures.append(_Done(RunnerResult([secs], None)))
             if self.progress is not None:
                 self.progress(self.best, self.trials, self.failed)
@@ -331,13 +427,15 @@ class TuneResult:
     trials: int
     failed: int
     best_lanes: dict = field(default_factory=dict)  # process name -> lanes of the others
+    best_cuts: dict = field(default_factory=dict)  # kernel -> its SLR cuts (kernels over several SLRs)
+    baseline_cuts: dict = field(default_factory=dict)  # the work-balanced split's
 
 
 def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter: int = 16,
                 budget: float = DEFAULT_BUDGET, seed: int = 1, progress=None) -> TuneResult:
-    """Tune the MAC arrays of ``design`` (``codegen_hls.kernel.plan_design`` or a built
-    design) within ``budget`` of every per-SLR resource; records go to a JSON database in
-    ``work_dir``. The greedy allocation is committed first, so tuning never ends worse."""
+    """Tune the MAC arrays, lanes and SLR cuts of ``design`` (``codegen_hls.kernel.plan_design``
+    or a built design) within ``budget`` of every per-SLR resource; records go to a JSON
+    database in ``work_dir``. The greedy allocation is committed first, so tuning never ends worse."""
     work = design_work(design)
     device = get_device(design.device)
     workload = design_workload(design)
@@ -348,8 +446,8 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
 
     # the baseline record: the greedy allocation's decisions, exactly
     sch = tvm.s_tir.Schedule(workload, seed=seed + 1)
-    ArraySpace(work, device, dict(centre), exact=True)(sch)
-    base_est, error = score(work, device, table_of(sch.mod), budget)
+    ArraySpace(work, device, dict(centre), exact=True, budget=budget)(sch)
+    base_est, error = score(work, device, table_of(sch.mod), budget, cuts=cuts_of(sch.mod))
     if error is not None:  # cannot happen for the allocation itself; refuse loudly if it does
         raise AssertionError(f"the allocation does not fit: {error}")
     base_secs = base_est.seconds(base_est.prefill_cycles)
@@ -357,7 +455,7 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
     database.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, entry, [base_secs], target, ms.arg_info.ArgInfo.from_prim_func(workload["main"])))
 
-    space = ArraySpace(work, device, dict(centre))
+    space = ArraySpace(work, device, dict(centre), budget=budget)
     runner = ModelRunner(work, device, space, budget, progress)
     runner.best, runner.centre_key = base_secs, (base_secs, base_est.total.dsp)
     ms.tir_integration.tune_tir(
@@ -369,12 +467,24 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
         space=ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[], mutator_probs={}),
         strategy=ms.search_strategy.ReplayFunc(), seed=seed, num_tuning_cores=1,
     )
-    best = tuned_table(database, design)
-    best_est, _ = score(work, device, best, budget)
+    best, best_cuts = _best_decisions(database, workload)
+    best_est, _ = score(work, device, best, budget, cuts=best_cuts)
     arrays = {n: v for n, v in best.items() if isinstance(v, tuple)}
     lanes = {n: v for n, v in best.items() if isinstance(v, int)}
     return TuneResult(database, workload, base_secs, best_est.seconds(best_est.prefill_cycles), arrays,
-                      runner.trials, runner.failed, lanes)
+                      runner.trials, runner.failed, lanes, best_cuts, work.cuts())
+
+
+def _best_decisions(database, workload) -> tuple[dict, dict] | tuple[None, None]:
+    """(arrays and lanes, SLR cuts) of the best record of ``workload`` in ``database``."""
+    if not database.has_workload(workload):
+        return None, None
+    records = database.get_top_k(database.commit_workload(workload), 1)
+    if not records:
+        return None, None
+    sch = tvm.s_tir.Schedule(workload)
+    records[0].trace.apply_to_schedule(sch, remove_postproc=False)
+    return table_of(sch.mod), cuts_of(sch.mod)
 
 
 def tuned_arrays(database, design) -> dict | None:
@@ -386,19 +496,20 @@ def tuned_arrays(database, design) -> dict | None:
 def tuned_table(database, design) -> dict | None:
     """The arrays and lanes of the best record of ``design``'s workload in ``database``
     (what ``build_design(arrays=...)`` takes), else None."""
-    workload = design_workload(design)
-    if not database.has_workload(workload):
-        return None
-    records = database.get_top_k(database.commit_workload(workload), 1)
-    if not records:
-        return None
-    sch = tvm.s_tir.Schedule(workload)
-    records[0].trace.apply_to_schedule(sch, remove_postproc=False)
-    return table_of(sch.mod)
+    return _best_decisions(database, design_workload(design))[0]
 
 
-__all__ = ["ArrayBuilder", "ArraySpace", "ModelRunner", "TuneResult", "design_workload", "plan_module", "score",
-           "table_of", "tune_design", "tuned_arrays", "tuned_table"]
+def tuned_layout(database, design) -> tuple[dict, dict] | None:
+    """(arrays and lanes, placement: process name -> SLR) of the best record of ``design``'s
+    workload in ``database`` (what ``build_design(arrays=..., placement=...)`` takes), else None."""
+    table, cuts = _best_decisions(database, design_workload(design))
+    if table is None:
+        return None
+    return table, design_work(design).placement_for_cuts(cuts) if cuts else {}
+
+
+__all__ = ["ArrayBuilder", "ArraySpace", "ModelRunner", "TuneResult", "cuts_of", "design_workload", "plan_module",
+           "score", "table_of", "tune_design", "tuned_arrays", "tuned_layout", "tuned_table"]
 
 
 def plan_module(mod: tvm.IRModule, device: str = "u280"):
