@@ -56,6 +56,7 @@ class Process:
     weight_port: str = ""  # the m_axi port B is read from ("" when B is a stream)
     array: tuple[int, ...] = ()  # (rows, cols) of its MAC array (the HLS pragmas' parallelism)
     tile: tuple[int, ...] = ()  # (rows, cols) of the loop tile the array works through
+    packed: int = 1  # outputs per multiply: 2 for the packed W4A8 kernel ([K, N/2] bytes in, [M, N] out)
     # Any other process: elements per cycle its loops handle as realized (codegen_hls.lanes),
     # a divisor of ``width``, the last dimension of the tensor it computes last.
     lanes: int = 0

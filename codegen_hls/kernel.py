@@ -634,8 +634,12 @@ class _KernelWriter:
                 (batch, m, n, k), dtypes = matmul_info(self.legal[stage.prim_name])
                 tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
                 weight = self.port_of.get((id(stage.args[1]), id(proc)), "") if len(stage.args) > 1 else ""
+                # the packed W4A8 kernel: [.., M, K] x [K, N/2] bytes -> [.., M, N] (quant_kernels)
+                out = stage.args[-1].shape
+                packed = 2 if (len(stage.args) == 3 and stage.args[1].dtype == "int8" and len(out) >= 2
+                               and out[-2] == m and out[-1] == 2 * n) else 1
                 extra.update(matmul=(batch, m, n, k), dtypes=dtypes, weight_port=weight,
-                             array=(array.rows, array.cols), tile=(tile.rows, tile.cols))
+                             array=(array.rows, array.cols), tile=(tile.rows, tile.cols), packed=packed)
                 break
             processes.append(Process(proc.name, proc.op, layer, slr, work, tuple(args[:n_in]), tuple(args[n_in:]), **extra))
         return tuple(processes)

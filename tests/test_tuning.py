@@ -55,10 +55,9 @@ def test_tuning_beats_the_allocation_and_fits(tuned):
     greedy = allocate_for_codegen(work, dev).estimate
     assert result.baseline_seconds == pytest.approx(greedy.seconds(greedy.prefill_cycles))
     assert result.baseline_cuts == work.cuts() and len(next(iter(work.cuts().values()))) == dev.slrs - 1
-    # the greedy allocation has no better design within a grow-one-shrink-one step of its
-    # arrays; moving an SLR cut (then re-allocating) finds one within 32 trials
-    assert result.best_seconds < result.baseline_seconds * (1 - 0.005)
-    assert result.best_cuts != result.baseline_cuts
+    # strictly faster: the greedy allocation is a local optimum of single steps, and moving
+    # an SLR cut (then re-allocating) or trading sides between processes finds better
+    assert result.best_seconds < result.baseline_seconds
     from tvm_spatial.tuning.tuner import score
 
     est, error = score(work, dev, {**result.best_arrays, **result.best_lanes}, cuts=result.best_cuts)

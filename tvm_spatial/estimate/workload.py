@@ -321,7 +321,8 @@ def design_work(design) -> DesignWork:
             dtype = proc.dtype or "float32"
             if proc.matmul:  # the codegen recorded it (designs since the allocation was applied)
                 batch, m, n, k = proc.matmul
-                packed = _packing(proc, calls, sigs)
+                # recorded by the codegen (a planned design has no source to read it from)
+                packed = proc.packed if proc.packed > 1 else _packing(proc, calls, sigs)
                 a_dtype, b_dtype = proc.dtypes
                 if packed > 1:  # the record counts packed weight columns; the model counts MACs
                     n, b_dtype = n * packed, "int4"

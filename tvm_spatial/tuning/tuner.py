@@ -286,20 +286,21 @@ class ArraySpace:
     def __call__(self, sch) -> None:
         target = {name: [self._index(name, a) for a in range(len(sides))] for name, sides in self.choices.items()}
         cuts = dict(self.cuts)
-        cut_move = False
-        if not self.exact and self.cuts:
-            cut_move = bool(int(sch.get(sch.sample_categorical([0, 1], [1 - self.cut_share, self.cut_share]))))
-        if cut_move:
+        moved = None
+        if not self.exact and self.cuts and int(sch.get(sch.sample_categorical([0, 1], [1 - self.cut_share,
+                                                                                      self.cut_share]))):
             moved = self._cut_move(sch)
             table = self._greedy_table(moved) if moved is not None else None
-            if table is not None:
+            if table is None:
+                moved = None  # off the chain, or no fit there: an array move instead
+            else:
                 cuts = moved
                 for name, sides in self.choices.items():
                     value = table.get(name, sides[0][0])
                     values = value if isinstance(value, tuple) else (value,)
                     target[name] = [min(range(len(sides[a])), key=lambda i, a=a: abs(sides[a][i] - values[a]))
                                     for a in range(len(sides))]
-        elif not self.exact and self.choices:
+        if moved is None and not self.exact and self.choices:
             grow = self._sample(sch, self._moves(+1))
             if grow is not None:
                 name, axis = grow
