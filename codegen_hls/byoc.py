@@ -32,7 +32,8 @@ def vitis_spatial_codegen(functions, options, constant_names):  # noqa: ARG001 -
     policy = AllocationPolicy.from_json(_option(options, "allocation", None))
     layout = choose_layout(list(functions), device, host_ops, policy)
     design = build_design(list(functions), device=device, host_ops=host_ops, arrays=layout.arrays,
-                          slrs=layout.slrs, placement=layout.placement)
+                          slrs=layout.slrs, placement=layout.placement,
+                          rows=layout.rows)
     return [emulation_module(design)]
 
 

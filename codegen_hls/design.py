@@ -65,6 +65,10 @@ class Process:
     # ``trips * extent / l`` cycles each (``l`` the largest divisor of ``extent`` <= lanes),
     # or ``trips * extent * II`` when the II is fixed (a reduction carried by its loop).
     nests: tuple[tuple[int, int, int], ...] = ()
+    # Token blocks (codegen_hls.token_blocks): whether it is row-wise, and the tokens it
+    # computes at a time as built (0: whole tensors). Its records above count a whole call.
+    separable: bool = False
+    rows: int = 0
 
 
 _TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile")

@@ -87,6 +87,12 @@ class Proc:
     outputs: list[Slot] = field(default_factory=list)
     stages: list[Stage] = field(default_factory=list)
     name: str = ""
+    args: list = field(default_factory=list)  # the operator's arguments, one per parameter
+    source: "relax.Function | None" = None  # the operator's Relax function before legalization
+    separable: bool = False  # row-wise: may run in token blocks (codegen_hls.token_blocks)
+    rows: int = 0  # tokens per block as built (0: whole tensors)
+    blocks: int = 1  # blocks per call
+    block_slot: dict = field(default_factory=dict)  # id(input/output slot) -> its block-sized slot
 
 
 def _static_shape(ty, what: str) -> tuple[int, ...]:
@@ -152,7 +158,7 @@ class _Interpreter:
             if proc is None:
                 # a matched operator instance: a process of its own
                 op = str(composite).split(".", 1)[-1] if composite else "region"
-                proc = Proc(op=op, inputs=_unique(_flatten(args)))
+                proc = Proc(op=op, inputs=_unique(_flatten(args)), args=args)
                 self.procs.append(proc)
                 result = self.run(callee, dict(zip(callee.params, args)), proc)
                 proc.outputs = _unique(_flatten(result))
@@ -273,13 +279,15 @@ class _KernelWriter:
     """Decides every tensor's storage (port, stream, buffer) and prints the kernel."""
 
     def __init__(self, name: str, legal: tvm.IRModule, interp: _Interpreter, params, results, device,
-                 arrays=None, slrs: int | None = None, placement=None) -> None:
+                 arrays=None, slrs: int | None = None, placement=None, rows: int | None = None) -> None:
         self.name = name
         if slrs is not None and not 1 <= slrs <= device.slrs:
             raise CodegenError(f"{name}: {slrs} SLRs requested; {device.name} has {device.slrs}")
         self.slr_count = slrs or device.slrs  # how many SLRs the processes are spread over
         # process name -> SLR, overriding the work-balanced split (tuned SLR cuts, or the user's)
         self.placement = dict(placement or {})
+        self.rows = rows  # tokens per block of row-wise processes (None: whole tensors)
+        self.block_prims: dict[str, tvm.tirx.PrimFunc] = {}  # stage functions of blocked processes
         # process name -> (rows, cols) of a matmul process's MAC array, or the lanes (an
         # int: elements per cycle) of any other process (``tvm_spatial.estimate.Allocation``)
         self.arrays = dict(arrays or {})
@@ -359,6 +367,66 @@ class _KernelWriter:
                         self.streams.append(Stream(name, slot.dtype, slot.elements, depth, producer.name, consumer.name))
                         self.stream_of[(id(slot), id(consumer))] = name
         check_stream_balance(self.name, self.streams, self.procs)
+        self.block_processes()
+
+    def prim(self, name: str) -> tvm.tirx.PrimFunc:
+        """A stage's PrimFunc: the region's legalized one, or a blocked process's."""
+        return self.block_prims[name] if name in self.block_prims else self.legal[name]
+
+    def tokens(self) -> int:
+        """The design's token count: the rows of its largest linear layer (1: none), as
+        the analytical model counts them (``estimate.workload``); read before blocking."""
+        rows = [matmul_info(self.prim(st.prim_name)) for p in self.procs if p.op == "linear" for st in p.stages]
+        return max((info[0][1] for info in rows if info is not None), default=1)
+
+    def block_processes(self) -> None:
+        """Mark the row-wise processes (``codegen_hls.token_blocks``) and, when ``rows`` is
+        set and divides the token count, give each its stages for one block of ``rows``
+        tokens: the block-sized slots they read and write, and their own PrimFuncs."""
+        from .token_blocks import legal_block, separable
+
+        tokens = self.token_count = self.tokens()
+        if self.rows and self.rows < tokens and tokens % self.rows:
+            raise CodegenError(f"{self.name}: token blocks of {self.rows} do not divide its {tokens} tokens")
+        for proc in self.procs:
+            if proc.source is None or cache_slot(proc) is not None or not all(isinstance(a, Slot) for a in proc.args):
+                continue
+            streamed = {i for i, a in enumerate(proc.args) if (id(a), id(proc)) in self.stream_of}
+            proc.separable = separable(proc.source, streamed, tokens)
+            rows = self.rows
+            if not proc.separable or not rows or rows >= tokens or tokens % rows:
+                continue
+            main = legal_block(proc.source, streamed, tokens, rows)
+            env = {}
+            for i, (param, slot) in enumerate(zip(main["main"].params, proc.args)):
+                if i in streamed:  # one block buffer per input, however many parameters it binds
+                    if id(slot) not in proc.block_slot:
+                        proc.block_slot[id(slot)] = Slot(slot.dtype, _static_shape(param.ty, "a block"), f"{slot.hint}_blk")
+                    env[param] = proc.block_slot[id(slot)]
+                else:
+                    env[param] = slot
+            blocked = Proc(op=proc.op)
+            result = _flatten(_Interpreter(self.name).run(main["main"], env, blocked))
+            if len(result) != len(proc.outputs) or len(blocked.stages) != len(proc.stages):
+                raise CodegenError(f"{proc.name}: its blocked form has other stages than the whole one")
+            for stage in blocked.stages:
+                for slot in stage.args:
+                    if slot.producer is blocked:
+                        slot.producer = proc
+                stage.prim_name = self.block_prim(main[stage.prim_name], f"{stage.prim_name}_r{rows}")
+            for whole, part in zip(proc.outputs, result):
+                proc.block_slot[id(whole)] = part
+            proc.stages, proc.rows, proc.blocks = blocked.stages, rows, tokens // rows
+
+    def block_prim(self, func: tvm.tirx.PrimFunc, base: str) -> str:
+        """The name of a blocked stage function: one per distinct function (processes of
+        different layers share it), numbered in order of appearance."""
+        for name, known in self.block_prims.items():
+            if name.rsplit("__", 1)[0] == base and tvm_ffi.structural_equal(known, func):
+                return name
+        name = f"{base}__{sum(1 for n in self.block_prims if n.rsplit('__', 1)[0] == base)}"
+        self.block_prims[name] = func
+        return name
 
     # ---- printing -------------------------------------------------------
     def stage_hardware(self, proc: Proc, stage: Stage):
@@ -371,7 +439,7 @@ class _KernelWriter:
 
         def info_of(prim_name):
             if prim_name not in self.matmuls:
-                self.matmuls[prim_name] = matmul_info(self.legal[prim_name])
+                self.matmuls[prim_name] = matmul_info(self.prim(prim_name))
             return self.matmuls[prim_name]
 
         info = info_of(stage.prim_name) if proc.op in MATMUL_OPS else None
@@ -423,7 +491,7 @@ class _KernelWriter:
                 array = self.stage_hardware(proc, stage)
                 if (stage.prim_name, array) in self.printed:
                     continue
-                func = prepare_for_hls(self.legal[stage.prim_name], array)
+                func = prepare_for_hls(self.prim(stage.prim_name), array)
                 text = FunctionPrinter(func, self.stage_function(stage.prim_name, array)).print()
                 # arbitrary-precision types may appear only inside a stage (a cast, a local buffer)
                 self.uses_ap |= any(f"{t}<" in text for t in ("ap_int", "ap_uint", "ap_fixed", "ap_ufixed"))
@@ -464,7 +532,57 @@ class _KernelWriter:
                 args.append(stream)
         return f"static void {proc.name}({', '.join(params)})", args
 
+    @staticmethod
+    def read_stream(w: CodeWriter, local: Namer, into: Slot, hint: str, stream: str) -> None:
+        """Declare ``into``'s buffer and fill it from ``stream`` in row-major order."""
+        into.cname = local.fresh("in_" + re.sub(r"\W", "_", hint))
+        w.line(f"static {c_type(into.dtype)} {array_declarator(into.cname, into.shape)};")
+        _loop_nest(w, into.shape, [f"{into.cname}{_index(into.shape)} = {stream}.read();"])
+
+    def call_stage(self, w: CodeWriter, proc: Proc, stage: Stage) -> None:
+        names = ", ".join(slot.cname for slot in stage.args)
+        w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
+
+    def print_blocked_process(self, w: CodeWriter, proc: Proc) -> list[str]:
+        """A row-wise process in token blocks: per block, read ``rows`` tokens of each
+        streamed input into a block buffer, run the blocked stages, write the block on
+        (to an output port at the block's offset along the token axis)."""
+        from .token_blocks import token_axis
+
+        signature, args = self.process_signature(proc)
+        local = Namer()
+        w.line()
+        with w.block(signature):
+            w.line(f"// {proc.blocks} blocks of {proc.rows} tokens")
+            with w.block(f"for (int blk = 0; blk < {proc.blocks}; ++blk)"):
+                for slot in proc.inputs:
+                    key = (id(slot), id(proc))
+                    if key in self.port_of:
+                        slot.cname = self.port_of[key]
+                        continue
+                    self.read_stream(w, local, proc.block_slot[id(slot)], slot.hint, self.stream_of[key])
+                for stage in proc.stages:
+                    for slot in stage.args:
+                        if slot.producer is proc and not slot.cname:
+                            slot.cname = local.fresh(re.sub(r"\W", "_", slot.hint))
+                            w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
+                        self.uses_ap |= needs_ap_types(slot.dtype)
+                    self.call_stage(w, proc, stage)
+                for slot in proc.outputs:
+                    part = proc.block_slot[id(slot)]
+                    axis = token_axis(slot.shape, self.token_count)
+                    idx = _index(part.shape)
+                    offset = "".join(f"[blk * {proc.rows} + i{k}]" if k == axis else f"[i{k}]"
+                                     for k in range(len(part.shape)))
+                    body = [f"const {c_type(slot.dtype)} v = {part.cname}{idx};"]
+                    body += [f"{port}{offset} = v;" for port in self.out_ports.get(id(slot), [])]
+                    body += [f"{stream}.write(v);" for stream in self.output_streams(slot, proc)]
+                    _loop_nest(w, part.shape, body)
+        return args
+
     def print_process(self, w: CodeWriter, proc: Proc) -> list[str]:
+        if proc.rows:
+            return self.print_blocked_process(w, proc)
         signature, args = self.process_signature(proc)
         local = Namer()
         w.line()
@@ -474,9 +592,7 @@ class _KernelWriter:
                 if key in self.port_of:
                     slot.cname = self.port_of[key]
                 else:
-                    slot.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
-                    w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
-                    _loop_nest(w, slot.shape, [f"{slot.cname}{_index(slot.shape)} = {self.stream_of[key]}.read();"])
+                    self.read_stream(w, local, slot, slot.hint, self.stream_of[key])
             for stage in proc.stages:
                 for slot in stage.args:
                     if slot.producer is proc and not slot.cname:
@@ -488,8 +604,7 @@ class _KernelWriter:
                             slot.cname = local.fresh(re.sub(r"\W", "_", slot.hint))
                             w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
                     self.uses_ap |= needs_ap_types(slot.dtype)
-                names = ", ".join(slot.cname for slot in stage.args)
-                w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
+                self.call_stage(w, proc, stage)
             if proc.op == "copy":
                 proc.outputs[0].cname = proc.inputs[0].cname
             for slot in proc.outputs:
@@ -599,7 +714,7 @@ class _KernelWriter:
     def records(self, calls=None) -> tuple[Process, ...]:
         """The Process records (after ``plan``; ``calls``: each process's call arguments,
         else taken from its signature): what the design JSON and the analytical model read."""
-        works = [sum(_work(self.legal[s.prim_name]) for s in p.stages) for p in self.procs]
+        works = [sum(_work(self.prim(s.prim_name)) for s in p.stages) * p.blocks for p in self.procs]
         index = {p.name: i for i, p in enumerate(self.procs)}
         links = [(index[st.producer], index[st.consumer]) for st in self.streams]
         slrs = _slrs(works, self.slr_count, links)
@@ -617,28 +732,33 @@ class _KernelWriter:
             extra = {}
             last = proc.stages[-1].args[-1] if proc.stages else (proc.outputs[0] if proc.outputs else None)
             if last is not None:
-                extra.update(elements=last.elements, dtype=last.dtype)
+                extra.update(elements=last.elements * proc.blocks, dtype=last.dtype)
+            extra.update(separable=proc.separable, rows=proc.rows)
             if proc.stages and proc.op not in MATMUL_OPS:
                 from .lanes import loop_nests
 
                 lanes = self.stage_hardware(proc, proc.stages[-1]).lanes
                 for stage in proc.stages:
                     if stage.prim_name not in self.nests:
-                        self.nests[stage.prim_name] = loop_nests(self.legal[stage.prim_name])
-                nests = tuple(n for stage in proc.stages for n in self.nests[stage.prim_name])
+                        self.nests[stage.prim_name] = loop_nests(self.prim(stage.prim_name))
+                # a blocked process runs its nests once per block
+                nests = tuple((trips * proc.blocks, extent, ii) for stage in proc.stages
+                              for trips, extent, ii in self.nests[stage.prim_name])
                 extra.update(lanes=lanes, width=last.shape[-1] if last.shape else 1, nests=nests)
             for stage in proc.stages:
                 array = self.stage_hardware(proc, stage)
                 if not isinstance(array, MacArray):
                     continue
-                (batch, m, n, k), dtypes = matmul_info(self.legal[stage.prim_name])
+                (batch, m, n, k), dtypes = matmul_info(self.prim(stage.prim_name))
                 tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
+                if proc.blocks > 1 and batch != 1:
+                    raise CodegenError(f"{proc.name}: a blocked matmul over {batch} batches")
                 weight = self.port_of.get((id(stage.args[1]), id(proc)), "") if len(stage.args) > 1 else ""
                 # the packed W4A8 kernel: [.., M, K] x [K, N/2] bytes -> [.., M, N] (quant_kernels)
                 out = stage.args[-1].shape
                 packed = 2 if (len(stage.args) == 3 and stage.args[1].dtype == "int8" and len(out) >= 2
                                and out[-2] == m and out[-1] == 2 * n) else 1
-                extra.update(matmul=(batch, m, n, k), dtypes=dtypes, weight_port=weight,
+                extra.update(matmul=(batch, m * proc.blocks, n, k), dtypes=dtypes, weight_port=weight,
                              array=(array.rows, array.cols), tile=(tile.rows, tile.cols), packed=packed)
                 break
             processes.append(Process(proc.name, proc.op, layer, slr, work, tuple(args[:n_in]), tuple(args[n_in:]), **extra))
@@ -706,8 +826,22 @@ def accumulate_latency(a_dtype: str, b_dtype: str) -> int:
     return costs.MAC_COSTS[costs.mac_class(a_dtype, b_dtype)].latency
 
 
+def _composites(func: relax.Function) -> list[relax.Function]:
+    """The operator (composite) functions ``func`` calls, in call order: the interpreter
+    makes one process per call, in the same order."""
+    local, calls = {}, []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Function):
+                local[binding.var] = value
+            elif isinstance(value, relax.Call) and isinstance(value.op, relax.Var) and value.op in local:
+                calls.append(local[value.op])
+    return calls
+
+
 def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: int | None = None,
-                    placement=None) -> "_KernelWriter":
+                    placement=None, rows: int | None = None) -> "_KernelWriter":
     name = kernel_name_for(func)
     plain = func
     for attr in ("Codegen", "global_symbol"):
@@ -722,17 +856,24 @@ def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: in
         env[p] = slot
         params.append(slot)
     results = _flatten(interp.run(main, env, None))
-    return _KernelWriter(name, legal, interp, params, results, get_device(device_key), arrays, slrs, placement)
+    sources = _composites(plain)
+    if len(sources) == len(interp.procs):
+        for proc, source in zip(interp.procs, sources):
+            proc.source = source
+    return _KernelWriter(name, legal, interp, params, results, get_device(device_key), arrays, slrs, placement,
+                         rows)
 
 
-def plan_design(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None) -> Design:
+def plan_design(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None,
+                rows: int | None = None) -> Design:
     """The design's processes, ports and streams without printing any C++ (kernel sources
     are empty): what the allocation reads, in a fraction of the printing time. ``slrs``:
     how many SLRs the processes are spread over (default: all the device has);
-    ``placement``: process name -> SLR for processes placed otherwise."""
+    ``placement``: process name -> SLR for processes placed otherwise; ``rows``: tokens
+    per block of the row-wise processes (None: whole tensors)."""
     kernels = []
     for func in sorted(funcs, key=kernel_name_for):
-        writer = _planned_writer(func, device, slrs=slrs, placement=placement)
+        writer = _planned_writer(func, device, slrs=slrs, placement=placement, rows=rows)
         writer.plan()
         ops = tuple(p.op for p in writer.procs if p.op != "copy")
         records = writer.records()
@@ -753,11 +894,11 @@ def _check_placement(kernels, placement) -> None:
 
 
 def build_kernel(func: relax.Function, device_key: str = "u280", arrays=None,
-                 slrs: int | None = None, placement=None) -> tuple[Kernel, bool, bool]:
+                 slrs: int | None = None, placement=None, rows: int | None = None) -> tuple[Kernel, bool, bool]:
     """Print one offloaded function. Returns the kernel, and whether it needs ap types /
     streams (so the common header includes only what is used). ``arrays``: process name
     -> (rows, cols) of its matmul's MAC array (default: the library's 8 x 32 tile)."""
-    writer = _planned_writer(func, device_key, arrays, slrs, placement)
+    writer = _planned_writer(func, device_key, arrays, slrs, placement, rows)
     kernel = writer.print()
     return kernel, writer.uses_ap, bool(kernel.streams)
 
@@ -852,15 +993,16 @@ def common_header(uses_ap: bool, uses_streams: bool = False) -> str:
 
 
 def build_design(funcs, device: str, host_ops=(), arrays=None, slrs: int | None = None,
-                 placement=None) -> Design:
+                 placement=None, rows: int | None = None) -> Design:
     """All offloaded functions of one build, in a stable (name-sorted) order. ``arrays``:
     process name -> (rows, cols) of its MAC array (``tvm_spatial.estimate.Allocation``); ``slrs``:
     how many SLRs the processes are spread over (default: all the device has); ``placement``:
-    process name -> SLR of processes placed otherwise (tuned SLR cuts)."""
+    process name -> SLR of processes placed otherwise (tuned SLR cuts); ``rows``: tokens per
+    block of the row-wise processes (``codegen_hls.token_blocks``; None: whole tensors)."""
     kernels = []
     uses_ap = uses_streams = False
     for func in sorted(funcs, key=kernel_name_for):
-        kernel, ap, streams = build_kernel(func, device, arrays, slrs, placement)
+        kernel, ap, streams = build_kernel(func, device, arrays, slrs, placement, rows)
         kernels.append(kernel)
         uses_ap |= ap
         uses_streams |= streams

@@ -33,9 +33,11 @@ def _offloaded(name: str, device: str = "u280"):
 @pytest.fixture(scope="module")
 def bert():
     funcs, host_ops = _offloaded("bert_tiny")
+    from tvm_spatial.tuning.policy import allocate_planned
+
     plan = plan_design(funcs, "u280", host_ops)
-    alloc = allocate_for_codegen(design_work(plan), get_device("u280"))
-    design = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table())
+    alloc = allocate_planned(funcs, "u280", host_ops)  # what relax.build applies on all SLRs
+    design = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table(), rows=alloc.config.block)
     return plan, alloc, design
 
 
@@ -147,7 +149,7 @@ def test_device_comes_from_the_target_tag():
     assert units(narrow) < units(wide)
     for key in ("u250", "u55c"):
         layout = choose_layout(funcs, key, host_ops, AllocationPolicy())
-        design = build_design(funcs, key, host_ops, arrays=layout.arrays, slrs=layout.slrs)
+        design = build_design(funcs, key, host_ops, arrays=layout.arrays, slrs=layout.slrs, rows=layout.rows)
         est = tvm_spatial.estimate(design)
         assert est.device.key == key and est.max_slr_utilization[0] <= 0.85 + 1e-9
 
@@ -217,7 +219,7 @@ def test_slrs_fit_first_takes_the_fewest_slrs_that_cost_no_speed():
               .estimate.prefill_cycles for n in range(1, dev.slrs + 1)}
     layout = choose_layout(funcs, "u280", host_ops, AllocationPolicy())
     assert layout.slrs == min(n for n, c in cycles.items() if c <= min(cycles.values()) * (1 + SLR_SLACK))
-    design = build_design(funcs, "u280", host_ops, arrays=layout.arrays, slrs=layout.slrs)
+    design = build_design(funcs, "u280", host_ops, arrays=layout.arrays, slrs=layout.slrs, rows=layout.rows)
     assert {p.slr for k in design.kernels for p in k.processes} == set(range(layout.slrs))
     assert len(design.vitis_kernels()) == (layout.slrs if layout.slrs > 1 else 1)
     assert tvm_spatial.estimate(design).max_slr_utilization[0] <= 0.85 + 1e-9

@@ -112,7 +112,8 @@ def test_estimate_as_built_is_the_allocation_relax_build_applies(capsys):
     out = capsys.readouterr().out
     assert "as relax.build generates it" in out
     assert _fmt(est.prefill_cycles, est) in out
-    assert "whole sequence" in out  # no token blocks: what the codegen generates
+    assert design_work(design).block == 8  # the allocation streams the row-wise processes in blocks
+    assert "16 / 8 (row-wise processes" in out
 
 
 def test_compile_then_run_matches_onnxruntime(tmp_path, capsys):

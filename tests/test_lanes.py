@@ -20,8 +20,6 @@ from codegen_hls import emulation
 from codegen_hls.design import Design
 from codegen_hls.kernel import build_design, plan_design
 from helpers import run_vm
-from tvm_spatial.devices import get_device
-from tvm_spatial.estimate import allocate_for_codegen, design_work
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROWS, WIDTH = 6, 40
@@ -189,15 +187,16 @@ def test_model_cycles_agree_with_the_hls_text(chain_processes):
 @pytest.fixture(scope="module")
 def gpt2():
     funcs, host_ops = _offloaded(tvm_spatial.frontend.from_onnx(FIXTURES / "gpt2_tiny.onnx"))
-    plan = plan_design(funcs, "u280", host_ops)
-    alloc = allocate_for_codegen(design_work(plan), get_device("u280"))
-    return funcs, host_ops, alloc
+    from tvm_spatial.tuning.policy import allocate_planned
+
+    return funcs, host_ops, allocate_planned(funcs, "u280", host_ops)
 
 
 def test_gpt2_allocation_realizes_lanes_and_element_wise_latency_drops(gpt2):
     funcs, host_ops, alloc = gpt2
-    wide = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table())
-    narrow = build_design(funcs, "u280", host_ops, arrays=alloc.matmul_tilings())  # one lane each
+    rows = alloc.config.block
+    wide = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table(), rows=rows)
+    narrow = build_design(funcs, "u280", host_ops, arrays=alloc.matmul_tilings(), rows=rows)  # one lane each
     procs = [p for p in wide.kernels[0].processes if p.lanes]
     assert procs and any(p.lanes > 1 for p in procs)
     chosen = alloc.lanes()
@@ -210,7 +209,9 @@ def test_gpt2_allocation_realizes_lanes_and_element_wise_latency_drops(gpt2):
     for p, q in zip(kernel.processes, narrow_kernel.processes):
         if not p.lanes:
             continue
-        cycles = [_pipelined_cycles("\n".join(_function_body(k.source, s) for s in _stage_calls(k, r)))
+        # a blocked process calls its stage functions once per block of ``rows`` tokens
+        calls = est_wide.tokens // p.rows if p.rows else 1
+        cycles = [calls * _pipelined_cycles("\n".join(_function_body(k.source, s) for s in _stage_calls(k, r)))
                   for k, r in ((kernel, p), (narrow_kernel, q))]
         # the HLS text's own cycles fall with the lanes, and the model's are those
         for est, count in ((est_wide, cycles[0]), (est_narrow, cycles[1])):
@@ -223,8 +224,8 @@ def test_gpt2_allocation_realizes_lanes_and_element_wise_latency_drops(gpt2):
 
 def test_design_records_lanes_deterministically_and_compiles_strictly(gpt2, tmp_path):
     funcs, host_ops, alloc = gpt2
-    first = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table())
-    second = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table())
+    first = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table(), rows=alloc.config.block)
+    second = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table(), rows=alloc.config.block)
     assert first.to_json() == second.to_json()  # byte-identical sources and records
     again = Design.from_json(first.to_json())
     assert again == first and any(p.lanes > 1 for p in again.kernels[0].processes)

@@ -33,14 +33,11 @@ def _fixture(name):
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    from relax_passes import host_operators, partition_for_vitis_spatial
-    from tvm_spatial.tuning.tuner import tune_design
+    from tvm_spatial.tuning.tuner import plan_module, tune_design
 
     path, inputs, outputs = _fixture("bert_tiny")
     mod = tvm_spatial.frontend.from_onnx(path)
-    part = partition_for_vitis_spatial(mod)
-    funcs = [f for _, f in part.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
-    plan = plan_design(funcs, "u280", host_operators(part))
+    _, plan = plan_module(mod)  # in the token blocks relax.build will print
     work_dir = tmp_path_factory.mktemp("tune_bert")
     seen = []
     result = tune_design(plan, str(work_dir), max_trials=32, trials_per_iter=16,
@@ -60,7 +57,9 @@ def test_tuning_beats_the_allocation_and_fits(tuned):
     assert result.best_seconds < result.baseline_seconds
     from tvm_spatial.tuning.tuner import score
 
-    est, error = score(work, dev, {**result.best_arrays, **result.best_lanes}, cuts=result.best_cuts)
+    assert result.rows == work.block == 8  # tuned in the blocks the plan was printed in
+    est, error = score(work, dev, {**result.best_arrays, **result.best_lanes}, cuts=result.best_cuts,
+                       rows=result.rows)
     assert error is None and est.max_slr_utilization[0] <= 0.85 + 1e-9
     assert est.seconds(est.prefill_cycles) == pytest.approx(result.best_seconds)
     assert result.trials == 32 and len(seen) == 32 and seen[-1][0] == pytest.approx(result.best_seconds)

@@ -53,7 +53,8 @@ def design_from_module(mod, device: str = "u280"):
 
     key, host_ops = get_device(device).key, host_operators(mod)
     layout = choose_layout(funcs, key, host_ops, current_policy())
-    return build_design(funcs, key, host_ops, arrays=layout.arrays, slrs=layout.slrs, placement=layout.placement)
+    return build_design(funcs, key, host_ops, arrays=layout.arrays, slrs=layout.slrs, placement=layout.placement,
+                        rows=layout.rows)
 
 
 def estimate(obj, device: str | None = None, seq: int | None = None, *, precision: str | None = None,

@@ -12,11 +12,12 @@ by default); the loop ends when no step fits. The prefill objective is the model
 per segment of the chain ``sum(tau) + (blocks - 1) * max(tau)``.
 
 Why marginal gain rather than "grow the bottleneck" (Chen et al.'s balancing): with whole
-tensors between processes (one block, today's codegen) processes run one after another
-and the latency is the *sum* of their times, which equal times do not minimize (the sum
+tensors between processes (one block; and between the blocked segments of the codegen's
+row-wise processes) processes run one after another and the latency is the *sum* of
+their times, which equal times do not minimize (the sum
 is least with hardware in proportion to the square root of each process's work). On
 the fixtures the change took the BERT design from 78.8 to 74.0 us and the GPT2 design
-from 115.2 to 90.5 us (U280, as built). This is repeated for each block size (tokens
+from 115.2 to 90.5 us (U280, as built, whole tensors). This is repeated for each block size (tokens
 flowing between processes) and the fastest prefill wins. Then decode: memory-bound
 processes get more channels while the budget allows.
 
@@ -141,7 +142,7 @@ def _next_array(mm, par: Parallelism, axis: str, limit: int, realize) -> Paralle
 
 
 def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = None,
-          realize=None, realize_lanes=None) -> list[Parallelism]:
+          realize=None, realize_lanes=None, block: int | None = None) -> list[Parallelism]:
     """Candidate next steps for a process, best first."""
     out = []
     memory = est.block_bound == "memory"
@@ -149,6 +150,8 @@ def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = N
         out.append(replace(par, channels=par.channels * 2))
     if p.matmul is not None:
         mm = p.matmul
+        if block and p.separable and block < mm.m:  # one block of rows at a time: the array's rows divide it
+            mm = replace(mm, m=block)
         for axis, limit in (("cols", mm.n), ("rows", min(mm.m, p.tokens))):
             cand = _next_array(mm, par, axis, limit, realize)
             if cand is not None:
@@ -164,25 +167,30 @@ def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = N
 
 class _Chain:
     """The prefill objective the allocation lowers, kept up to date step by step: per
-    segment of the chain (cut at barriers, as :func:`model.pipeline_cycles`),
-    ``sum(tau) + (blocks - 1) * max(tau)``. With whole tensors between processes (one
-    block) it is the plain sum: processes run one after another."""
+    segment of the chain (cut at barriers and around each process that holds whole
+    tensors, as :func:`model.pipeline_cycles`), ``sum(tau) + (blocks - 1) * max(tau)``.
+    With whole tensors everywhere (one block) it is the plain sum: processes run one
+    after another."""
 
     def __init__(self, work: DesignWork, ests: dict, n_blocks: int) -> None:
         self.n_blocks = n_blocks
         self.segment: dict[str, int] = {}
         self.members: list[list[str]] = []
+        alone = False  # the previous process buffers whole tensors: a segment of its own
         for p in work.processes:
-            if p.barrier or not self.members:
+            whole = not p.separable and n_blocks > 1
+            if p.barrier or whole or alone or not self.members:
                 self.members.append([])
             self.members[-1].append(p.name)
             self.segment[p.name] = len(self.members) - 1
+            alone = whole
+        self.whole = {p.name for p in work.processes if not p.separable and n_blocks > 1}
         self.tau = {n: ests[n].block_cycles for n in self.segment}
 
     def saved(self, name: str, tau: float) -> float:
         """Cycles the objective loses if ``name``'s per-block time becomes ``tau``."""
         gain = self.tau[name] - tau
-        if self.n_blocks > 1:
+        if self.n_blocks > 1 and name not in self.whole:
             seg = self.members[self.segment[name]]
             before = max(self.tau[n] for n in seg)
             after = max([tau] + [self.tau[n] for n in seg if n != name])
@@ -230,7 +238,7 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
         p = by_name[name]
         slr = min(p.slr, device.slrs - 1)
         out = []
-        for cand in _grow(p, pars[name], ests[name], channels, max_lanes, realize, realize_lanes):
+        for cand in _grow(p, pars[name], ests[name], channels, max_lanes, realize, realize_lanes, block):
             est = process_estimate(p, cand, device, clock, block)
             saved = chain.saved(name, est.block_cycles)
             if saved <= 0:
@@ -303,8 +311,9 @@ def allocate(
         try:
             pars = _allocate_block(work, device, block, budget, clock, max_channels, max_lanes, realize,
                                    realize_lanes)
-        except ResourceBudgetError as err:
-            failure = failure or err
+        except ResourceBudgetError as err:  # say the nearest miss (e.g. with the smallest blocks)
+            if failure is None or err.needed / err.available < failure.needed / failure.available:
+                failure = err
             continue
         config = ModelConfig(block=block, clock_mhz=clock_mhz, kv_budget=budget).with_parallelism(pars)
         est = estimate_work(work, device, config)
@@ -317,31 +326,52 @@ def allocate(
 
 
 # What today's codegen realizes of a Parallelism: the MAC array of each matmul process
-# (tile loops unrolled, accumulator partitioned); whole tensors between processes (no token
-# blocks), one m_axi port per reader (one channel); the lanes of every other process
-# (codegen_hls.lanes: a divisor of its row, see realizable_lanes) up to CODEGEN_MAX_LANES.
-# Why a cap: past 64 fp32 lanes (a 2048-bit datapath, 64 memory banks per buffer) the
-# unrolled loops and partitions grow HLS effort and routing, while the streams between
-# processes still carry one element per cycle.
+# (tile loops unrolled, accumulator partitioned); token blocks of ``CODEGEN_MIN_ROWS`` or
+# more tokens dividing the sequence, for its row-wise processes (the others buffer whole
+# tensors), or whole tensors everywhere; one m_axi port per reader (one channel); the
+# lanes of every other process (codegen_hls.lanes: a divisor of its row, see
+# realizable_lanes) up to CODEGEN_MAX_LANES.
+# Why a cap on lanes: past 64 fp32 lanes (a 2048-bit datapath, 64 memory banks per
+# buffer) the unrolled loops and partitions grow HLS effort and routing, while the streams
+# between processes still carry one element per cycle. Why a floor on blocks: every
+# block re-reads a linear layer's weights and calls each stage once more, and below 8
+# rows the MAC array cannot use its rows (and the emulation slows down).
 CODEGEN_MAX_LANES = 64
-CODEGEN_LIMITS = dict(blocks=(None,), max_channels=1, max_lanes=CODEGEN_MAX_LANES)
+CODEGEN_MIN_ROWS = 8
+CODEGEN_LIMITS = dict(max_channels=1, max_lanes=CODEGEN_MAX_LANES)
 
 
-def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET) -> Allocation:
+def codegen_blocks(tokens: int) -> tuple:
+    """The token blocks the codegen realizes for a sequence of ``tokens``: whole tensors
+    (None) or a power of two from ``CODEGEN_MIN_ROWS`` that divides it."""
+    rows, out = CODEGEN_MIN_ROWS, [None]
+    while rows < tokens:
+        if tokens % rows == 0:
+            out.append(rows)
+        rows *= 2
+    return tuple(out)
+
+
+def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET,
+                         blocks=None) -> Allocation:
     """The allocation ``relax.build(..., "vitis_spatial")`` applies: :func:`allocate`
     restricted to what the codegen realizes (``CODEGEN_LIMITS``, arrays as
-    :func:`realizable_array`), so the estimate of the built design equals this one."""
+    :func:`realizable_array`), so the estimate of the built design equals this one.
+    Blocks: ``blocks`` if given, else the design's own if it was built with token blocks
+    (its loop nests are those of one block), else any of :func:`codegen_blocks`."""
+    blocks = blocks or ((work.block,) if work.block else codegen_blocks(work.tokens))
     return allocate(work, device, budget=budget, realize=realizable_array, realize_lanes=realizable_lanes,
-                    **CODEGEN_LIMITS)
+                    blocks=blocks, **CODEGEN_LIMITS)
 
 
 def realized_config(design) -> ModelConfig:
     """The ModelConfig a built Design realizes: each matmul process's recorded MAC array,
-    every other process's recorded lanes, whole tensors between processes, one channel
-    per port (columns in outputs: a packed W4A8 array makes two per multiplier)."""
+    every other process's recorded lanes, its recorded token blocks, one channel per port
+    (columns in outputs: a packed W4A8 array makes two per multiplier)."""
     from .workload import design_work
 
-    packed = {p.name: p.matmul.packed for p in design_work(design).processes if p.matmul is not None}
+    work = design_work(design)
+    packed = {p.name: p.matmul.packed for p in work.processes if p.matmul is not None}
     table = {}
     for kernel in design.kernels:
         for proc in kernel.processes:
@@ -349,12 +379,13 @@ def realized_config(design) -> ModelConfig:
                 table[proc.name] = Parallelism(rows=proc.array[0], cols=proc.array[1] * packed.get(proc.name, 1))
             elif proc.lanes > 1:
                 table[proc.name] = Parallelism(lanes=proc.lanes)
-    return ModelConfig().with_parallelism(table)
+    return ModelConfig(block=work.block).with_parallelism(table)
 
 
 def log2_steps(n: int) -> int:
     return int(math.log2(max(1, n)))
 
 
-__all__ = ["Allocation", "allocate", "allocate_for_codegen", "realizable_lanes", "realized_config", "DEFAULT_BUDGET",
+__all__ = ["Allocation", "allocate", "allocate_for_codegen", "codegen_blocks", "realizable_lanes", "realized_config",
+           "DEFAULT_BUDGET",
            "costs"]

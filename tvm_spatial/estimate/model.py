@@ -14,12 +14,14 @@ The architecture it models (Chen et al., TRETS'24, Sec. 4; Allo's GPT2 design):
   over a row for normalizations; a built design records its loop nests, each of which
   takes ``extent / l`` cycles per trip (``l`` the largest divisor of the extent not above
   ``lanes``, reductions too: ``codegen_hls.lanes``), and the model sums exactly those;
-* **prefill**: tokens flow between processes in blocks of ``block`` tokens. Process ``i``
+* **prefill**: tokens flow between row-wise processes (``ProcessWork.separable``, what
+  ``codegen_hls.token_blocks`` streams) in blocks of ``block`` tokens. Process ``i``
   takes ``tau_i = max(compute, weight traffic)`` per block; a chain of processes takes
   ``sum(tau_i) + (blocks - 1) * max(tau_i)`` (fill, then the bottleneck once per block).
-  Non-causal attention must see every key first: it cuts the chain into segments that run
-  one after the other. ``block=None`` is the codegen of today: each process buffers whole
-  tensors, so one block holds the whole sequence and processes run one after another;
+  A process that buffers whole tensors (attention, a transpose) and non-causal attention,
+  which must see every key first, cut the chain into segments that run one after the
+  other. ``block=None``: every process buffers whole tensors, so processes run one
+  after another;
 * **decode** (one new token, context ``seq``): processes run one after another (each needs
   the previous one's whole vector); each is compute- or memory-bound:
   ``max(MACs / (rows*cols), bytes / bandwidth)``; the attention reads the KV cache;
@@ -63,7 +65,7 @@ class Parallelism:
 class ModelConfig:
     """Everything about the design that is a choice rather than the model's IR."""
 
-    block: int | None = None  # tokens per block between processes; None: whole tensors (today's codegen)
+    block: int | None = None  # tokens per block between row-wise processes; None: whole tensors everywhere
     parallelism: tuple = ()  # ((process name, Parallelism), ...)
     default: Parallelism = Parallelism(rows=8, cols=32)  # library default tiling (MatmulTiling())
     clock_mhz: float | None = None  # None: the card's default clock
@@ -270,7 +272,7 @@ def process_estimate(
         elements * costs.dtype_bits(p.cache_dtype) / 8 for layer, elements in p.cache_traffic
         if offchip_cache_layers is None or layer in offchip_cache_layers
     )
-    blk = tokens if block is None else max(1, min(block, tokens))
+    blk = tokens if block is None or not p.separable else max(1, min(block, tokens))
     n_blocks = math.ceil(tokens / blk)
     bw = _channel_bytes_per_cycle(device, clock_mhz) * max(1, par.channels)
     port_res = Resources(
@@ -340,7 +342,7 @@ def process_estimate(
             dsp += lanes * count * c.dsp
             lut += lanes * count * c.lut
             ff += lanes * count * c.ff
-        # buffer: a block of its stream inputs (whole tensors today), banked by lanes
+        # buffer: a block of its stream inputs (whole tensors unless row-wise), banked by lanes
         bits = costs.dtype_bits(p.dtype)
         depth = math.ceil(p.in_stream_elements * blk / tokens / lanes) if p.in_stream_elements else 0
         bram, uram = _bank_memory(depth, bits, lanes, uram_threshold)
@@ -361,8 +363,10 @@ def process_estimate(
 
 
 # ---- the whole design ----------------------------------------------------------------
-def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int) -> tuple[float, float]:
-    """(latency, fill) of a chain of processes with per-block times ``taus``."""
+def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int,
+                    whole: list[bool] | None = None) -> tuple[float, float]:
+    """(latency, fill) of a chain of processes with per-block times ``taus``; a ``whole``
+    process (whole tensors: its tau is its whole call) is a segment of its own."""
     total = fill = 0.0
     segment: list[float] = []
 
@@ -372,7 +376,13 @@ def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int) -> t
             total += sum(segment) + (n_blocks - 1) * max(segment)
             fill += sum(segment)
 
-    for tau, barrier in zip(taus, barriers):
+    for tau, barrier, alone in zip(taus, barriers, whole or [False] * len(taus)):
+        if alone and n_blocks > 1:
+            close()
+            segment = []
+            total += tau
+            fill += tau
+            continue
         if barrier:
             close()
             segment = []
@@ -399,8 +409,8 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
     for s in work.streams:
         if s.depth * s.bits <= costs.REGISTER_ARRAY_BITS * 2:
             r = Resources(0, 0, 0, costs.STREAM_LUT_PER_32BIT * math.ceil(s.bits / 32) * math.ceil(s.depth / 32) + 20, 40)
-        else:
-            depth = max(1, math.ceil(s.depth * blk / tokens))
+        else:  # as deep as built (a skip path's stream holds what is in flight beside it)
+            depth = max(1, math.ceil(s.depth * blk / tokens)) if s.per_block else s.depth
             b, u = _bank_memory(depth, s.bits, 1, config.uram_threshold_bram18)
             r = Resources(0, b, u, 60, 80)
         slr_use[min(s.slr, device.slrs - 1)] += r
@@ -419,7 +429,8 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
                              config.uram_threshold_bram18, offchip) if p.cache_traffic else pe
             for p, pe in zip(work.processes, procs)
         )
-    latency, fill = pipeline_cycles([p.block_cycles for p in procs], [p.barrier for p in procs], n_blocks)
+    latency, fill = pipeline_cycles([p.block_cycles for p in procs], [p.barrier for p in procs], n_blocks,
+                                    [not w.separable for w in work.processes])
     peak_bytes = device.offchip.bandwidth_gbs * 1e9 / (clock * 1e6)  # per cycle, whole card
     prefill_bytes = sum(p.prefill_bytes for p in procs)
     latency = max(latency, prefill_bytes / (peak_bytes * costs.HBM_EFFICIENCY))

@@ -25,7 +25,7 @@ def _fmt(cycles: float, est: Estimate) -> str:
 
 def summary_table(est: Estimate) -> Table:
     t = Table(title=f"estimate on {est.device.name} at {est.clock_mhz:g} MHz", show_header=False)
-    blk = "whole sequence (as generated)" if est.block is None else f"{est.block} token(s)"
+    blk = "whole tensors" if est.block is None else f"{est.block} (row-wise processes; the others whole tensors)"
     t.add_row("tokens / block", f"{est.tokens} / {blk}")
     t.add_row("prefill latency", f"{_fmt(est.prefill_cycles, est)} (fill {_fmt(est.prefill_fill_cycles, est)}); "
               f"bottleneck {est.bottleneck}")

@@ -69,6 +69,10 @@ class ProcessWork:
     cache_dtype: str = ""
     width: int = 0  # last dimension of what it computes: the codegen's lanes divide it (0: unknown)
     nests: tuple[tuple[int, int, int], ...] = ()  # its loop nests as built (codegen_hls.design.Process)
+    # row-wise: the codegen can stream it in token blocks (codegen_hls.token_blocks); the
+    # others buffer whole tensors whatever the block. ``rows``: its tokens per block as built.
+    separable: bool = False
+    rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class StreamWork:
     elements: int
     slr: int
     producer: str = ""  # the process writing it (its SLR is the stream's)
+    per_block: bool = False  # a what-if (DesignWork.streaming): as deep as one token block of it
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,18 @@ class DesignWork:
             procs.append(p)
         kv = tuple(replace(c, dtype=a) for c in self.kv_cache)
         return replace(self, processes=tuple(procs), kv_cache=kv)
+
+    def streaming(self) -> "DesignWork":
+        """A what-if: every operator streams token blocks (attention too, as in Allo's GPT2
+        design), and every stream holds one block -- what the architecture allows, beyond
+        what the codegen builds today (``codegen_hls.token_blocks``)."""
+        return replace(self, processes=tuple(replace(p, separable=True) for p in self.processes),
+                       streams=tuple(replace(s, per_block=True) for s in self.streams))
+
+    @property
+    def block(self) -> int | None:
+        """Tokens per block of the row-wise processes as built (None: whole tensors)."""
+        return max((p.rows for p in self.processes), default=0) or None
 
     def with_placement(self, placement: dict) -> "DesignWork":
         """The same design with some processes on other SLRs (process name -> SLR; the
@@ -375,7 +392,7 @@ def design_work(design) -> DesignWork:
                     kernel=kernel.name, name=proc.name, op=proc.op, layer=proc.layer, slr=proc.slr,
                     work=proc.work, tokens=0, elements=elements, dtype=dtype, matmul=matmul,
                     ports=used_ports, port_bytes=port_bytes, in_stream_elements=in_elems, width=width,
-                    nests=tuple(proc.nests),
+                    nests=tuple(proc.nests), separable=proc.separable, rows=proc.rows,
                 )
             )
         for s in kernel.streams:
@@ -409,8 +426,9 @@ def transformer_layers(
     def add(op, layer, matmul=None, elements=0, ports=(), port_bytes=0, barrier=False):
         name = f"l{layer}_p{len(procs)}_{op}"
         el = elements or (matmul.batch * matmul.m * matmul.n if matmul else 0)
+        # Allo's design streams every operator (attention too): all of them take token blocks
         procs.append(ProcessWork("model", name, op, layer, 0, el, seq, el, act_dtype if matmul else "float32",
-                                 matmul, ports, port_bytes, el, barrier))
+                                 matmul, ports, port_bytes, el, barrier, separable=True))
 
     quantized = not act_dtype.startswith("float")
 

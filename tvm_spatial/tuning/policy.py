@@ -16,6 +16,9 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
 * ``with database:`` (a ``tvm.s_tir.meta_schedule`` database holding records of
   :mod:`tvm_spatial.tuning`): the best tuned arrays and lanes of this design, if it was tuned;
 * ``with tvm_spatial.allocation(slrs=2):`` spread the processes over exactly 2 SLRs;
+* ``with tvm_spatial.allocation(rows=16):`` stream the row-wise processes in blocks of 16
+  tokens (``codegen_hls.token_blocks``; the model's allocation chooses otherwise, and a
+  ``rows`` at or above the sequence length means whole tensors);
 * ``with tvm_spatial.allocation(placement={"k0_..._p20_linear": 1}):`` put these processes
   on these SLRs (the others where the work-balanced split puts them). Tuned records carry
   a placement too: tuning moves the SLR cuts of each kernel's chain of processes.
@@ -28,8 +31,9 @@ timing. The other modes (library arrays, explicit arrays, tuned records) keep th
 processes spread over every SLR, as they were tuned or written for.
 
 A design that does not fit the card even at the smallest arrays (GPT2-small today: its
-whole-tensor buffers need more URAM than the U280 has) is still built for emulation with
-the library's default arrays and a :class:`DesignOverBudgetWarning` that names the kernel,
+attention's whole-tensor buffers need more URAM than the U280 has, token blocks or not)
+is still built for emulation with whole tensors, the library's default arrays and a
+:class:`DesignOverBudgetWarning` that names the kernel,
 process and resource (and one lane per non-matmul process); ``allocation(strict=True)``
 raises the ``ResourceBudgetError`` instead.
 
@@ -69,12 +73,13 @@ class AllocationPolicy:
     strict: bool = False  # a design over budget even at the smallest arrays: raise, not warn
     slrs: int = 0  # SLRs to spread the processes over; 0: fit first ("model"), else all
     placement: tuple = field(default=())  # ((process name, SLR), ...) overrides
+    rows: int = 0  # tokens per block of the row-wise processes; 0: the allocation's choice
 
     def to_json(self) -> str:
         return json.dumps({"mode": self.mode, "budget": self.budget, "use_database": self.use_database,
                            "strict": self.strict, "arrays": [[n, list(rc)] for n, rc in self.arrays],
                            "lanes": [[n, int(lanes)] for n, lanes in self.lanes], "slrs": self.slrs,
-                           "placement": [[n, int(slr)] for n, slr in self.placement]},
+                           "placement": [[n, int(slr)] for n, slr in self.placement], "rows": self.rows},
                           sort_keys=True)
 
     @classmethod
@@ -87,7 +92,7 @@ class AllocationPolicy:
         placement = tuple((str(n), int(slr)) for n, slr in data.get("placement", ()))
         return cls(str(data.get("mode", "model")), float(data.get("budget", DEFAULT_BUDGET)), arrays,
                    lanes, bool(data.get("use_database", True)), bool(data.get("strict", False)),
-                   int(data.get("slrs", 0)), placement)
+                   int(data.get("slrs", 0)), placement, int(data.get("rows", 0)))
 
 
 _STACK = threading.local()
@@ -101,7 +106,7 @@ def current_policy() -> AllocationPolicy:
 @contextlib.contextmanager
 def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: dict | None = None,
                lanes: dict | None = None, use_database: bool = True, strict: bool = False, slrs: int = 0,
-               placement: dict | None = None):
+               placement: dict | None = None, rows: int = 0):
     """Builds inside this block use this allocation (see the module docstring)."""
     from ..errors import UsageError
 
@@ -115,12 +120,14 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
             raise UsageError(f"lanes of {n} must be at least 1, not {width}")
     if not isinstance(slrs, int) or slrs < 0:
         raise UsageError(f"allocation slrs {slrs!r} must be a count of SLRs (0: fit first)")
+    if not isinstance(rows, int) or rows < 0:
+        raise UsageError(f"allocation rows {rows!r} must be a count of tokens per block (0: the model's choice)")
     for n, slr in (placement or {}).items():
         if not isinstance(slr, int) or slr < 0:
             raise UsageError(f"placement of {n} must be an SLR index, not {slr!r}")
     lane_table = tuple(sorted((str(n), int(width)) for n, width in (lanes or {}).items()))
     places = tuple(sorted((str(n), int(slr)) for n, slr in (placement or {}).items()))
-    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict, slrs, places)
+    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict, slrs, places, rows)
     stack = getattr(_STACK, "stack", None)
     if stack is None:
         stack = _STACK.stack = []
@@ -140,6 +147,7 @@ class Layout:
     arrays: dict | None
     slrs: int | None
     placement: dict = field(default_factory=dict)
+    rows: int | None = None  # tokens per block of the row-wise processes (None: whole tensors)
 
 
 def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Layout:
@@ -147,7 +155,6 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
     from codegen_hls.kernel import plan_design
 
     from ..devices import get_device
-    from ..estimate import allocate_for_codegen, design_work
 
     dev = get_device(device)
     if policy.slrs > dev.slrs:
@@ -157,23 +164,23 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
     forced = policy.slrs or None
     overrides = {**dict(policy.arrays), **dict(policy.lanes)}
     placed = dict(policy.placement)
+    rows = policy.rows or None
     database = _current_database() if policy.use_database else None
     if policy.mode == "default" and not overrides and database is None:
-        return Layout(None, forced, placed)
+        return Layout(None, forced, placed, rows)
     if database is not None:
         from .tuner import tuned_layout
 
         tuned = tuned_layout(database, plan_design(funcs, device, host_ops, slrs=forced))
         if tuned is not None:
-            table, placement = tuned
-            return Layout({**table, **overrides}, forced, {**placement, **placed})
+            table, placement, tuned_rows = tuned
+            return Layout({**table, **overrides}, forced, {**placement, **placed}, rows or tuned_rows)
     if policy.mode != "model":
-        return Layout(overrides, forced, placed)
+        return Layout(overrides, forced, placed, rows)
     fitted, failure = {}, None
     for count in [forced] if forced else range(1, dev.slrs + 1):
         try:
-            plan = plan_design(funcs, device, host_ops, slrs=count, placement=placed)
-            fitted[count] = allocate_for_codegen(design_work(plan), dev, budget=policy.budget)
+            fitted[count] = allocate_planned(funcs, device, host_ops, count, placed, policy.budget, rows)
         except ResourceBudgetError as err:
             failure = err  # the last (most SLRs) failure names the tightest resource
     if not fitted:
@@ -183,10 +190,31 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
         warnings.warn(f"vitis_spatial: the design does not fit, so the allocation is not applied "
                       f"(the library's default arrays are used): {failure}", DesignOverBudgetWarning,
                       stacklevel=2)
-        return Layout(overrides or None, forced, placed)
+        return Layout(overrides or None, forced, placed, rows)
     fastest = min(a.estimate.prefill_cycles for a in fitted.values())
     count = min(n for n, a in fitted.items() if a.estimate.prefill_cycles <= fastest * (1 + SLR_SLACK))
-    return Layout({**fitted[count].codegen_table(), **overrides}, count, placed)
+    return Layout({**fitted[count].codegen_table(), **overrides}, count, placed, fitted[count].config.block)
+
+
+def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None,
+                     budget: float = DEFAULT_BUDGET, rows: int | None = None):
+    """The allocation for a build, on the plan the build will print: the token block is
+    chosen on the whole-tensor plan (or is ``rows``), then the design is planned in those
+    blocks -- a blocked stage's loop nests are not quite a slice of the whole one's (a
+    16-token epilogue becomes two 8-token ones) -- and allocated again for them, so the
+    built design's estimate equals this allocation's."""
+    from codegen_hls.kernel import plan_design
+
+    from ..devices import get_device
+    from ..estimate import allocate_for_codegen, design_work
+
+    dev = get_device(device)
+    plan = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement)
+    block = rows or allocate_for_codegen(design_work(plan), dev, budget=budget).config.block
+    if block is None or block >= design_work(plan).tokens:
+        return allocate_for_codegen(design_work(plan), dev, budget=budget, blocks=(None,))
+    blocked = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement, rows=block)
+    return allocate_for_codegen(design_work(blocked), dev, budget=budget)
 
 
 def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict | None:

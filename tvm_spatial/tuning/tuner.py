@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import tvm
 from tvm import te
@@ -52,6 +52,8 @@ from ..target import tag_name
 ROWS_KEY = "tvm_spatial.array_rows"
 COLS_KEY = "tvm_spatial.array_cols"
 LANES_KEY = "tvm_spatial.lanes"
+BLOCK_KEY = "tvm_spatial.token_block"  # tokens per block of the row-wise processes (0: whole tensors)
+BLOCK_SBLOCK = "design__token_block"
 CUT_KEY = "tvm_spatial.slr_cut"  # + the cut's index: where the kernel's next SLR segment begins
 CUTS_SUFFIX = "__slr_cuts"  # the sblock of a kernel's SLR cuts is named after the kernel
 MAX_CUT_SHIFT = 4  # processes a cut moves at most in one candidate
@@ -94,6 +96,8 @@ def design_workload(design) -> tvm.IRModule:
     for p in _lane_processes(work):
         x = te.placeholder((p.elements,), p.dtype or "float32", name=f"{p.name}_x")
         tensors += [x, _copy(x, p.name)]
+    x = te.placeholder((1,), "int32", name="design_tokens")
+    tensors += [x, _copy(x, BLOCK_SBLOCK)]
     chains = work.kernel_processes()
     for kernel in sorted(work.cuts()):
         x = te.placeholder((len(chains[kernel]),), "int32", name=f"{kernel}_chain")
@@ -137,6 +141,21 @@ def table_of(mod: tvm.IRModule) -> dict:
 
     tvm_ffi.structural_walk(mod["main"].body, visit)
     return found
+
+
+def rows_of(mod: tvm.IRModule) -> int | None:
+    """The token block annotated on a scheduled workload (None: whole tensors)."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    found = []
+
+    def visit(node):
+        if isinstance(node, s_tir.SBlock) and node.name_hint == BLOCK_SBLOCK and BLOCK_KEY in node.annotations:
+            found.append(int(node.annotations[BLOCK_KEY]))
+
+    tvm_ffi.structural_walk(mod["main"].body, visit)
+    return (found[0] if found else 0) or None
 
 
 def cuts_of(mod: tvm.IRModule) -> dict[str, tuple[int, ...]]:
@@ -199,6 +218,7 @@ class ArraySpace:
     floor: float = 0.05  # share of the proposal spread uniformly over all moves
     cuts: dict = field(default_factory=dict)  # kernel -> its SLR cuts at the centre (runner updates)
     budget: float = DEFAULT_BUDGET
+    rows: int | None = None  # the token block (the greedy allocation's; fixed while tuning)
     cut_share: float = 0.5  # probability of a cut move, when there are cuts
 
     def __post_init__(self):
@@ -208,8 +228,10 @@ class ArraySpace:
         self.choices = {}
         self.procs = {p.name: p for p in _matmul_processes(self.work)}
         for p in self.procs.values():
-            self.choices[p.name] = (_sides(p.matmul, "rows", min(p.matmul.m, p.tokens)),
-                                    _sides(p.matmul, "cols", p.matmul.n))
+            mm = p.matmul
+            if self.rows and p.separable and self.rows < mm.m:  # one block of rows at a time
+                mm = replace(mm, m=self.rows)
+            self.choices[p.name] = (_sides(mm, "rows", min(mm.m, p.tokens)), _sides(mm, "cols", mm.n))
         for p in _lane_processes(self.work):
             self.procs[p.name] = p
             self.choices[p.name] = (_lane_choices(p),)
@@ -233,14 +255,14 @@ class ArraySpace:
         for name, p in self.procs.items():
             axes = range(len(self.choices[name]))
             here = [self.choices[name][a][self._index(name, a)] for a in axes]
-            cur = process_estimate(p, self._par(here), self.device, clock, None)
+            cur = process_estimate(p, self._par(here), self.device, clock, self.rows)
             for axis in axes:
                 i = self._index(name, axis) + step
                 if not 0 <= i < len(self.choices[name][axis]):
                     continue  # no such move
                 there = list(here)
                 there[axis] = self.choices[name][axis][i]
-                new = process_estimate(p, self._par(there), self.device, clock, None)
+                new = process_estimate(p, self._par(there), self.device, clock, self.rows)
                 cycles = cur.block_cycles - new.block_cycles  # saved (grow) or lost (shrink, < 0)
                 dsp = new.resources.dsp - cur.resources.dsp  # added (grow) or freed (shrink, < 0)
                 merit = max(0.0, cycles) / max(1.0, dsp) if step > 0 else -dsp / max(1.0, -cycles)
@@ -266,7 +288,8 @@ class ArraySpace:
         if key not in self._greedy:
             work = self.work.with_placement(self.work.placement_for_cuts(cuts))
             try:
-                self._greedy[key] = allocate_for_codegen(work, self.device, budget=self.budget).codegen_table()
+                self._greedy[key] = allocate_for_codegen(work, self.device, budget=self.budget,
+                                                         blocks=(self.rows,)).codegen_table()
             except ResourceBudgetError:
                 self._greedy[key] = None
         return self._greedy[key]
@@ -319,6 +342,7 @@ class ArraySpace:
                 probs[target[name][axis]] = 1.0
                 rv = sch.sample_categorical(sides, probs, decision=target[name][axis])
                 sch.annotate(block, key, rv)
+        sch.annotate(sch.get_sblock(BLOCK_SBLOCK), BLOCK_KEY, sch.sample_categorical([self.rows or 0], [1.0], decision=0))
         for kernel in sorted(cuts):
             block = sch.get_sblock(kernel + CUTS_SUFFIX)
             positions = list(range(1, self.chain_length[kernel]))
@@ -336,7 +360,8 @@ class ArrayBuilder(PyBuilder):
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         out = []
         for item in build_inputs:
-            artifact = {"table": sorted(table_of(item.mod).items()), "cuts": sorted(cuts_of(item.mod).items())}
+            artifact = {"table": sorted(table_of(item.mod).items()), "cuts": sorted(cuts_of(item.mod).items()),
+                        "rows": rows_of(item.mod)}
             out.append(BuilderResult(json.dumps(artifact), None))
         return out
 
@@ -353,15 +378,17 @@ class _Done(PyRunnerFuture):
         return self._result
 
 
-def score(work, device, arrays: dict, budget: float = DEFAULT_BUDGET, clock_mhz=None, cuts: dict | None = None):
+def score(work, device, arrays: dict, budget: float = DEFAULT_BUDGET, clock_mhz=None, cuts: dict | None = None,
+          rows: int | None = None):
     """(estimate, error message or None) of a design with these arrays -- process name ->
-    (rows, cols), or lanes (an int) of a non-matmul process (default one) -- and these SLR
-    cuts (kernel -> cut positions; default: the design's own): what the runner does."""
+    (rows, cols), or lanes (an int) of a non-matmul process (default one) -- these SLR
+    cuts (kernel -> cut positions; default: the design's own) and this token block
+    (None: whole tensors): what the runner does."""
     if cuts:
         work = work.with_placement(work.placement_for_cuts(cuts))
     table = {n: Parallelism(lanes=v) if isinstance(v, int) else Parallelism(rows=v[0], cols=v[1])
              for n, v in arrays.items()}
-    est = estimate_work(work, device, ModelConfig(clock_mhz=clock_mhz).with_parallelism(table))
+    est = estimate_work(work, device, ModelConfig(block=rows, clock_mhz=clock_mhz).with_parallelism(table))
     for i, util in enumerate(est.slr_utilization()):
         for r in RESOURCES:
             if util[r] > budget + 1e-9:
@@ -388,7 +415,7 @@ class ModelRunner(PyRunner):
             artifact = json.loads(item.artifact_path)
             arrays = {n: tuple(v) if isinstance(v, list) else int(v) for n, v in artifact["table"]}
             cuts = {k: tuple(v) for k, v in artifact["cuts"]}
-            est, error = score(self.work, self.device, arrays, self.budget, cuts=cuts)
+            est, error = score(self.work, self.device, arrays, self.budget, cuts=cuts, rows=artifact["rows"])
             self.trials += 1
             if error is not None:
                 self.failed += 1
@@ -430,6 +457,7 @@ class TuneResult:
     best_lanes: dict = field(default_factory=dict)  # process name -> lanes of the others
     best_cuts: dict = field(default_factory=dict)  # kernel -> its SLR cuts (kernels over several SLRs)
     baseline_cuts: dict = field(default_factory=dict)  # the work-balanced split's
+    rows: int | None = None  # tokens per block of the row-wise processes (the greedy allocation's)
 
 
 def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter: int = 16,
@@ -442,13 +470,13 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
     workload = design_workload(design)
     target = _target(device.key)
     baseline = allocate_for_codegen(work, device, budget=budget)
-    centre = baseline.codegen_table()
+    centre, rows = baseline.codegen_table(), baseline.config.block
     database = ms.database.JSONDatabase(work_dir=work_dir, module_equality="structural")
 
     # the baseline record: the greedy allocation's decisions, exactly
     sch = tvm.s_tir.Schedule(workload, seed=seed + 1)
-    ArraySpace(work, device, dict(centre), exact=True, budget=budget)(sch)
-    base_est, error = score(work, device, table_of(sch.mod), budget, cuts=cuts_of(sch.mod))
+    ArraySpace(work, device, dict(centre), exact=True, budget=budget, rows=rows)(sch)
+    base_est, error = score(work, device, table_of(sch.mod), budget, cuts=cuts_of(sch.mod), rows=rows_of(sch.mod))
     if error is not None:  # cannot happen for the allocation itself; refuse loudly if it does
         raise AssertionError(f"the allocation does not fit: {error}")
     base_secs = base_est.seconds(base_est.prefill_cycles)
@@ -456,7 +484,7 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
     database.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, entry, [base_secs], target, ms.arg_info.ArgInfo.from_prim_func(workload["main"])))
 
-    space = ArraySpace(work, device, dict(centre), budget=budget)
+    space = ArraySpace(work, device, dict(centre), budget=budget, rows=rows)
     runner = ModelRunner(work, device, space, budget, progress)
     runner.best, runner.centre_key = base_secs, (base_secs, base_est.total.dsp)
     ms.tir_integration.tune_tir(
@@ -468,24 +496,25 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
         space=ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[], mutator_probs={}),
         strategy=ms.search_strategy.ReplayFunc(), seed=seed, num_tuning_cores=1,
     )
-    best, best_cuts = _best_decisions(database, workload)
-    best_est, _ = score(work, device, best, budget, cuts=best_cuts)
+    best, best_cuts, best_rows = _best_decisions(database, workload)
+    best_est, _ = score(work, device, best, budget, cuts=best_cuts, rows=best_rows)
     arrays = {n: v for n, v in best.items() if isinstance(v, tuple)}
     lanes = {n: v for n, v in best.items() if isinstance(v, int)}
     return TuneResult(database, workload, base_secs, best_est.seconds(best_est.prefill_cycles), arrays,
-                      runner.trials, runner.failed, lanes, best_cuts, work.cuts())
+                      runner.trials, runner.failed, lanes, best_cuts, work.cuts(), best_rows)
 
 
-def _best_decisions(database, workload) -> tuple[dict, dict] | tuple[None, None]:
-    """(arrays and lanes, SLR cuts) of the best record of ``workload`` in ``database``."""
+def _best_decisions(database, workload):
+    """(arrays and lanes, SLR cuts, token block) of the best record of ``workload`` in
+    ``database`` (all None without one)."""
     if not database.has_workload(workload):
-        return None, None
+        return None, None, None
     records = database.get_top_k(database.commit_workload(workload), 1)
     if not records:
-        return None, None
+        return None, None, None
     sch = tvm.s_tir.Schedule(workload)
     records[0].trace.apply_to_schedule(sch, remove_postproc=False)
-    return table_of(sch.mod), cuts_of(sch.mod)
+    return table_of(sch.mod), cuts_of(sch.mod), rows_of(sch.mod)
 
 
 def tuned_arrays(database, design) -> dict | None:
@@ -500,31 +529,37 @@ def tuned_table(database, design) -> dict | None:
     return _best_decisions(database, design_workload(design))[0]
 
 
-def tuned_layout(database, design) -> tuple[dict, dict] | None:
-    """(arrays and lanes, placement: process name -> SLR) of the best record of ``design``'s
-    workload in ``database`` (what ``build_design(arrays=..., placement=...)`` takes), else None."""
-    table, cuts = _best_decisions(database, design_workload(design))
+def tuned_layout(database, design) -> tuple[dict, dict, int | None] | None:
+    """(arrays and lanes, placement: process name -> SLR, token block) of the best record
+    of ``design``'s workload in ``database`` (what ``build_design(arrays=..., placement=...,
+    rows=...)`` takes), else None."""
+    table, cuts, rows = _best_decisions(database, design_workload(design))
     if table is None:
         return None
-    return table, design_work(design).placement_for_cuts(cuts) if cuts else {}
+    return table, design_work(design).placement_for_cuts(cuts) if cuts else {}, rows
 
 
-__all__ = ["ArrayBuilder", "ArraySpace", "ModelRunner", "TuneResult", "cuts_of", "design_workload", "plan_module",
+__all__ = ["ArrayBuilder", "ArraySpace", "ModelRunner", "TuneResult", "cuts_of", "design_workload", "plan_module", "rows_of",
            "score", "table_of", "tune_design", "tuned_arrays", "tuned_layout", "tuned_table"]
 
 
 def plan_module(mod: tvm.IRModule, device: str = "u280"):
     """(partitioned module, planned design) of a Relax module for ``vitis_spatial``: what
-    :func:`tune_design` tunes, without printing or compiling anything."""
+    :func:`tune_design` tunes, without printing or compiling anything -- spread over every
+    SLR, in the token blocks the greedy allocation chooses (so its loop nests are those
+    the build prints)."""
     from tvm import relax
 
     from codegen_hls.kernel import plan_design
     from relax_passes import host_operators, partition_for_vitis_spatial
 
     from ..pipeline import check_static_shapes
+    from .policy import allocate_planned
 
     check_static_shapes(mod)
     part = partition_for_vitis_spatial(mod)
     funcs = [f for _, f in part.functions.items()
              if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
-    return part, plan_design(funcs, get_device(device).key, host_operators(part))
+    key, host_ops = get_device(device).key, host_operators(part)
+    rows = allocate_planned(funcs, key, host_ops).config.block
+    return part, plan_design(funcs, key, host_ops, rows=rows)
