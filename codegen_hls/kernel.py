@@ -826,6 +826,21 @@ def accumulate_latency(a_dtype: str, b_dtype: str) -> int:
     return costs.MAC_COSTS[costs.mac_class(a_dtype, b_dtype)].latency
 
 
+_LEGALIZED: list = []  # (region function, its legalized module), the latest few
+
+
+def _legalized(plain: relax.Function) -> tvm.IRModule:
+    """The region legalized. Cached: one build plans each region several times (per SLR
+    count and token block, ``tuning.policy``) and legalizing it is most of a plan's time."""
+    for known, legal in _LEGALIZED:
+        if tvm_ffi.structural_equal(known, plain):
+            return legal
+    legal = relax.transform.LegalizeOps()(tvm.IRModule({"main": plain}))
+    _LEGALIZED.insert(0, (plain, legal))
+    del _LEGALIZED[8:]
+    return legal
+
+
 def _composites(func: relax.Function) -> list[relax.Function]:
     """The operator (composite) functions ``func`` calls, in call order: the interpreter
     makes one process per call, in the same order."""
@@ -846,7 +861,7 @@ def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: in
     plain = func
     for attr in ("Codegen", "global_symbol"):
         plain = plain.without_attr(attr)
-    legal = relax.transform.LegalizeOps()(tvm.IRModule({"main": plain}))
+    legal = _legalized(plain)
     main = legal["main"]
 
     interp = _Interpreter(name)

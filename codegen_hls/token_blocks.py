@@ -173,7 +173,7 @@ def blocked_function(fn: relax.Function, streamed: set[int], tokens: int, rows) 
                         break
                 out = bb.emit_output(params[0] if mixes else arg(fn.body.body))
             bb.emit_func_output(out)
-    except (ValueError, TypeError, KeyError, tvm.error.InternalError):
+    except (ValueError, TypeError, KeyError, tvm.error.InternalError, tvm.error.DiagnosticError, tvm.error.OpError):
         return None  # the checks above let nothing through that fails to infer; this is a backstop
     if mixes:
         return None

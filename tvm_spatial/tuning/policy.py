@@ -209,10 +209,15 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
     from ..estimate import allocate_for_codegen, design_work
 
     dev = get_device(device)
-    plan = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement)
-    block = rows or allocate_for_codegen(design_work(plan), dev, budget=budget).config.block
-    if block is None or block >= design_work(plan).tokens:
-        return allocate_for_codegen(design_work(plan), dev, budget=budget, blocks=(None,))
+    work = design_work(plan_design(funcs, device, host_ops, slrs=slrs, placement=placement))
+    if rows and rows >= work.tokens:  # asked for blocks as long as the sequence: whole tensors
+        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,))
+    block = rows
+    if not rows:
+        whole = allocate_for_codegen(work, dev, budget=budget)
+        block = whole.config.block
+        if block is None:
+            return whole
     blocked = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement, rows=block)
     return allocate_for_codegen(design_work(blocked), dev, budget=budget)
 

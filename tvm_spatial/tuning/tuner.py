@@ -15,7 +15,9 @@ How it maps onto meta-schedule:
   A kernel spread over several SLRs also has an sblock whose annotations are its SLR cuts
   (where in its chain of processes the next SLR begins): the default split balances the
   chain's work, and moving a cut (then re-running the greedy allocation on the new
-  placement) is the other kind of move. The distribution is centred on the best design
+  placement) is the other kind of move. One more sblock records the token block the
+  row-wise processes stream in: the greedy allocation's, fixed while tuning (the plan's
+  loop nests are those of that block). The distribution is centred on the best design
   found so far (first: the model's greedy allocation), so ``ReplayFunc`` performs a local
   random search around it; each record's trace replays its exact decisions.
 * **builder** -- nothing to compile: :class:`ArrayBuilder` reads the sampled arrays, lanes and
