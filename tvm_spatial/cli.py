@@ -202,7 +202,7 @@ def cmd_demo(args) -> int:
         console.print(f"unconstrained model allocation: none fits ({one_line(err)})")
     else:
         console.print(
-            f"unconstrained model allocation (token blocks between processes, multi-channel ports: "
+            f"unconstrained model allocation (every operator streaming token blocks, multi-channel ports: "
             f"not generated yet): prefill {_fmt(ideal.prefill_cycles, ideal)}, decode "
             f"{_fmt(ideal.decode_cycles, ideal)}/token vs as built {_fmt(built.prefill_cycles, built)}, "
             f"{_fmt(built.decode_cycles, built)}/token"
@@ -290,15 +290,15 @@ def cmd_estimate(args) -> int:
     if args.as_built:
         from .estimate import realized_config
 
-        # the MAC arrays relax.build realized (allocate_for_codegen: whole tensors between
-        # processes, one channel per port), read back from the design's process records
+        # what relax.build realized (allocate_for_codegen: MAC arrays, lanes, token blocks of
+        # the row-wise processes, one channel per port), read back from the process records
         console.print("estimate of the design as relax.build generates it (its MAC arrays as built)")
         est = estimate_work(work, device, realized_config(design))
     else:
-        console.print("estimate with the model's unconstrained allocation (token blocks between processes "
-                      "and multi-channel ports are not generated yet; --as-built for the generated design)")
+        console.print("estimate with the model's unconstrained allocation (every operator streaming token "
+                      "blocks and multi-channel ports are not generated yet; --as-built for the generated design)")
         with console.status("allocating parallelism with the model"):
-            est = allocate(work, device, budget=args.budget).estimate
+            est = allocate(work.streaming(), device, budget=args.budget).estimate
     est.print(console, limit=args.top)
     if args.html:
         Path(args.html).write_text(est.to_html(f"tvm-spatial estimate: {Path(args.model).name}"))

@@ -66,9 +66,11 @@ def estimate(obj, device: str | None = None, seq: int | None = None, *, precisio
     (``tvm_spatial.design_of``), an ONNX path (``seq`` sets its sequence length), a
     :class:`DesignWork`, or a ``tvm_spatial.Schedule`` (a customized kernel).
     ``precision``: ``"w8a8"``/``"w4a8"`` to estimate the design quantized.
-    ``allocate_resources``: choose each process's parallelism first (see :func:`allocate`);
-    otherwise ``config`` (default: what a built design realized -- each matmul's recorded
-    MAC array, whole-tensor buffers -- or the library's default tiling)."""
+    ``allocate_resources``: the model's unconstrained allocation, a what-if beyond what the
+    codegen builds: every operator streaming token blocks (``DesignWork.streaming``) and
+    weights striped over channels (see :func:`allocate`); otherwise ``config`` (default:
+    what a built design realized -- each matmul's recorded MAC array, its lanes and token
+    blocks -- or the library's default tiling)."""
     import os
 
     from codegen_hls.design import Design
@@ -92,7 +94,7 @@ def estimate(obj, device: str | None = None, seq: int | None = None, *, precisio
     work = work.with_precision(precision)
     dev = get_device(device or work.device)
     if allocate_resources:
-        return allocate(work, dev, budget=budget).estimate
+        return allocate(work.streaming(), dev, budget=budget).estimate
     return estimate_work(work, dev, config or ModelConfig())
 
 
