@@ -219,7 +219,13 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
         if block is None:
             return whole
     blocked = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement, rows=block)
-    return allocate_for_codegen(design_work(blocked), dev, budget=budget)
+    try:
+        return allocate_for_codegen(design_work(blocked), dev, budget=budget)
+    except ResourceBudgetError:
+        if rows:
+            raise
+        # the blocked plan splits the SLRs a little otherwise; if that no longer fits, whole tensors do
+        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,))
 
 
 def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict | None:
