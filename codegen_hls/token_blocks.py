@@ -112,14 +112,13 @@ def _broadcasts(args: list, rows) -> bool:
 def _separable(call: relax.Call, args: list, rows) -> bool:
     """Whether ``call`` on these (re-emitted) arguments computes each token from its own row."""
     name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
-    axes = [_axis_of(a, rows) for a in args if isinstance(a.ty, relax.TensorType)]
     if name in _ELEMENTWISE:
         return _broadcasts(args, rows)
     if name in _MATMULS:
         lhs, rhs = (_axis_of(a, rows) for a in args[:2])
         return lhs is not None and rhs is None and lhs != len(_dims(args[0])) - 1
     if name in _ALONG_AXES:
-        axis = axes[0]
+        axis = _axis_of(args[0], rows)
         along = _attr_axes(call.attrs, len(_dims(args[0])))
         return axis is not None and along is not None and axis not in along
     return False

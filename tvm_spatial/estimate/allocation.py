@@ -176,15 +176,17 @@ class _Chain:
         self.n_blocks = n_blocks
         self.segment: dict[str, int] = {}
         self.members: list[list[str]] = []
-        alone = False  # the previous process buffers whole tensors: a segment of its own
+        self.whole: set[str] = set()  # processes that buffer whole tensors: a segment each
+        alone = False  # the previous process is one of them
         for p in work.processes:
             whole = not p.separable and n_blocks > 1
             if p.barrier or whole or alone or not self.members:
                 self.members.append([])
             self.members[-1].append(p.name)
             self.segment[p.name] = len(self.members) - 1
+            if whole:
+                self.whole.add(p.name)
             alone = whole
-        self.whole = {p.name for p in work.processes if not p.separable and n_blocks > 1}
         self.tau = {n: ests[n].block_cycles for n in self.segment}
 
     def saved(self, name: str, tau: float) -> float:
