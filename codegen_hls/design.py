@@ -61,17 +61,33 @@ class Process:
     # a divisor of ``width``, the last dimension of the tensor it computes last.
     lanes: int = 0
     width: int = 0
-    # ... and its loop nests as the lanes schedule builds them, (trips, extent, fixed II):
-    # ``trips * extent / l`` cycles each (``l`` the largest divisor of ``extent`` <= lanes),
-    # or ``trips * extent * II`` when the II is fixed (a reduction carried by its loop).
-    nests: tuple[tuple[int, int, int], ...] = ()
+    # ... and its loop nests as the lanes schedule builds them, (trips, extent, fixed II,
+    # rows): ``trips * extent / l`` cycles each (``l`` the largest divisor of ``extent`` <=
+    # lanes; with lanes beyond ``extent``, ``trips / r``: ``r`` of the ``rows`` around it per
+    # cycle, codegen_hls.lanes), or ``trips * extent * II`` when the II is fixed (a
+    # reduction carried by its loop).
+    nests: tuple[tuple[int, ...], ...] = ()
     # Token blocks (codegen_hls.token_blocks): whether it is row-wise, and the tokens it
     # computes at a time as built (0: whole tensors). Its records above count a whole call.
     separable: bool = False
     rows: int = 0
+    # On-chip memory beyond its input buffers: elements of the stream inputs it holds whole
+    # while the others arrive in blocks (attention's K and V), and of each intermediate
+    # array of one call (one block, when blocked): between its stages and inside them.
+    held: int = 0
+    scratch: tuple[int, ...] = ()
+    # Blocked, but its first block waits for the whole of the inputs it holds (a
+    # bidirectional attention's K and V): the pipeline of blocks restarts after it.
+    barrier: bool = False
+    # Multiply-accumulates per call done by its lanes, not a MAC array (the fused attention's
+    # QK^T and AV): work the DSP roofline counts.
+    macs: int = 0
+    # Cycles of its own copy loops per call (one element per cycle, around its stages): the
+    # stream reads, the rows of a port it reads per block, the writes, zeroing held buffers.
+    stream_io: int = 0
 
 
-_TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile")
+_TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile", "scratch")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ row-major order, never through off-chip memory. Every tensor the caller passes
 one port (and bundle, hence memory bank) per reader, since a dataflow process must own
 its interfaces. Model outputs are written to AXI master ports.
 
-A process reads each input stream completely into an on-chip buffer, runs the operator's
-TIR stages (printed by :mod:`codegen_hls.printer`), and writes each output to all its
-consumers at once. Deadlock freedom with that discipline: a process with one stream input
-always drains it; a process with several reads them in turn, so those streams are made
-deep enough to hold a whole tensor (``_depth``). Then no producer waits forever.
+A process reads each input stream completely into an on-chip buffer (or a token block at
+a time: ``codegen_hls.token_blocks``), runs the operator's TIR stages (printed by
+:mod:`codegen_hls.printer`), and writes each output to all its consumers at once. A
+process with several stream inputs reads them in turn, so some streams must hold what
+arrives before their reader gets to them: each stream's depth is found by simulating the
+region with bounded FIFOs (``codegen_hls.fifo_depths``), which also proves it free of
+deadlock.
 
 SLRs: each process gets an SLR from a contiguous, work-balanced split of the chain
 (``_slrs``, cuts moved to where few streams cross). A region spanning several SLRs is
@@ -28,7 +30,7 @@ region on one SLR is printed exactly as before: one top, no wrapper.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import tvm
 import tvm_ffi
@@ -41,6 +43,7 @@ from .c_types import c_type, needs_ap_types
 from .code_writer import CodeWriter
 from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
+from .fifo_depths import Read, Write, size_fifos
 from .kv_update import cache_slot
 from .library import MacArray, matmul_info, prepare_for_hls
 from .printer import FunctionPrinter, Namer, array_declarator
@@ -93,6 +96,7 @@ class Proc:
     rows: int = 0  # tokens per block as built (0: whole tensors)
     blocks: int = 1  # blocks per call
     block_slot: dict = field(default_factory=dict)  # id(input/output slot) -> its block-sized slot
+    causal: bool = False  # a blocked causal attention: block b needs K and V blocks 0..b only
 
 
 def _static_shape(ty, what: str) -> tuple[int, ...]:
@@ -206,6 +210,13 @@ def _work(prim: tvm.tirx.PrimFunc) -> int:
 
     tvm_ffi.structural_walk(prim.body, visit)
     return total[0]
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _layers(procs: list[Proc]) -> list[int]:
@@ -353,7 +364,6 @@ class _KernelWriter:
             self.ports.append(Port(port, slot.dtype, slot.shape, "out", f"gmem{bundle}", arg=len(self.params) + i))
             bundle += 1
             self.out_ports.setdefault(id(slot), []).append(port)
-        multi_input = {id(p): sum(1 for s in p.inputs if s.producer is not None) > 1 for p in self.procs}
         for producer in self.procs:
             for base in producer.outputs:
                 for slot in [base, *base.views]:
@@ -362,12 +372,80 @@ class _KernelWriter:
                             continue
                         src, dst = self.procs.index(producer), self.procs.index(consumer)
                         name = self.namer.fresh(f"s_{src}_{producer.op}_to_p{dst}")
-                        deep = multi_input[id(consumer)]
-                        depth = max(SHALLOW_STREAM_DEPTH, slot.elements) if deep else SHALLOW_STREAM_DEPTH
-                        self.streams.append(Stream(name, slot.dtype, slot.elements, depth, producer.name, consumer.name))
+                        self.streams.append(Stream(name, slot.dtype, slot.elements, SHALLOW_STREAM_DEPTH,
+                                                   producer.name, consumer.name))
                         self.stream_of[(id(slot), id(consumer))] = name
         check_stream_balance(self.name, self.streams, self.procs)
         self.block_processes()
+        programs = self.stream_programs()
+        depths = size_fifos(self.name, programs, {st.name: st.depth for st in self.streams})
+        for name, depth in self.skip_depths(programs).items():
+            depths[name] = max(depths[name], depth)
+        self.streams = [replace(st, depth=depths[st.name]) for st in self.streams]
+
+    def skip_depths(self, programs: dict[str, list]) -> dict[str, int]:
+        """Depths for throughput, beyond deadlock freedom: a stream into a blocked process
+        that also waits on a longer path from the same producer (a residual skip around an
+        MLP) holds a block per process on that path, so its producer keeps streaming
+        blocks into the path instead of waiting for each block to come out of it."""
+        succ: dict[str, set] = {}
+        for st in self.streams:
+            succ.setdefault(st.producer, set()).add(st.consumer)
+        blocked = {p.name for p in self.procs if p.rows}
+        depths = {}
+        for consumer in blocked:
+            inputs = [st for st in self.streams if st.consumer == consumer]
+            if len(inputs) < 2:
+                continue
+            memo: dict[str, float] = {consumer: 0}
+
+            def longest(node: str) -> float:  # edges on the longest path from node to the consumer
+                if node not in memo:
+                    memo[node] = float("-inf")
+                    memo[node] = max((1 + longest(n) for n in succ.get(node, ())), default=float("-inf"))
+                return memo[node]
+
+            for st in inputs:
+                between = max((longest(n) for n in succ.get(st.producer, ()) if n != consumer), default=float("-inf"))
+                chunk = next((op.count for op in programs[consumer] if isinstance(op, Read) and op.stream == st.name), 0)
+                if between >= 1 and chunk:
+                    depths[st.name] = int(min(st.elements, (between + 1) * chunk))
+        return depths
+
+    def held_in_blocks(self, proc: Proc, slot: Slot) -> bool:
+        """A stream input that a blocked process holds whole, read a block at a time
+        interleaved with the others it holds (K and V from one producer arrive so)."""
+        from .token_blocks import token_axis
+
+        return token_axis(slot.shape, self.token_count) is not None
+
+    def stream_programs(self) -> dict[str, list]:
+        """Each process's stream reads and writes in the order its printed code does them
+        (``print_process``, ``print_blocked_process``), for ``fifo_depths``."""
+        programs = {}
+        for proc in self.procs:
+            ins = [(slot, self.stream_of[(id(slot), id(proc))]) for slot in proc.inputs
+                   if (id(slot), id(proc)) in self.stream_of]
+            outs = [(slot, tuple(self.output_streams(slot, proc))) for slot in proc.outputs]
+            ops = []
+            if not proc.rows:
+                ops += [Read(stream, slot.elements) for slot, stream in ins]
+                ops += [Write(streams, slot.elements) for slot, streams in outs if streams]
+            else:
+                held = [(slot, stream) for slot, stream in ins if id(slot) not in proc.block_slot]
+                ops += [Read(stream, slot.elements) for slot, stream in held if not self.held_in_blocks(proc, slot)]
+                held_blocks = [Read(stream, slot.elements // proc.blocks) for slot, stream in held
+                               if self.held_in_blocks(proc, slot)]
+                if not proc.causal:
+                    ops += held_blocks * proc.blocks
+                for _ in range(proc.blocks):
+                    if proc.causal:
+                        ops += held_blocks
+                    ops += [Read(stream, proc.block_slot[id(slot)].elements) for slot, stream in ins
+                            if id(slot) in proc.block_slot]
+                    ops += [Write(streams, proc.block_slot[id(slot)].elements) for slot, streams in outs if streams]
+            programs[proc.name] = ops
+        return programs
 
     def prim(self, name: str) -> tvm.tirx.PrimFunc:
         """A stage's PrimFunc: the region's legalized one, or a blocked process's."""
@@ -380,10 +458,13 @@ class _KernelWriter:
         return max((info[0][1] for info in rows if info is not None), default=1)
 
     def block_processes(self) -> None:
-        """Mark the row-wise processes (``codegen_hls.token_blocks``) and, when ``rows`` is
-        set and divides the token count, give each its stages for one block of ``rows``
-        tokens: the block-sized slots they read and write, and their own PrimFuncs."""
-        from .token_blocks import legal_block, separable
+        """Mark the processes that may run in token blocks (``codegen_hls.token_blocks``)
+        and, when ``rows`` is set and divides the token count, give each its stages for one
+        block of ``rows`` tokens: the block-sized slots they read and write (the inputs it
+        cuts into blocks; the others, attention's K and V, stay whole), and their own
+        PrimFuncs."""
+        from .attention_kernel import is_causal
+        from .token_blocks import block_cut, legal_block, legal_whole
 
         tokens = self.token_count = self.tokens()
         if self.rows and self.rows < tokens and tokens % self.rows:
@@ -392,31 +473,46 @@ class _KernelWriter:
             if proc.source is None or cache_slot(proc) is not None or not all(isinstance(a, Slot) for a in proc.args):
                 continue
             streamed = {i for i, a in enumerate(proc.args) if (id(a), id(proc)) in self.stream_of}
-            proc.separable = separable(proc.source, streamed, tokens)
+            cut = block_cut(proc.source, streamed, tokens)
+            proc.separable = cut is not None
             rows = self.rows
             if not proc.separable or not rows or rows >= tokens or tokens % rows:
+                fused = legal_whole(proc.source, tokens)
+                if fused is not None:  # its element-wise stages fused, on whole tensors
+                    stages, result = self.restage(proc, fused, dict(zip(fused["main"].params, proc.args)), "whole")
+                    swap = {id(new): old for new, old in zip(result, proc.outputs)}
+                    for stage in stages:
+                        stage.args = [swap.get(id(slot), slot) for slot in stage.args]
+                    proc.stages = stages
                 continue
-            main = legal_block(proc.source, streamed, tokens, rows)
+            main = legal_block(proc.source, set(cut), tokens, rows)
             env = {}
             for i, (param, slot) in enumerate(zip(main["main"].params, proc.args)):
-                if i in streamed:  # one block buffer per input, however many parameters it binds
+                if i in cut:  # one block buffer per input, however many parameters it binds
                     if id(slot) not in proc.block_slot:
                         proc.block_slot[id(slot)] = Slot(slot.dtype, _static_shape(param.ty, "a block"), f"{slot.hint}_blk")
                     env[param] = proc.block_slot[id(slot)]
                 else:
                     env[param] = slot
-            blocked = Proc(op=proc.op)
-            result = _flatten(_Interpreter(self.name).run(main["main"], env, blocked))
-            if len(result) != len(proc.outputs) or len(blocked.stages) != len(proc.stages):
-                raise CodegenError(f"{proc.name}: its blocked form has other stages than the whole one")
-            for stage in blocked.stages:
-                for slot in stage.args:
-                    if slot.producer is blocked:
-                        slot.producer = proc
-                stage.prim_name = self.block_prim(main[stage.prim_name], f"{stage.prim_name}_r{rows}")
+            stages, result = self.restage(proc, main, env, f"r{rows}")
             for whole, part in zip(proc.outputs, result):
                 proc.block_slot[id(whole)] = part
-            proc.stages, proc.rows, proc.blocks = blocked.stages, rows, tokens // rows
+            proc.stages, proc.rows, proc.blocks = stages, rows, tokens // rows
+            proc.causal = is_causal(proc.source)
+
+    def restage(self, proc: Proc, legal: tvm.IRModule, env: dict, tag: str) -> tuple[list[Stage], list[Slot]]:
+        """``proc``'s stages from its operator legalized on its own (``legal``: blocked, or
+        with fused stages), with ``env`` binding its parameters: (stages, output slots)."""
+        rebuilt = Proc(op=proc.op)
+        result = _flatten(_Interpreter(self.name).run(legal["main"], env, rebuilt))
+        if len(result) != len(proc.outputs):
+            raise CodegenError(f"{proc.name}: its {tag} form has other outputs than the region's")
+        for stage in rebuilt.stages:
+            for slot in stage.args:
+                if slot.producer is rebuilt:
+                    slot.producer = proc
+            stage.prim_name = self.block_prim(legal[stage.prim_name], f"{stage.prim_name}_{tag}")
+        return rebuilt.stages, result
 
     def block_prim(self, func: tvm.tirx.PrimFunc, base: str) -> str:
         """The name of a blocked stage function: one per distinct function (processes of
@@ -544,23 +640,64 @@ class _KernelWriter:
         w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
 
     def print_blocked_process(self, w: CodeWriter, proc: Proc) -> list[str]:
-        """A row-wise process in token blocks: per block, read ``rows`` tokens of each
-        streamed input into a block buffer, run the blocked stages, write the block on
-        (to an output port at the block's offset along the token axis)."""
+        """A process in token blocks: first read the streams it holds whole (attention's K
+        and V, a block of each in turn; a causal attention reads block ``b`` of them just
+        before its block ``b`` instead, and zeroes them after its last block); then per
+        block, read ``rows`` tokens of each input it cuts (from its stream, or its rows of
+        a port) into a block buffer, run the blocked stages, and write the block on (to an
+        output port at the block's offset along the token axis)."""
         from .token_blocks import token_axis
+
+        def at_block(slot: Slot, part) -> str:
+            """The index into ``slot`` of element ``[i0]..`` of its block (``part``: the
+            block's slot or shape): the block's rows along the token axis."""
+            axis = token_axis(slot.shape, self.token_count)
+            rank = len(part if isinstance(part, tuple) else part.shape)
+            return "".join(f"[blk * {proc.rows} + i{k}]" if k == axis else f"[i{k}]" for k in range(rank))
+
+        def read_held_blocks() -> None:
+            for slot in held:
+                axis = token_axis(slot.shape, self.token_count)
+                part = tuple(proc.rows if k == axis else d for k, d in enumerate(slot.shape))
+                stream = self.stream_of[(id(slot), id(proc))]
+                _loop_nest(w, part, [f"{slot.cname}{at_block(slot, part)} = {stream}.read();"])
 
         signature, args = self.process_signature(proc)
         local = Namer()
         w.line()
         with w.block(signature):
-            w.line(f"// {proc.blocks} blocks of {proc.rows} tokens")
-            with w.block(f"for (int blk = 0; blk < {proc.blocks}; ++blk)"):
-                for slot in proc.inputs:
-                    key = (id(slot), id(proc))
+            held = []  # read whole: every block reads all of it
+            for slot in proc.inputs:
+                key = (id(slot), id(proc))
+                if id(slot) not in proc.block_slot:
                     if key in self.port_of:
                         slot.cname = self.port_of[key]
+                    elif self.held_in_blocks(proc, slot):
+                        held.append(slot)
+                    else:
+                        self.read_stream(w, local, slot, slot.hint, self.stream_of[key])
+            for slot in held:
+                slot.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
+                w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
+            if held and not proc.causal:  # a block of each in turn, as their producers write them
+                with w.block(f"for (int blk = 0; blk < {proc.blocks}; ++blk)"):
+                    read_held_blocks()
+            w.line(f"// {proc.blocks} blocks of {proc.rows} tokens")
+            with w.block(f"for (int blk = 0; blk < {proc.blocks}; ++blk)"):
+                if proc.causal:  # the keys up to this block's last query: later rows stay zero
+                    read_held_blocks()
+                for slot in proc.inputs:
+                    key = (id(slot), id(proc))
+                    if id(slot) not in proc.block_slot:
                         continue
-                    self.read_stream(w, local, proc.block_slot[id(slot)], slot.hint, self.stream_of[key])
+                    part = proc.block_slot[id(slot)]
+                    if key in self.stream_of:
+                        self.read_stream(w, local, part, slot.hint, self.stream_of[key])
+                    else:  # a port with a row per token (a causal mask): this block's rows
+                        part.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
+                        w.line(f"static {c_type(part.dtype)} {array_declarator(part.cname, part.shape)};")
+                        port = self.port_of[key]
+                        _loop_nest(w, part.shape, [f"{part.cname}{_index(part.shape)} = {port}{at_block(slot, part)};"])
                 for stage in proc.stages:
                     for slot in stage.args:
                         if slot.producer is proc and not slot.cname:
@@ -570,14 +707,14 @@ class _KernelWriter:
                     self.call_stage(w, proc, stage)
                 for slot in proc.outputs:
                     part = proc.block_slot[id(slot)]
-                    axis = token_axis(slot.shape, self.token_count)
                     idx = _index(part.shape)
-                    offset = "".join(f"[blk * {proc.rows} + i{k}]" if k == axis else f"[i{k}]"
-                                     for k in range(len(part.shape)))
                     body = [f"const {c_type(slot.dtype)} v = {part.cname}{idx};"]
-                    body += [f"{port}{offset} = v;" for port in self.out_ports.get(id(slot), [])]
+                    body += [f"{port}{at_block(slot, part)} = v;" for port in self.out_ports.get(id(slot), [])]
                     body += [f"{stream}.write(v);" for stream in self.output_streams(slot, proc)]
                     _loop_nest(w, part.shape, body)
+            if held and proc.causal:  # the next call's blocks find zero keys and values ahead
+                w.line("// zero K and V: the next call's early blocks must not see this call's later keys")
+                _loop_nest(w, held[0].shape, [f"{slot.cname}{_index(slot.shape)} = 0;" for slot in held])
         return args
 
     def print_process(self, w: CodeWriter, proc: Proc) -> list[str]:
@@ -711,6 +848,36 @@ class _KernelWriter:
                 w.line(f"{seg.name}({', '.join([*seg.ports, *(a.name for a in seg.axis)])});")
         w.line("#endif  // __SYNTHESIS__")
 
+    def copy_cycles(self, proc: Proc) -> int:
+        """Iterations of the copy loops ``print_process`` / ``print_blocked_process`` put
+        around its stages (pipelined, one element each), over one call."""
+        reads = sum(s.elements for s in proc.inputs if (id(s), id(proc)) in self.stream_of)
+        reads += sum(s.elements for s in proc.inputs if (id(s), id(proc)) in self.port_of and id(s) in proc.block_slot)
+        writes = 0
+        for slot in proc.outputs:
+            ports = self.out_ports.get(id(slot), [])
+            if self.output_streams(slot, proc) or len(ports) > 1 or (ports and proc.rows):
+                writes += slot.elements
+        zeroing = max((s.elements for s in proc.inputs if proc.causal and id(s) not in proc.block_slot
+                       and (id(s), id(proc)) in self.stream_of), default=0)
+        return reads + writes + zeroing
+
+    def scratch(self, proc: Proc) -> tuple[int, ...]:
+        """Elements of each intermediate array of one call of ``proc``: the slots between its
+        stages, and the buffers its stage functions allocate (attention's scores)."""
+        outputs = {id(s) for s in proc.outputs} | {id(s) for s in proc.block_slot.values()}
+        between = {id(s): s.elements for st in proc.stages for s in st.args[-1:]
+                   if s.producer is proc and id(s) not in outputs}
+        inside = []
+
+        def visit(node):
+            if isinstance(node, s_tir.SBlock):
+                inside.extend(_prod(buf.shape) for buf in node.alloc_buffers)
+
+        for stage in proc.stages:
+            tvm_ffi.structural_walk(self.prim(stage.prim_name).body, visit)
+        return tuple(between.values()) + tuple(inside)
+
     def records(self, calls=None) -> tuple[Process, ...]:
         """The Process records (after ``plan``; ``calls``: each process's call arguments,
         else taken from its signature): what the design JSON and the analytical model read."""
@@ -733,7 +900,15 @@ class _KernelWriter:
             last = proc.stages[-1].args[-1] if proc.stages else (proc.outputs[0] if proc.outputs else None)
             if last is not None:
                 extra.update(elements=last.elements * proc.blocks, dtype=last.dtype)
-            extra.update(separable=proc.separable, rows=proc.rows)
+            extra.update(separable=proc.separable, rows=proc.rows, scratch=self.scratch(proc),
+                         stream_io=self.copy_cycles(proc))
+            if proc.op == "attention" and len(proc.args) >= 3:  # QK^T and AV over every head
+                q, k = proc.args[0].shape, proc.args[1].shape
+                extra.update(macs=2 * q[-2] * k[-2] * q[-1])
+            if proc.rows:
+                held = sum(s.elements for s in proc.inputs
+                           if id(s) not in proc.block_slot and (id(s), id(proc)) in self.stream_of)
+                extra.update(held=held, barrier=bool(held) and not proc.causal)
             if proc.stages and proc.op not in MATMUL_OPS:
                 from .lanes import loop_nests
 
@@ -742,8 +917,8 @@ class _KernelWriter:
                     if stage.prim_name not in self.nests:
                         self.nests[stage.prim_name] = loop_nests(self.prim(stage.prim_name))
                 # a blocked process runs its nests once per block
-                nests = tuple((trips * proc.blocks, extent, ii) for stage in proc.stages
-                              for trips, extent, ii in self.nests[stage.prim_name])
+                nests = tuple((trips * proc.blocks, *rest) for stage in proc.stages
+                              for trips, *rest in self.nests[stage.prim_name])
                 extra.update(lanes=lanes, width=last.shape[-1] if last.shape else 1, nests=nests)
             for stage in proc.stages:
                 array = self.stage_hardware(proc, stage)

@@ -30,9 +30,14 @@ must realize exactly that. What the schedule does to each sblock's innermost loo
   cycle along the indexed dimension (completely when that covers the dimension), so
   ``lanes`` elements can be read and written each cycle.
 
-Every nest thus takes ``trips * extent / l`` cycles, or ``trips * extent * latency`` for a
-carried reduction; :func:`loop_nests` records each nest so that the analytical model
-computes exactly that (``Process.nests``).
+* **more lanes than the innermost loop has** (a reduction over a head's 64 elements given
+  256 lanes): the innermost loop runs whole each cycle, and the spatial loop around it is
+  unrolled by ``r`` (the largest divisor of its extent not above ``lanes / K``) and
+  pipelined at II=1: ``r * K`` elements per cycle (:func:`rows_unrolled`).
+
+Every nest thus takes ``trips * extent / l`` cycles (``trips / r`` with rows unrolled), or
+``trips * extent * latency`` for a carried reduction; :func:`loop_nests` records each nest
+so that the analytical model computes exactly that (``Process.nests``).
 
 On the host the emulation compiles the same loops as without the schedule (the pragmas are
 HLS-only), so its speed and results do not change; the reduction order is unchanged.
@@ -145,8 +150,10 @@ def _nest(sch: s_tir.Schedule, name: str):
 
 
 def loop_nests(func: tirx.PrimFunc) -> tuple[LoopNest, ...]:
-    """Every sblock's nest of ``func`` as (trips, extent, fixed II): what the lanes
-    schedule makes of it, for the analytical model (``tvm_spatial.estimate``)."""
+    """Every sblock's nest of ``func`` as (trips, extent, fixed II, rows): what the lanes
+    schedule makes of it, for the analytical model (``tvm_spatial.estimate``); ``rows`` is
+    the extent of the loop around the innermost one when lanes beyond the innermost extent
+    may unroll it too (:func:`rows_unrolled`), else 1."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     nests = []
     for name in [b.name_hint for b in sblocks(func)]:
@@ -154,8 +161,27 @@ def loop_nests(func: tirx.PrimFunc) -> tuple[LoopNest, ...]:
         if kind is None:
             continue
         extents = [int(sch.get(loop).extent) for loop in loops]
-        nests.append((math.prod(extents[:-1]), extents[-1], latency))
+        rows = extents[-2] if _row_loop(sch, name, loops, kind) else 1
+        nests.append((math.prod(extents[:-1]), extents[-1], latency, rows))
     return tuple(nests)
+
+
+def _row_loop(sch: s_tir.Schedule, name: str, loops, kind: str) -> bool:
+    """Whether the loop around the innermost one is a spatial loop that more lanes may
+    unroll (the innermost then runs whole in one cycle)."""
+    if kind not in ("map", "rows") or len(loops) < 2:
+        return False
+    parent = sch.get(loops[-2])
+    realize = sch.get(loops[-1]).body
+    return isinstance(parent.extent, tirx.IntImm) and _iter_kind(realize, parent.loop_var) == tirx.IterVar.DataPar
+
+
+def rows_unrolled(extent: int, rows: int, lanes: int) -> int:
+    """Rows handled per cycle when ``lanes`` exceed a whole innermost ``extent``: the
+    largest divisor of the row loop's extent not above ``lanes // extent`` (1: none)."""
+    if rows <= 1 or extent < 1 or lanes < 2 * extent:
+        return 1
+    return largest_divisor(rows, lanes // extent)
 
 
 def schedule_lanes(func: tirx.PrimFunc, lanes: Lanes) -> tirx.PrimFunc:
@@ -167,8 +193,16 @@ def schedule_lanes(func: tirx.PrimFunc, lanes: Lanes) -> tirx.PrimFunc:
             continue
         extent = int(sch.get(loops[-1]).extent)
         width = lanes.fit(extent)
+        rows = rows_unrolled(extent, int(sch.get(loops[-2]).extent), lanes.lanes) \
+            if _row_loop(sch, name, loops, kind) else 1
         if kind == "carried":
             sch.annotate(loops[-1], ann.PIPELINE_II, latency)
+        elif rows > 1:  # the whole innermost loop, and ``rows`` rows of the loop around it, per cycle
+            sch.annotate(loops[-1], ann.UNROLL, 0)
+            sch.annotate(loops[-1], _LANES, width)
+            sch.annotate(loops[-2], ann.PIPELINE_II, 1)
+            sch.annotate(loops[-2], ann.UNROLL, rows)
+            sch.annotate(loops[-2], _LANES, rows)
         elif kind == "rows":  # K unrolled, the row loop at K / width: width operators shared
             sch.annotate(loops[-1], ann.UNROLL, 0)
             sch.annotate(loops[-1], _LANES, width)

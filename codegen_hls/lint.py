@@ -17,9 +17,10 @@ check the source itself. Every finding names the kernel, the line and the rule:
                     where the counts are static (constant loop bounds, no enclosing ``if``),
                     the same number of times: otherwise the dataflow region stalls or
                     leaves data behind.
-``stream-depth``    a process that reads a stream only after draining another stream must
-                    find every element waiting when their producers are related (share an
-                    upstream process), so that stream's depth must hold all of them.
+``stream-depth``    the dataflow region, each process's stream reads and writes taken from
+                    the text in order, runs to the end with FIFOs of the depths its STREAM
+                    pragmas give (a bounded-FIFO simulation, ``codegen_hls.fifo_depths``):
+                    otherwise some producer waits forever for room.
 ``m_axi-port``      every array/pointer argument of the ``extern "C"`` top function has an
                     ``#pragma HLS INTERFACE m_axi``; every port of the design is an argument.
 ``m_axi-bundle``    every such pragma names a ``bundle``, the one the design records.
@@ -36,8 +37,8 @@ check the source itself. Every finding names the kernel, the line and the rule:
                     (consumer side) exactly its recorded element count, and never both.
 ``axis-link``       the two ends of every crossing agree (type, element count) and are
                     linked by exactly one ``stream_connect`` in ``connectivity.cfg`` whose
-                    FIFO is deep enough (a consumer reading several streams in turn needs
-                    room for the whole tensor); no ``stream_connect`` names anything else.
+                    FIFO is as deep as the design's plan for that stream; no
+                    ``stream_connect`` names anything else.
 
 A region split into SLR segments runs them concurrently on the card; its C-simulation
 wrapper (which calls the segment tops) is checked as one dataflow region with the
@@ -59,6 +60,7 @@ from dataclasses import dataclass, field
 from tvm_spatial.errors import LintError
 
 from .c_types import c_type
+from .fifo_depths import Read, Write, deadlock
 from .design import Design, Kernel
 from .host_code import buffers
 
@@ -250,7 +252,6 @@ class _Counts:
     writes: int = 0
     reads: int = 0
     exact: bool = True
-    first_read: int = -1  # token index of the first read in the function, for ordering
 
 
 def _match(tokens: list[Tok], start: int, open_: str, close: str) -> int:
@@ -329,6 +330,64 @@ def _functions(tokens: list[Tok]) -> list[Function]:
                     continue
         i += 1
     return functions
+
+
+def _statement_end(body: list[Tok], start: int, end: int) -> int:
+    """Index of the last token of the statement starting at ``start`` (a block, a control
+    statement with its body, or up to its ``;``)."""
+    if start >= end:
+        return start
+    tok = body[start]
+    if tok.text == "{":
+        return _match(body, start, "{", "}")
+    if tok.text in ("for", "if", "while", "switch") and start + 1 < end and body[start + 1].text == "(":
+        last = _statement_end(body, _match(body, start + 1, "(", ")") + 1, end)
+        if tok.text == "if" and last + 1 < end and body[last + 1].text == "else":
+            last = _statement_end(body, last + 2, end)
+        return last
+    if tok.text in ("else", "do"):
+        return _statement_end(body, start + 1, end)
+    i = start
+    while i < end and body[i].text != ";":
+        i += 1
+    return i
+
+
+class _Unordered(Exception):
+    """A stream operation whose place in the program is not static."""
+
+
+def _merge(ops: list) -> list:
+    """Adjacent operations on the same streams become one."""
+    out: list = []
+    for op in ops:
+        last = out[-1] if out else None
+        if isinstance(op, Read) and isinstance(last, Read) and last.stream == op.stream:
+            out[-1] = Read(op.stream, last.count + op.count)
+        elif isinstance(op, Write) and isinstance(last, Write) and last.streams == op.streams:
+            out[-1] = Write(op.streams, last.count + op.count)
+        else:
+            out.append(op)
+    return out
+
+
+_MAX_OPS = 200_000  # a program longer than this is not expanded (its order is left unchecked)
+
+
+def _repeat(body: list, trips: int) -> list:
+    """A counted loop's program: one operation scaled; single writes to several streams in
+    one iteration (a value sent to all consumers) in lockstep; else the body repeated."""
+    body = _merge(body)
+    if len(body) == 1:
+        op = body[0]
+        return [Read(op.stream, op.count * trips) if isinstance(op, Read) else Write(op.streams, op.count * trips)]
+    if all(isinstance(op, Write) and op.count == 1 for op in body):
+        names = tuple(n for op in body for n in op.streams)
+        if len(set(names)) == len(names):
+            return [Write(names, trips)]
+    if len(body) * trips > _MAX_OPS:
+        raise _Unordered()
+    return body * trips
 
 
 def _stream_element(text: str) -> str:
@@ -469,8 +528,6 @@ class _Linter:
                 elif method in ("read", "read_nb") or op == ">>":
                     entry.reads += mult
                     entry.exact &= not conditional and method != "read_nb"
-                    if entry.first_read < 0:
-                        entry.first_read = i
             callee = self.by_name.get(tok.text)
             is_call = callee is not None and i + 1 < len(body) and body[i + 1].text == "("
             if is_call and callee is not func and callee.name not in active:
@@ -483,8 +540,6 @@ class _Linter:
                         entry.writes += sub.writes * mult
                         entry.reads += sub.reads * mult
                         entry.exact &= sub.exact and not conditional
-                        if sub.reads and entry.first_read < 0:
-                            entry.first_read = i
                 i = end + 1
                 continue
             i += 1
@@ -521,8 +576,6 @@ class _Linter:
 
     def check_streams(self) -> None:
         depths = self._depths()
-        needs: dict[str, int] = {}  # stream -> elements written per call (0: not static)
-        decls: dict[str, int] = {}
         for func in self.functions:
             local = self._local_streams(func)
             if not local:
@@ -530,8 +583,6 @@ class _Linter:
             counts = self._summary(func)
             for name, line in local:
                 c = counts[name]
-                needs[name] = c.writes if c.exact else 0
-                decls.setdefault(name, line)
                 if c.writes == 0 or c.reads == 0:
                     missing = "read" if c.writes else "written"
                     self.add(line, "stream-balance", f"stream '{name}' is declared in '{func.name}' but never {missing}")
@@ -550,7 +601,7 @@ class _Linter:
             # a region split into SLR segments (its segment tops flattened into it)
             if func.name not in called and self._local_streams(func):
                 env = {n: n for n, _ in self._local_streams(func)}
-                self._check_depths(func, self._flat_calls(func, env, ()), needs, decls, depths)
+                self._check_depths(func, self._flat_calls(func, env, ()), depths)
 
     def _flat_calls(self, func: Function, env: dict[str, str], active: tuple[str, ...]) -> list:
         """(process, {param: stream}) in program order, through calls of ``extern "C"`` segment
@@ -576,47 +627,98 @@ class _Linter:
                 calls.append((callee, binding))
         return calls
 
-    def _check_depths(self, top: Function, calls: list, needs: dict[str, int], decls: dict[str, int], depths) -> None:
-        """Within ``top``'s dataflow region: a process reading stream B only after draining
-        stream A deadlocks when B's producer (or something upstream of it) also feeds A,
-        unless B can hold everything written to it meanwhile."""
-        producer: dict[str, int] = {}
-        consumers: dict[str, list[int]] = {}
-        for index, (callee, binding) in enumerate(calls):
-            summary = self._summary(callee)
-            for param, stream in binding.items():
-                if summary[param].writes:
-                    producer[stream] = index
-                if summary[param].reads:
-                    consumers.setdefault(stream, []).append(index)
-        upstream: dict[int, set[int]] = {}
+    def _program(self, func: Function, active: tuple[str, ...] = ()) -> list | None:
+        """``func``'s stream operations in order (``fifo_depths.Read``/``Write`` on its stream
+        parameters and locals), read off the text: counted loops repeat their bodies, a
+        loop body that writes one element to several streams writes them in lockstep, calls
+        contribute their callee's program. None when a stream operation sits under a
+        condition or a loop without a static trip count (the order is then unknown)."""
+        streams = {p.name for p in func.params if p.is_stream} | {n for n, _ in self._local_streams(func)}
+        try:
+            ops = self._block_program(func, func.body, 0, len(func.body), streams, active + (func.name,))
+        except _Unordered:
+            return None
+        return _merge(ops)
 
-        def ancestors(index: int) -> set[int]:
-            if index not in upstream:
-                upstream[index] = {index}
-                for stream, readers in consumers.items():
-                    if index in readers and stream in producer:
-                        upstream[index] |= ancestors(producer[stream])
-            return upstream[index]
+    def _block_program(self, func: Function, body: list[Tok], i: int, end: int, streams: set, active) -> list:
+        ops: list = []
+        while i < end:
+            tok = body[i]
+            if tok.text in ("for", "if", "switch", "while", "else", "do"):
+                head_end = i
+                if i + 1 < end and body[i + 1].text == "(":
+                    head_end = _match(body, i + 1, "(", ")")
+                stmt_start = head_end + 1
+                stmt_end = _statement_end(body, stmt_start, end)
+                if stmt_start < end and body[stmt_start].text == "{":
+                    inner = self._block_program(func, body, stmt_start + 1, stmt_end, streams, active)
+                else:
+                    inner = self._block_program(func, body, stmt_start, stmt_end + 1, streams, active)
+                trips = trip_count(" ".join(t.text for t in body[i + 2 : head_end])) if tok.text == "for" else None
+                if inner:
+                    if trips is None:
+                        raise _Unordered()
+                    ops += _repeat(inner, trips)
+                i = stmt_end + 1
+                continue
+            if tok.kind == "id" and tok.text in streams and i + 2 < end and body[i + 1].text == ".":
+                method = body[i + 2].text
+                if method == "write":
+                    ops.append(Write((tok.text,), 1))
+                elif method == "read":
+                    ops.append(Read(tok.text, 1))
+                elif method in ("read_nb", "write_nb", "empty", "full"):
+                    raise _Unordered()
+            callee = self.by_name.get(tok.text)
+            if callee is not None and callee.name not in active and i + 1 < end and body[i + 1].text == "(":
+                close = _match(body, i + 1, "(", ")")
+                args = _split_top_level(body[i + 2 : close])
+                binding = {p.name: a[0].text for p, a in zip(callee.params, args)
+                           if p.is_stream and len(a) == 1 and a[0].text in streams}
+                inner = self._program(callee, active)
+                if inner is None:
+                    raise _Unordered()
+                for op in inner:
+                    if isinstance(op, Read) and op.stream in binding:
+                        ops.append(Read(binding[op.stream], op.count))
+                    elif isinstance(op, Write):
+                        names = tuple(binding[n] for n in op.streams if n in binding)
+                        if names:
+                            ops.append(Write(names, op.count))
+                i = close + 1
+                continue
+            i += 1
+        return ops
 
+    def _check_depths(self, top: Function, calls: list, depths) -> None:
+        """Within ``top``'s dataflow region: run its processes' stream programs, read off the
+        text, with the FIFO depths its pragmas give (``codegen_hls.fifo_depths``); a
+        deadlock is reported at the pragma of a full stream on the cycle."""
+        programs = {}
         for index, (callee, binding) in enumerate(calls):
-            summary = self._summary(callee)
-            inputs = sorted(
-                ((summary[p].first_read, p, s) for p, s in binding.items() if summary[p].reads and s in producer),
-            )
-            for k, (_, param, stream) in enumerate(inputs[1:], start=1):
-                earlier = [s for _, _, s in inputs[:k]]
-                related = any(ancestors(producer[stream]) & ancestors(producer[e]) for e in earlier)
-                need = needs.get(stream, 0)
-                depth, line = depths.get(stream, (DEFAULT_STREAM_DEPTH, 0))
-                if related and need and depth < need:
-                    decl = decls.get(stream, top.line)
-                    self.add(
-                        line or decl, "stream-depth",
-                        f"stream '{stream}' has depth {depth} but '{callee.name}' reads it only after "
-                        f"'{earlier[-1]}', and both are fed from a common process: it must hold all "
-                        f"{need} elements or the dataflow deadlocks",
-                    )
+            program = self._program(callee)
+            if program is None:
+                return  # the order of some process's stream operations is not static
+            ops = []
+            for op in program:
+                if isinstance(op, Read):
+                    if op.stream in binding:
+                        ops.append(Read(binding[op.stream], op.count))
+                else:
+                    names = tuple(binding[n] for n in op.streams if n in binding)
+                    if names:
+                        ops.append(Write(names, op.count))
+            programs[f"{callee.name}#{index}"] = ops
+        used = {op.stream for ops in programs.values() for op in ops if isinstance(op, Read)}
+        used |= {n for ops in programs.values() for op in ops if isinstance(op, Write) for n in op.streams}
+        caps = {name: depths.get(name, (DEFAULT_STREAM_DEPTH, 0))[0] for name in used}
+        stuck = deadlock(programs, caps)
+        if stuck is not None:
+            stream = stuck.full[0] if stuck.full else ""
+            where = f"stream '{stream}' has depth {caps[stream]}: " if stream else ""
+            self.add(depths.get(stream, (0, top.line))[1] or top.line, "stream-depth",
+                     f"{where}with the depths its STREAM pragmas give, the dataflow region '{top.name}' "
+                     f"deadlocks ({stuck.waits}): a stream must be deeper")
 
     # interfaces --------------------------------------------------------------------
     def _interface_pragmas(self, top: Function, want: str = "m_axi") -> dict[str, tuple[int, dict[str, str]]]:
@@ -749,15 +851,11 @@ _STREAM_CONNECT = re.compile(r"^\s*stream_connect\s*=\s*(\w+)\.(\w+)\s*:\s*(\w+)
 
 
 def _link_need(kernel: Kernel, stream: str) -> int:
-    """FIFO depth a crossing stream needs: its whole tensor when the consumer process reads
-    several streams in turn (it may drain another first), else the default."""
+    """FIFO depth a crossing stream needs: the depth the region's dataflow plan gives it
+    (``codegen_hls.fifo_depths``: what lets the region finish), checked on the C-simulation
+    wrapper's pragmas by ``stream-depth``."""
     record = next((s for s in kernel.streams if s.name == stream), None)
-    if record is None:
-        return 1
-    names = {s.name for s in kernel.streams}
-    consumer = next((p for p in kernel.processes if p.name == record.consumer), None)
-    reads = sum(1 for i in consumer.inputs if i in names) if consumer else 1
-    return record.elements if reads > 1 else 1
+    return record.depth if record is not None else 1
 
 
 def lint_links(design: Design, connectivity: str | None = None) -> list[Finding]:

@@ -19,10 +19,15 @@ every value keeps the token axis where it was and that no operator mixes tokens:
 * element-wise operators (ports broadcast against the block, or fail to infer);
 * matmuls whose second operand has no token axis, and whose first operand does not reduce
   over it;
-* normalizations, softmax, reductions and splits along other axes.
+* normalizations, softmax, reductions and splits along other axes;
+* the fused attention (``codegen_hls.attention_kernel``): its queries, and its mask when
+  the mask has a row per query, are cut into blocks; K and V are *held*: read whole
+  before the first block (each query needs every key), so attention is row-wise in its
+  queries alone. A mask that is a port (GPT2's causal mask) is cut too: each block reads
+  its rows of it.
 
-Anything else (a transpose, a gather, a token-indexed port such as a position table or
-a mask) keeps the whole tensor.
+Anything else (a transpose, a gather, a token-indexed port such as a position table)
+keeps the whole tensor.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from .attention_kernel import ATTENTION
 from .quant_kernels import W4A8_MATMUL
+from .stage_fusion import fusible, fuse_stages
 
 # element-wise: output element i from input elements i (broadcast) only
 _ELEMENTWISE = frozenset(
@@ -109,9 +116,27 @@ def _broadcasts(args: list, rows) -> bool:
     return True
 
 
+def _has(value, rows) -> bool:
+    return any(d.same_as(rows) for d in _dims(value))
+
+
+def _attention_separable(args: list, rows) -> bool:
+    """Queries cut along their token axis, K and V whole, the mask cut like the queries or
+    the same for every query."""
+    if _axis_of(args[0], rows) != len(_dims(args[0])) - 2 or _has(args[1], rows) or _has(args[2], rows):
+        return False
+    if len(args) == 4:
+        mask = _dims(args[3])
+        cut = _axis_of(args[3], rows)
+        return cut == len(mask) - 2 if cut is not None else (len(mask) < 2 or _extent(mask[-2]) == 1)
+    return True
+
+
 def _separable(call: relax.Call, args: list, rows) -> bool:
     """Whether ``call`` on these (re-emitted) arguments computes each token from its own row."""
     name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+    if name == ATTENTION:
+        return _attention_separable(args, rows)
     if name in _ELEMENTWISE:
         return _broadcasts(args, rows)
     if name in _MATMULS:
@@ -125,8 +150,8 @@ def _separable(call: relax.Call, args: list, rows) -> bool:
 
 
 def blocked_function(fn: relax.Function, streamed: set[int], tokens: int, rows) -> relax.Function | None:
-    """``fn`` (a composite operator) rebuilt with its ``streamed`` parameters ``rows`` tokens
-    long (an int, or a ``tirx.Var`` to check separability), or None when it is not
+    """``fn`` (a composite operator) rebuilt with its ``streamed`` parameters (those cut into
+    blocks: :func:`block_cut`) ``rows`` tokens long (an int, or a ``tirx.Var`` to check separability), or None when it is not
     row-wise (see the module docstring)."""
     symbolic = not isinstance(rows, int)
     params, remap = [], {}
@@ -146,7 +171,11 @@ def blocked_function(fn: relax.Function, streamed: set[int], tokens: int, rows) 
         remap[param] = new
 
     def arg(expr):
-        return remap[expr] if isinstance(expr, relax.Var) else expr  # constants, shapes, attributes
+        if isinstance(expr, relax.Var):
+            return remap[expr]
+        if isinstance(expr, relax.Tuple):  # concat's operands
+            return relax.Tuple([arg(field) for field in expr.fields])
+        return expr  # constants, shapes, attributes
 
     bb = relax.BlockBuilder()
     mixes = False  # an operator mixes tokens: stop there (the builder still closes cleanly)
@@ -195,24 +224,63 @@ def blocked_function(fn: relax.Function, streamed: set[int], tokens: int, rows) 
     return result
 
 
+def held_and_cut(fn: relax.Function, streamed: set[int], tokens: int) -> tuple[set[int], set[int]]:
+    """(held, cut): the streamed parameters read whole before the first block (attention's
+    K and V), and the parameters cut into token blocks (the other streamed ones, and a
+    mask port with a row per query)."""
+    position = {param: i for i, param in enumerate(fn.params)}
+    held, masks = set(), set()
+    for block in fn.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == ATTENTION:
+                held |= {position[a] for a in value.args[1:3] if a in position}
+                if len(value.args) == 4 and value.args[3] in position:
+                    dims = [_extent(d) for d in _dims(value.args[3])]
+                    if len(dims) >= 2 and dims[-2] == tokens and token_axis(dims, tokens) == len(dims) - 2:
+                        masks.add(position[value.args[3]])
+    return held & streamed, (streamed - held) | masks
+
+
+def block_cut(fn: relax.Function, streamed: set[int], tokens: int) -> frozenset[int] | None:
+    """The parameters to cut into token blocks when this operator streams them (see
+    :func:`held_and_cut`), or None when it cannot (module docstring)."""
+    if not streamed or tokens <= 1:
+        return None
+    _, cut = held_and_cut(fn, streamed, tokens)
+    if not cut or blocked_function(fn, cut, tokens, tvm.tirx.Var("rows", "int64")) is None:
+        return None
+    return frozenset(cut)
+
+
 def separable(fn: relax.Function, streamed: set[int], tokens: int) -> bool:
     """Whether the codegen can stream this operator in token blocks (module docstring)."""
-    if not streamed or tokens <= 1:
-        return False
-    return blocked_function(fn, streamed, tokens, tvm.tirx.Var("rows", "int64")) is not None
+    return block_cut(fn, streamed, tokens) is not None
+
+
+def legal_whole(source: relax.Function, tokens: int) -> tvm.IRModule | None:
+    """The operator ``source`` on whole tensors, legalized on its own so that its element-wise
+    stages fuse as in its blocks (the same expressions, so the same bits); None when there
+    is nothing to fuse (``codegen_hls.stage_fusion``)."""
+    if not fusible(source) or blocked_function(source, set(), tokens, tokens) is None:
+        return None
+    return legal_block(source, set(), tokens, tokens)
 
 
 _LEGAL_BLOCKS: dict = {}  # (structural hash, streamed, tokens, rows) -> [(operator, legalized module)]
 
 
 def legal_block(source: relax.Function, streamed: set[int], tokens: int, rows: int) -> tvm.IRModule:
-    """The operator ``source`` for ``rows`` tokens, legalized (``token_blocks``). Cached: every
-    layer has the same operators, and legalizing each of them again costs seconds."""
+    """The operator ``source`` for ``rows`` tokens (``streamed``: its parameters cut into
+    blocks), legalized, its element-wise stages fused (``codegen_hls.stage_fusion``).
+    Cached: every layer has the same operators, and legalizing each of them again costs
+    seconds."""
     key = (tvm_ffi.structural_hash(source), tuple(sorted(streamed)), tokens, rows)
     for known, legal in _LEGAL_BLOCKS.get(key, ()):
         if tvm_ffi.structural_equal(known, source):
             return legal
     legal = relax.transform.LegalizeOps()(tvm.IRModule({"main": blocked_function(source, streamed, tokens, rows)}))
+    legal = fuse_stages(source, legal)
     if len(_LEGAL_BLOCKS) > 1024:  # a long session building many models: start over
         _LEGAL_BLOCKS.clear()
     _LEGAL_BLOCKS.setdefault(key, []).append((source, legal))

@@ -13,6 +13,8 @@ from __future__ import annotations
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
+from codegen_hls.attention_kernel import ATTENTION, register_ops
+
 from .patterns import PatternEntry, static_shapes
 
 
@@ -25,6 +27,15 @@ def _any(*patterns):
     for p in patterns[1:]:
         result = result | p
     return result
+
+
+def _attention(arity: int):
+    """The fused operator (``relax_passes.attention_fusion``), with or without a mask."""
+    def build():
+        register_ops()
+        root = is_op(ATTENTION)(*[wildcard() for _ in range(arity)])
+        return root, {"root": root}
+    return build
 
 
 def _embedding():
@@ -122,6 +133,8 @@ def _layer_norm():
 def llm_pattern_table() -> list[PatternEntry]:
     """In priority order: larger and more specific patterns first."""
     return [
+        PatternEntry("attention", _attention(4), static_shapes),
+        PatternEntry("attention", _attention(3), static_shapes),
         PatternEntry("embedding", _embedding, static_shapes),
         PatternEntry("gelu", _gelu, static_shapes),
         PatternEntry("masked_softmax", _masked_softmax, static_shapes),

@@ -14,6 +14,7 @@ import tvm
 from tvm import relax
 from tvm.relax.transform import FuseOpsByPattern, MergeCompositeFunctions
 
+from .attention_fusion import fuse_attention
 from .kv_inplace import kv_inplace, make_calls_inplace
 from .patterns import CODEGEN, fuse_patterns
 from .roles import name_roles
@@ -39,6 +40,7 @@ def partition_for_vitis_spatial(mod: tvm.IRModule) -> tvm.IRModule:
     mod = relax.transform.Normalize()(mod)
     mod = relax.transform.FoldConstant()(mod)  # exporters leave shape arithmetic on constants
     mod = kv_inplace(mod)  # a decode graph's cache: one row per layer written in place
+    mod = fuse_attention(mod)  # head split, QK^T, softmax, AV, head merge: one operator
     mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
     mod = bind_scalar_constants(mod)
     mod = name_roles(mod)

@@ -64,15 +64,20 @@ def test_matmul_shapes_come_from_the_design(gpt2_design):
     linears = [p for p in work.processes if p.op == "linear"]
     first = linears[0].matmul
     assert (first.m, first.k, first.n, first.b_offchip) == (16, 64, 192, True)
-    scores = next(p for p in work.processes if p.op == "attention_scores").matmul
-    assert (scores.batch, scores.m, scores.n, scores.k, scores.b_offchip) == (4, 16, 16, 16, False)
+    # the fused attention: lanes, no MAC array; its QK^T and AV MACs count for the roofline
+    attention = next(p for p in work.processes if p.op == "attention")
+    assert attention.matmul is None and attention.macs == 2 * 16 * 16 * 64
     assert work.tokens == 16 and work.causal
 
 
 def test_bert_attention_is_a_barrier(bert_design):
+    """Built in token blocks, a bidirectional attention starts its first block only after
+    all of K and V are in: the pipeline of blocks restarts after it."""
     work = design_work(bert_design)
-    assert not work.causal
-    assert any(p.barrier for p in work.processes if p.op == "attention_scores")
+    assert not work.causal and work.block == 8
+    attention = [p for p in work.processes if p.op == "attention"]
+    assert len(attention) == 2 and all(p.barrier and p.rows == 8 for p in attention)
+    assert not any(p.barrier for p in work.processes if p.op != "attention")
 
 
 # ---- the model -------------------------------------------------------------------------

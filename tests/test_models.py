@@ -59,11 +59,10 @@ def test_dynamic_dimension_without_shape_is_named(tmp_path):
 
 
 # The transformer operators every layer must have as processes of its own.
+# attention (head split, QK^T, masked softmax, AV, head merge) is one fused operator
 LAYER_OPS = {
-    "gpt2_tiny": {"layer_norm", "linear", "attention_scores", "masked_softmax", "attention_context",
-                  "head_split", "head_merge", "gelu", "residual_add"},
-    "bert_tiny": {"layer_norm", "linear", "attention_scores", "masked_softmax", "attention_context",
-                  "head_split", "head_merge", "gelu", "residual_add"},
+    "gpt2_tiny": {"layer_norm", "linear", "attention", "gelu", "residual_add"},
+    "bert_tiny": {"layer_norm", "linear", "attention", "gelu", "residual_add"},
 }
 
 
@@ -76,6 +75,7 @@ def test_one_process_per_operator_per_layer(built):
         ops = {p.op for p in processes if p.layer == layer}
         assert LAYER_OPS[name] <= ops, (layer, LAYER_OPS[name] - ops)
         assert sum(p.op == "linear" for p in processes if p.layer == layer) >= 4
+        assert sum(p.op == "attention" for p in processes if p.layer == layer) == 1
     assert any(p.op == "embedding" for p in processes)
 
 

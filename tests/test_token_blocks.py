@@ -89,7 +89,7 @@ def gpt2_blocked():
     return _build("gpt2_tiny", 8)
 
 
-ROW_WISE = {"layer_norm", "linear", "split", "residual_add", "gelu"}
+ROW_WISE = {"layer_norm", "linear", "split", "residual_add", "gelu", "attention"}  # attention: row-wise in its queries
 
 
 def test_row_wise_processes_run_in_blocks_and_the_rest_whole(gpt2_blocked):
@@ -152,10 +152,10 @@ def test_the_estimate_reads_the_blocks_and_they_overlap(gpt2_blocked):
     assert blocked.prefill_cycles == pytest.approx(estimate_work(work, dev, config).prefill_cycles)
     whole = estimate_work(work, dev, ModelConfig(block=None, parallelism=config.parallelism))
     assert blocked.prefill_cycles < whole.prefill_cycles
-    # a row-wise process buffers one block; a whole-tensor one (attention) its whole input
+    # a row-wise process buffers one block; a whole-tensor one (the embedding) its whole input
     linear = next(p for p in work.processes if p.op == "linear")
-    assert linear.separable and linear.rows == 8 and not any(
-        p.separable for p in work.processes if p.op.startswith("attention"))
+    assert linear.separable and linear.rows == 8
+    assert not next(p for p in work.processes if p.op == "embedding").separable
 
 
 def test_packed_w4a8_linears_run_in_blocks():

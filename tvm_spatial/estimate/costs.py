@@ -92,6 +92,9 @@ INT_OPS = {
 ELEMENT_OPS = {
     "layer_norm": {"add": 3, "mul": 2},  # the per-row rsqrt/div are shared (one per row)
     "masked_softmax": {"add": 2, "exp": 1, "cmp": 1, "mul": 1},
+    # the fused attention (codegen_hls.attention_kernel): its five loop nests' operators --
+    # the QK^T MAC with Q and K scaled inside it, scale and mask, max, exp, sum, divide, the AV MAC
+    "attention": {"mul": 5, "add": 5, "exp": 1, "cmp": 1, "div": 1},
     "softmax": {"add": 2, "exp": 1, "cmp": 1, "mul": 1},
     "gelu": {"add": 2, "mul": 5, "tanh": 1},
     "residual_add": {"add": 1},

@@ -18,9 +18,9 @@ The architecture it models (Chen et al., TRETS'24, Sec. 4; Allo's GPT2 design):
   ``codegen_hls.token_blocks`` streams) in blocks of ``block`` tokens. Process ``i``
   takes ``tau_i = max(compute, weight traffic)`` per block; a chain of processes takes
   ``sum(tau_i) + (blocks - 1) * max(tau_i)`` (fill, then the bottleneck once per block).
-  A process that buffers whole tensors (attention, a transpose) and non-causal attention,
-  which must see every key first, cut the chain into segments that run one after the
-  other. ``block=None``: every process buffers whole tensors, so processes run one
+  A process that buffers whole tensors (a transpose, a gather) and a bidirectional
+  attention, which must see every key first (``ProcessWork.barrier``), cut the chain into
+  segments that run one after the other. ``block=None``: every process buffers whole tensors, so processes run one
   after another;
 * **decode** (one new token, context ``seq``): processes run one after another (each needs
   the previous one's whole vector); each is compute- or memory-bound:
@@ -231,15 +231,19 @@ class Estimate:
 
 # ---- one process ---------------------------------------------------------------------
 def nests_cycles(nests, lanes: int) -> int:
-    """Cycles of loop nests ``(trips, extent, fixed II)`` at ``lanes`` (``codegen_hls.lanes``):
-    ``l``, the largest divisor of the extent not above ``lanes``, elements per cycle, or
-    the fixed II per element of a reduction its own loop carries."""
-    from codegen_hls.lanes import largest_divisor  # the codegen's own rule (imported late: no cycle)
+    """Cycles of loop nests ``(trips, extent, fixed II[, rows])`` at ``lanes``
+    (``codegen_hls.lanes``): ``l``, the largest divisor of the extent not above ``lanes``,
+    elements per cycle -- and with lanes beyond a whole extent, ``r`` rows of the loop
+    around it per cycle -- or the fixed II per element of a reduction its own loop carries."""
+    from codegen_hls.lanes import largest_divisor, rows_unrolled  # the codegen's own rules (late: no cycle)
 
     total = 0
-    for trips, extent, ii in nests:
+    for trips, extent, ii, *rest in nests:
+        rows = rows_unrolled(extent, rest[0], lanes) if rest else 1
         if ii:
             total += trips * extent * ii
+        elif rows > 1:
+            total += trips // rows
         else:
             total += trips * (extent // largest_divisor(extent, lanes))
     return total
@@ -335,6 +339,8 @@ def process_estimate(
         mem_block = ((p.port_bytes + cache_bytes) / n_blocks) / bw
         d_compute = math.ceil(prefill / tokens)
         d_bytes = (p.port_bytes + cache_bytes) / tokens
+        if p.macs and not p.cache_traffic:  # attention read as if decoding: K and V of every
+            d_bytes += p.macs / tokens * costs.dtype_bits(p.dtype) / 8  # position, once, off-chip
         d_mem = d_bytes / bw
         dsp = lut = ff = 0.0
         for op, count in mix.items():
@@ -342,10 +348,16 @@ def process_estimate(
             dsp += lanes * count * c.dsp
             lut += lanes * count * c.lut
             ff += lanes * count * c.ff
-        # buffer: a block of its stream inputs (whole tensors unless row-wise), banked by lanes
+        # buffers, banked by lanes: a block of its stream inputs (whole tensors unless it runs
+        # in blocks), those it holds whole (attention's K and V), and its intermediate arrays
+        # (recorded per call as built: ``rows`` tokens, or all of them)
         bits = costs.dtype_bits(p.dtype)
-        depth = math.ceil(p.in_stream_elements * blk / tokens / lanes) if p.in_stream_elements else 0
+        streamed = p.in_stream_elements - p.held
+        depth = math.ceil((streamed * blk / tokens + p.held) / lanes) if p.in_stream_elements else 0
         bram, uram = _bank_memory(depth, bits, lanes, uram_threshold)
+        for elements in p.scratch:
+            b, u = _bank_memory(math.ceil(elements * blk / (p.rows or tokens) / lanes), bits, lanes, uram_threshold)
+            bram, uram = bram + b, uram + u
         res = Resources(dsp, bram, uram, lut, ff) + port_res + control
         macs = 0
         ii = 1
@@ -445,6 +457,10 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
             per = costs.MAC_COSTS[costs.mac_class(w.matmul.a_dtype, w.matmul.b_dtype)].dsp
             dsp_work += w.matmul.macs * per
             dsp_work_decode += w.matmul.macs * per / tokens
+        if w.macs:  # MACs of lanes (the fused attention)
+            per = costs.MAC_COSTS[costs.mac_class(w.dtype, w.dtype)].dsp
+            dsp_work += w.macs * per
+            dsp_work_decode += w.macs * per / tokens
     weights = sum(
         w.matmul.k * w.matmul.n * costs.dtype_bits(w.matmul.b_dtype) / 8
         for w in work.processes if w.matmul is not None and w.matmul.b_offchip

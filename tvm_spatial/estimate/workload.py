@@ -68,11 +68,20 @@ class ProcessWork:
     cache_traffic: tuple[tuple[int, int], ...] = ()
     cache_dtype: str = ""
     width: int = 0  # last dimension of what it computes: the codegen's lanes divide it (0: unknown)
-    nests: tuple[tuple[int, int, int], ...] = ()  # its loop nests as built (codegen_hls.design.Process)
+    nests: tuple[tuple[int, ...], ...] = ()  # its loop nests as built (codegen_hls.design.Process)
     # row-wise: the codegen can stream it in token blocks (codegen_hls.token_blocks); the
     # others buffer whole tensors whatever the block. ``rows``: its tokens per block as built.
     separable: bool = False
     rows: int = 0
+    # on-chip memory beyond the input buffers (codegen_hls.design.Process): stream inputs
+    # held whole while the others arrive in blocks, and intermediate arrays of one call
+    held: int = 0
+    scratch: tuple[int, ...] = ()
+    # cycles of its copy loops per call as built: stream reads and writes, a port's rows per
+    # block, one element per cycle (0: a design described by its sizes). Recorded, not yet
+    # charged by the model: see docs/model_validation.md, "What the model assumes"
+    stream_io: int = 0
+    macs: int = 0  # multiply-accumulates of its lanes (the fused attention), for the DSP roofline
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,8 @@ class DesignWork:
                 p = replace(p, matmul=replace(p.matmul, a_dtype=a, b_dtype=b), dtype=a)
             if p.cache_traffic:  # K and V are the attention matmuls' operands: int8 when they are
                 p = replace(p, cache_dtype=a)
+            if p.op == "attention":  # the fused attention's operands are activations
+                p = replace(p, dtype=a)
             procs.append(p)
         kv = tuple(replace(c, dtype=a) for c in self.kv_cache)
         return replace(self, processes=tuple(procs), kv_cache=kv)
@@ -379,7 +390,7 @@ def design_work(design) -> DesignWork:
                     port_bytes -= _prod(table.shape) * dtype_bits(table.dtype) // 8
                     port_bytes += elements * dtype_bits(table.dtype) // 8
             in_elems = sum(stream_of[n].elements for n in proc.inputs if n in stream_of)
-            if proc.op == "masked_softmax":
+            if proc.op in ("masked_softmax", "attention"):
                 for n in proc.inputs:
                     if n in ports and len(ports[n].shape) >= 2 and ports[n].shape[-1] == ports[n].shape[-2] > 1:
                         causal = True
@@ -392,7 +403,9 @@ def design_work(design) -> DesignWork:
                     kernel=kernel.name, name=proc.name, op=proc.op, layer=proc.layer, slr=proc.slr,
                     work=proc.work, tokens=0, elements=elements, dtype=dtype, matmul=matmul,
                     ports=used_ports, port_bytes=port_bytes, in_stream_elements=in_elems, width=width,
-                    nests=tuple(proc.nests), separable=proc.separable, rows=proc.rows,
+                    nests=tuple(proc.nests), separable=proc.separable, rows=proc.rows, held=proc.held,
+                    scratch=tuple(proc.scratch), stream_io=proc.stream_io, barrier=proc.barrier,
+                    macs=proc.macs,
                 )
             )
         for s in kernel.streams:
@@ -402,7 +415,8 @@ def design_work(design) -> DesignWork:
     tokens = max(linears, default=1)
     procs = []
     for p in processes:
-        barrier = (not causal) and p.op == "attention_scores"
+        # every query needs every key: a bidirectional attention waits for all of K and V
+        barrier = p.barrier or ((not causal) and p.op == "attention_scores")
         procs.append(replace(p, tokens=tokens, barrier=barrier))
     kv_cache: tuple = ()
     if cache_shape is not None:

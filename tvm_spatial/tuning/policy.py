@@ -30,9 +30,9 @@ scarce super long lines, and a design split for no speed gain pays for it in rou
 timing. The other modes (library arrays, explicit arrays, tuned records) keep the
 processes spread over every SLR, as they were tuned or written for.
 
-A design that does not fit the card even at the smallest arrays (GPT2-small today: its
-attention's whole-tensor buffers need more URAM than the U280 has, token blocks or not)
-is still built for emulation with whole tensors, the library's default arrays and a
+A design that does not fit the card even at the smallest arrays (GPT2-small in fp32 today:
+its held K and V, streams and buffers need 300 URAM on SLR0 of the 272 allowed; with int8
+activations it fits) is still built for emulation with whole tensors, the library's default arrays and a
 :class:`DesignOverBudgetWarning` that names the kernel,
 process and resource (and one lane per non-matmul process); ``allocation(strict=True)``
 raises the ``ResourceBudgetError`` instead.

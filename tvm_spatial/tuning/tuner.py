@@ -59,6 +59,7 @@ BLOCK_SBLOCK = "design__token_block"
 CUT_KEY = "tvm_spatial.slr_cut"  # + the cut's index: where the kernel's next SLR segment begins
 CUTS_SUFFIX = "__slr_cuts"  # the sblock of a kernel's SLR cuts is named after the kernel
 MAX_CUT_SHIFT = 4  # processes a cut moves at most in one candidate
+MAX_SHRINKS = 6  # sides a grow move may shrink on its SLR to fit again
 DEVICE_ATTR = "tvm_spatial.device"
 
 
@@ -201,15 +202,18 @@ class ArraySpace:
     A candidate is the ``centre`` (the best design so far) moved one of two ways, chosen
     by a sampled coin (``cut_share`` for the second) when the design has SLR cuts:
 
-    * one side grown by a step and one side of a process on the same SLR shrunk by a step,
-      so that it stays within the SLR's budget. Which sides move is sampled with
-      probabilities from the model: growing in proportion to the cycles a DSP saves,
-      shrinking in proportion to the DSPs a lost cycle frees (plus a floor, so that every
-      move stays possible);
-    * one SLR cut of one kernel moved by up to ``MAX_CUT_SHIFT`` processes, and every side
-      re-chosen by the greedy allocation for the new placement (why: the work-balanced
+    * one side grown by a step, then sides of processes on the same SLR shrunk by a step
+      each (up to ``MAX_SHRINKS``) until the SLR's DSPs fit its budget again: a doubled
+      attention's lanes cost what several linear layers' halved arrays free. Which sides
+      move is sampled with probabilities from the model: growing in proportion to the
+      cycles a DSP saves, shrinking in proportion to the DSPs a lost cycle frees (plus a
+      floor, so that every move stays possible);
+    * one SLR cut of one kernel moved by up to ``MAX_CUT_SHIFT`` processes, the kernel's
+      other cuts each then moved to their best place within as many processes, and every
+      side re-chosen by the greedy allocation for the new placement (why: the work-balanced
       split weighs a GELU's iterations like a matmul's, while the SLRs' budgets and the
-      arrays' discrete sizes decide what a process can get).
+      arrays' discrete sizes decide what a process can get; and the room a process leaves
+      on one SLR is often used only by moving the next cut too).
 
     Every decision is a ``sample_categorical`` in the trace, so a record replays exactly."""
 
@@ -248,18 +252,20 @@ class ArraySpace:
     def _par(values) -> Parallelism:
         return Parallelism(rows=values[0], cols=values[1]) if len(values) == 2 else Parallelism(lanes=values[0])
 
-    def _moves(self, step: int) -> list[tuple[str, int, float]]:
-        """(process, axis, merit) of moving each side by ``step`` (+1 grow, -1 shrink)."""
+    def _moves(self, step: int, target: dict | None = None) -> list[tuple[str, int, float]]:
+        """(process, axis, merit) of moving each side by ``step`` (+1 grow, -1 shrink) from
+        the centre, or from ``target`` (process -> side indices)."""
         from ..estimate.model import process_estimate
 
         clock = self.device.clock_mhz
         out = []
         for name, p in self.procs.items():
             axes = range(len(self.choices[name]))
-            here = [self.choices[name][a][self._index(name, a)] for a in axes]
+            index = (lambda a, name=name: target[name][a]) if target else (lambda a, name=name: self._index(name, a))
+            here = [self.choices[name][a][index(a)] for a in axes]
             cur = process_estimate(p, self._par(here), self.device, clock, self.rows)
             for axis in axes:
-                i = self._index(name, axis) + step
+                i = index(axis) + step
                 if not 0 <= i < len(self.choices[name][axis]):
                     continue  # no such move
                 there = list(here)
@@ -270,6 +276,20 @@ class ArraySpace:
                 merit = max(0.0, cycles) / max(1.0, dsp) if step > 0 else -dsp / max(1.0, -cycles)
                 out.append((name, axis, merit))
         return out
+
+    def _slr_dsp(self, target: dict, slr_of: dict, slr: int) -> float:
+        """DSPs of the tuned processes on ``slr`` at the ``target`` sides."""
+        from ..estimate.model import process_estimate
+
+        total = 0.0
+        for name, p in self.procs.items():
+            if slr_of[name] == slr:
+                par = self._par([self.choices[name][a][target[name][a]] for a in range(len(self.choices[name]))])
+                total += process_estimate(p, par, self.device, self.device.clock_mhz, self.rows).resources.dsp
+        return total
+
+    def _dsp_cap(self, slr: int) -> float:
+        return self.device.slr(slr).dsp * self.budget
 
     def _sample(self, sch, moves) -> tuple[str, int] | None:
         possible = [m for m in moves if m[2] > 0 or self.floor > 0]
@@ -286,14 +306,21 @@ class ArraySpace:
         (None: even the smallest design does not fit that placement)."""
         from ..errors import ResourceBudgetError
 
+        return self._greedy_allocation(cuts)[0]
+
+    def _greedy_allocation(self, cuts: dict) -> tuple[dict | None, float]:
+        """(the greedy allocation's table, its estimated prefill cycles) for ``cuts``
+        ((None, inf): no fit)."""
+        from ..errors import ResourceBudgetError
+
         key = tuple(sorted(cuts.items()))
         if key not in self._greedy:
             work = self.work.with_placement(self.work.placement_for_cuts(cuts))
             try:
-                self._greedy[key] = allocate_for_codegen(work, self.device, budget=self.budget,
-                                                         blocks=(self.rows,)).codegen_table()
+                alloc = allocate_for_codegen(work, self.device, budget=self.budget, blocks=(self.rows,))
+                self._greedy[key] = (alloc.codegen_table(), alloc.estimate.prefill_cycles)
             except ResourceBudgetError:
-                self._greedy[key] = None
+                self._greedy[key] = (None, float("inf"))
         return self._greedy[key]
 
     def _cut_move(self, sch) -> dict | None:
@@ -304,9 +331,25 @@ class ArraySpace:
         shift = shifts[int(sch.get(sch.sample_categorical(list(range(len(shifts))), [1 / len(shifts)] * len(shifts))))]
         moved = list(self.cuts[kernel])
         moved[j] += shift
-        if moved != sorted(set(moved)) or not all(0 < c < self.chain_length[kernel] for c in moved):
+        if not self._valid(kernel, moved):
             return None
+        # the kernel's other cuts follow, each to its best place nearby (one at a time): a
+        # process moving to the next SLR can make room there that only a second cut uses
+        for i in range(len(moved)):
+            if i == j:
+                continue
+            options = []
+            for d in range(-MAX_CUT_SHIFT, MAX_CUT_SHIFT + 1):
+                trial = list(moved)
+                trial[i] += d
+                if self._valid(kernel, trial):
+                    options.append((self._greedy_allocation({**self.cuts, kernel: tuple(trial)})[1], abs(d), trial))
+            if options:
+                moved = min(options)[2]
         return {**self.cuts, kernel: tuple(moved)}
+
+    def _valid(self, kernel: str, cuts: list) -> bool:
+        return cuts == sorted(set(cuts)) and all(0 < c < self.chain_length[kernel] for c in cuts)
 
     def __call__(self, sch) -> None:
         target = {name: [self._index(name, a) for a in range(len(sides))] for name, sides in self.choices.items()}
@@ -332,10 +375,17 @@ class ArraySpace:
                 target[name][axis] = min(len(self.choices[name][axis]) - 1, target[name][axis] + 1)
                 placed = self.work.placement_for_cuts(self.cuts) if self.cuts else {}
                 slr_of = {n: placed.get(n, p.slr) for n, p in self.procs.items()}
-                shrink = self._sample(sch, [m for m in self._moves(-1) if slr_of[m[0]] == slr_of[name] and m[0] != name])
-                if shrink is not None:
+                # then shrink sides on the same SLR (sampled, best merit first in expectation)
+                # until it fits again: one grown array can cost what several small ones free
+                for _ in range(MAX_SHRINKS):
+                    shrink = self._sample(sch, [m for m in self._moves(-1, target)
+                                                if slr_of[m[0]] == slr_of[name] and m[0] != name])
+                    if shrink is None:
+                        break
                     other, axis2 = shrink
                     target[other][axis2] -= 1
+                    if self._slr_dsp(target, slr_of, slr_of[name]) <= self._dsp_cap(slr_of[name]):
+                        break
         for name, choices in self.choices.items():
             block = sch.get_sblock(name)
             keys = (ROWS_KEY, COLS_KEY) if len(choices) == 2 else (LANES_KEY,)

@@ -1,0 +1,153 @@
+"""Multi-head attention as one operator (codegen_hls/attention_kernel.py), the pass that
+finds it in exported graphs (relax_passes/attention_fusion.py), and its token blocks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from tvm import relax
+
+import tvm_spatial
+from codegen_hls.attention_kernel import ATTENTION, attention
+from relax_passes.attention_fusion import fuse_attention
+from tvm_spatial.frontend import from_onnx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_models import load_fixture  # noqa: E402
+
+RNG = np.random.default_rng(7)
+
+
+def _llvm(mod: tvm.IRModule, *args):
+    ex = relax.build(relax.transform.LegalizeOps()(mod), "llvm")
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in args])
+    return out.numpy() if isinstance(out, tvm.runtime.Tensor) else out[0].numpy()
+
+
+def _numpy_attention(q, k, v, mask, heads, q_scale=1.0, s_div=1.0):
+    tokens, hidden = q.shape[-2:]
+    width = hidden // heads
+    split = lambda x: x.reshape(-1, heads, width).transpose(1, 0, 2)  # noqa: E731
+    s = (split(q * q_scale) @ split(k).transpose(0, 2, 1)) / s_div + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ split(v)).transpose(1, 0, 2).reshape(tokens, hidden)
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 1, 6, 6), (1, 1, 1, 6), (2, 6, 6)])
+def test_the_operator_matches_numpy(mask_shape):
+    tokens, hidden, heads = 6, 8, 2
+    q, k, v = (relax.Var(n, relax.TensorType([1, tokens, hidden], "float32")) for n in "qkv")
+    m = relax.Var("m", relax.TensorType(list(mask_shape), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [q, k, v, m]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(attention(q, k, v, m, heads=heads, scales={"q": (0.5, False), "s": (2.0, True)})))
+        bb.emit_func_output(out)
+    a = [RNG.standard_normal((1, tokens, hidden)).astype("float32") for _ in range(3)]
+    mask = RNG.standard_normal(mask_shape).astype("float32")
+    got = _llvm(bb.get(), *a, mask)
+    want = _numpy_attention(a[0][0], a[1][0], a[2][0], mask.reshape((1,) * (4 - len(mask_shape)) + mask_shape)[0],
+                            heads, q_scale=0.5, s_div=2.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case, shapes, heads, error", [
+    ("heads do not divide the hidden size", ([1, 4, 6], [1, 4, 6], [1, 4, 6], None), 4, "do not divide"),
+    ("k and v of different lengths", ([1, 4, 8], [1, 4, 8], [1, 5, 8], None), 2, "one length"),
+    ("a mask that does not broadcast", ([1, 4, 8], [1, 4, 8], [1, 4, 8], [1, 1, 3, 4]), 2, "does not broadcast"),
+    ("heads first, not token-major", ([2, 4, 8], [1, 4, 8], [1, 4, 8], None), 2, "tokens, hidden"),
+])
+def test_malformed_calls_say_what_is_wrong(case, shapes, heads, error):
+    args = [relax.Var(f"a{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes) if s is not None]
+    with pytest.raises(Exception, match=error):
+        relax.BlockBuilder().normalize(attention(*args, heads=heads))
+
+
+@pytest.mark.parametrize("name, causal", [("gpt2_tiny", True), ("bert_tiny", False)])
+def test_exported_attention_becomes_one_operator_with_the_same_result(name, causal):
+    """Both exporters' spellings (GPT2's K transposed through [heads, tokens, dim] and back,
+    BERT's computed padding mask) are found, once per layer, and the rewritten module gives
+    what TVM's own build of the original gives."""
+    path, inputs, _, _ = load_fixture(name)
+    mod = relax.transform.FoldConstant()(relax.transform.Normalize()(from_onnx(path)))
+    fused = fuse_attention(mod)
+    calls = []
+    relax.analysis.post_order_visit(
+        fused["main"], lambda e: calls.append(e) if isinstance(e, relax.Call) and getattr(e.op, "name", "") == ATTENTION else None)
+    assert len(calls) == 2  # both fixtures have two layers
+    assert all(int(c.attrs.get("causal", 0)) == causal for c in calls)
+    assert "permute_dims" not in fused["main"].script()  # the head splits and merges are gone
+    args = list(inputs.values())
+    np.testing.assert_allclose(_llvm(fused, *args), _llvm(mod, *args), rtol=1e-6, atol=1e-6)
+
+
+def test_attention_in_another_layout_is_left_alone():
+    """A head merge that puts heads last is not the operator's layout: nothing changes."""
+    tokens, heads, width = 4, 2, 3
+    hidden = heads * width
+    x = {n: relax.Var(n, relax.TensorType([1, tokens, hidden], "float32")) for n in "qkv"}
+    bb = relax.BlockBuilder()
+    with bb.function("main", list(x.values())):
+        with bb.dataflow():
+            split = {n: bb.emit(relax.op.permute_dims(bb.emit(relax.op.reshape(x[n], [1, tokens, heads, width])),
+                                                       [0, 2, 1, 3])) for n in "qkv"}
+            kt = bb.emit(relax.op.permute_dims(split["k"], [0, 1, 3, 2]))
+            p = bb.emit(relax.op.nn.softmax(bb.emit(relax.op.matmul(split["q"], kt)), axis=-1))
+            ctx = bb.emit(relax.op.matmul(p, split["v"]))  # [1, heads, tokens, width]
+            wrong = bb.emit(relax.op.reshape(bb.emit(relax.op.permute_dims(ctx, [0, 2, 3, 1])), [1, tokens, hidden]))
+            out = bb.emit_output(wrong)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert tvm_ffi.structural_equal(fuse_attention(mod), mod)
+
+
+def _processes(design, op):
+    return [p for k in design.kernels for p in k.processes if p.op == op]
+
+
+def test_causal_attention_streams_queries_beside_k_and_v():
+    """GPT2: each query block is computed once K and V blocks up to it have arrived, so the
+    queries' stream holds one block, and the result is the whole-tensor build's bit for bit."""
+    from tvm_spatial.estimate import design_work
+
+    path, inputs, outputs, _ = load_fixture("gpt2_tiny")
+    built = {}
+    for rows in (8, 16):
+        with tvm_spatial.allocation(rows=rows):
+            built[rows] = relax.build(from_onnx(path), target="vitis_spatial")
+    design = tvm_spatial.design_of(built[8])
+    (att, _) = _processes(design, "attention")
+    assert att.rows == 8 and att.held == 2 * 16 * 64  # K and V, whole
+    (kernel,) = design.kernels
+    queries = [s for s in kernel.streams if s.consumer == att.name and s.elements == 16 * 64]
+    assert sorted(s.depth for s in queries) == [2, 2, 8 * 64]  # K and V in lockstep, one block of Q
+    assert not next(p for p in design_work(design).processes if p.name == att.name).barrier
+    results = []
+    for ex in built.values():
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        results.append(vm["main"](*[tvm.runtime.tensor(v) for v in inputs.values()]).numpy())
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0], next(iter(outputs.values())), rtol=1e-4, atol=1e-4)
+
+
+def test_bidirectional_attention_holds_k_and_v_before_its_first_block():
+    """BERT: every query needs every key, so the block loop starts after K and V are in (the
+    model counts it as a barrier), and the queries' stream holds them all meanwhile."""
+    from tvm_spatial.estimate import design_from_onnx, design_work
+
+    path, *_ = load_fixture("bert_tiny")
+    with tvm_spatial.allocation(rows=8):
+        design = design_from_onnx(path)
+    att = _processes(design, "attention")[0]
+    assert att.rows == 8
+    (kernel,) = design.kernels
+    body = kernel.source.split(f"static void {att.name}(", 1)[1].split("\nstatic void ", 1)[0]
+    assert body.index("for (int blk") < body.index("// 2 blocks of 8 tokens")  # K and V first
+    assert "zero K and V" not in body
+    assert next(p for p in design_work(design).processes if p.name == att.name).barrier

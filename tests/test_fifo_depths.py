@@ -1,0 +1,87 @@
+"""Stream depths by bounded-FIFO simulation (codegen_hls/fifo_depths.py), and the lint rule
+that checks the printed depths the same way from the C++ text (codegen_hls/lint.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import tvm_spatial
+from codegen_hls.fifo_depths import Deadlock, Read, Write, deadlock, size_fifos
+from codegen_hls.lint import lint_source
+from tvm_spatial.estimate import design_from_onnx
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def gpt2_blocked_design():
+    with tvm_spatial.allocation(rows=8):
+        return design_from_onnx(FIXTURES / "gpt2_tiny.onnx")
+
+
+def _fork_join(first: str, blocks: int = 4, chunk: int = 8):
+    """A producer sends each block to two streams at once; the consumer reads ``first``
+    completely, then the other: the other must hold everything."""
+    other = "b" if first == "a" else "a"
+    return {
+        "producer": [Write(("a", "b"), blocks * chunk)],
+        "consumer": [Read(first, blocks * chunk), Read(other, blocks * chunk)],
+    }
+
+
+def test_a_consumer_draining_one_branch_first_needs_the_other_whole():
+    depths = size_fifos("k", _fork_join("a"), {"a": 2, "b": 2})
+    assert depths == {"a": 2, "b": 32}
+    assert deadlock(_fork_join("a"), {"a": 2, "b": 31}) is not None
+    assert deadlock(_fork_join("a"), depths) is None
+
+
+def test_blocks_read_in_turn_need_one_block():
+    """A producer writing a block of q then a block of k; the consumer reading k's block
+    before q's: q holds one block, k stays shallow (they hand over in lockstep)."""
+    blocks, chunk = 4, 16
+    programs = {
+        "split": [op for _ in range(blocks) for op in (Write(("q",), chunk), Write(("k",), chunk))],
+        "attention": [op for _ in range(blocks) for op in (Read("k", chunk), Read("q", chunk))],
+    }
+    assert size_fifos("k", programs, {"q": 2, "k": 2}) == {"q": chunk, "k": 2}
+
+
+def test_a_chain_in_lockstep_stays_shallow():
+    programs = {
+        "a": [Write(("s1",), 1000)],
+        "b": [Read("s1", 1000), Write(("s2",), 1000)],
+        "c": [Read("s2", 1000)],
+    }
+    assert size_fifos("k", programs, {"s1": 2, "s2": 2}) == {"s1": 2, "s2": 2}
+
+
+def test_a_real_deadlock_is_an_error_not_a_deeper_fifo():
+    """Two processes each waiting to read what the other writes after: no depth helps."""
+    programs = {"p": [Read("y", 4), Write(("x",), 4)], "q": [Read("x", 4), Write(("y",), 4)]}
+    with pytest.raises(Deadlock, match="p reads y.*q reads x"):
+        size_fifos("k", programs, {"x": 2, "y": 2})
+
+
+def test_an_unknown_stream_is_an_error():
+    with pytest.raises(Exception, match="has no depth"):
+        size_fifos("k", {"p": [Write(("x",), 1)]}, {})
+
+
+def test_built_designs_pass_the_text_check_and_a_shallower_stream_fails_it(gpt2_blocked_design):
+    """The lint reads each process's stream program off the printed C++ (independently of
+    the codegen's own plan) and simulates it with the pragma depths: the built design
+    finishes; halving the stream the simulation made deepest for deadlock freedom (the
+    queries waiting beside K and V) makes it deadlock."""
+    kernel = gpt2_blocked_design.kernels[0]
+    assert lint_source(kernel.name, kernel.source, kernel) == []
+    query = next(s for s in kernel.streams if "split" in s.producer and "attention" in s.consumer and s.depth > 2)
+    shallow = re.sub(rf"variable={query.name} depth=\d+", f"variable={query.name} depth={query.depth // 2}",
+                     kernel.source)
+    findings = lint_source(kernel.name, shallow, kernel)
+    assert [f.rule for f in findings] == ["stream-depth"], findings
+    assert f"stream '{query.name}' has depth {query.depth // 2}" in findings[0].message
+    assert "deadlocks" in findings[0].message
