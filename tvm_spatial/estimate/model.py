@@ -294,17 +294,19 @@ def process_estimate(
         # (arrays in the codegen's tile, at most the output's); fewer than ``latency`` stall
         positions = math.ceil(mm.m / rows) * math.ceil(mm.n / cols)
         stall = mac.latency / min(mac.latency, positions)
-        prefill = float(mm.batch * positions * mm.k) * stall
+        # plus its own copy loops (stream reads and writes, one element per cycle, before
+        # and after the array's work on a block, not beside it: codegen_hls.kernel)
+        prefill = float(mm.batch * positions * mm.k) * stall + p.stream_io
         wbytes = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
         compute_block = prefill / n_blocks
         mem_block = (wbytes + (p.port_bytes + cache_bytes) / n_blocks) / bw
         # decode: one token; the array serves k in parallel along its rows
         if mm.b_offchip:
-            d_compute = mm.batch * math.ceil(mm.k / rows) * math.ceil(mm.n / cols)
+            d_compute = mm.batch * math.ceil(mm.k / rows) * math.ceil(mm.n / cols) + p.stream_io / tokens
             d_bytes = wbytes + p.port_bytes / tokens
         else:  # attention: one query row against the KV cache of ``tokens`` positions
             d_macs = mm.batch * mm.n * mm.k
-            d_compute = math.ceil(d_macs / units)
+            d_compute = math.ceil(d_macs / units) + p.stream_io / tokens
             if p.cache_traffic:  # a decode design: its layer's K (or V) where the placement put it
                 d_bytes = p.port_bytes / tokens + cache_bytes
             else:  # a prefill design read as if decoding: the K (or V) cache, once, off-chip
@@ -334,6 +336,7 @@ def process_estimate(
         else:  # by size: ``passes`` over the data (or as many as its TIR's iterations say)
             per_element = max(passes if mix else 1, p.work // max(1, p.elements))
             prefill = float(math.ceil(p.elements * per_element / lanes))
+        prefill += p.stream_io  # its copy loops, one element per cycle (as for a matmul above)
         trips = (int(prefill),)
         compute_block = prefill / n_blocks
         mem_block = ((p.port_bytes + cache_bytes) / n_blocks) / bw

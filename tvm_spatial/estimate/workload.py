@@ -78,8 +78,8 @@ class ProcessWork:
     held: int = 0
     scratch: tuple[int, ...] = ()
     # cycles of its copy loops per call as built: stream reads and writes, a port's rows per
-    # block, one element per cycle (0: a design described by its sizes). Recorded, not yet
-    # charged by the model: see docs/model_validation.md, "What the model assumes"
+    # block, one element per cycle, before and after its stages (0: a design described by
+    # its sizes, as Allo's and Chen et al.'s, whose streams keep pace with their arrays)
     stream_io: int = 0
     macs: int = 0  # multiply-accumulates of its lanes (the fused attention), for the DSP roofline
 
