@@ -61,3 +61,11 @@ def byte_size(dtype: str) -> int:
 
 def is_float(dtype: str) -> bool:
     return str(dtype).startswith("float")
+
+
+PACKET = "tvs_packet"  # the common header's struct of ``N`` elements (codegen_hls.kernel)
+
+
+def stream_element(dtype: str, width: int = 1) -> str:
+    """The element type of a stream carrying ``width`` elements of ``dtype`` per transfer."""
+    return c_type(dtype) if width <= 1 else f"{PACKET}<{c_type(dtype)}, {int(width)}>"

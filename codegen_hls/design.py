@@ -82,8 +82,9 @@ class Process:
     # Multiply-accumulates per call done by its lanes, not a MAC array (the fused attention's
     # QK^T and AV): work the DSP roofline counts.
     macs: int = 0
-    # Cycles of its own copy loops per call (one element per cycle, around its stages): the
-    # stream reads, the rows of a port it reads per block, the writes, zeroing held buffers.
+    # Cycles of its own copy loops per call (around its stages, pipelined at II=1): the
+    # stream reads and writes (a transfer each), the rows of a port it reads per block and
+    # the zeroing of held buffers (an element each).
     stream_io: int = 0
 
 
@@ -97,9 +98,10 @@ class Stream:
     name: str
     dtype: str
     elements: int  # elements written once by the producer and read once by the consumer
-    depth: int
+    depth: int  # in transfers
     producer: str
     consumer: str
+    width: int = 1  # elements per transfer (a packet of them when > 1: codegen_hls.c_types)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class AxisPort:
     depth: int  # FIFO depth the link needs (the stream's depth in the dataflow plan)
     direction: str  # "out": this kernel writes it; "in": it reads it
     peer: str  # the segment kernel on the other side
+    width: int = 1  # elements per transfer
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Why this shape: every operator instance the partitioner matched (a composite function)
 becomes its own *process* — an HLS function with its own hardware — and the kernel's
 ``extern "C"`` top function is a ``#pragma HLS DATAFLOW`` region calling them all.
-Activations flow between processes through ``hls::stream`` FIFOs, element by element in
-row-major order, never through off-chip memory. Every tensor the caller passes
+Activations flow between processes through ``hls::stream`` FIFOs in row-major order, a
+packet of up to ``STREAM_PACKET`` elements per transfer, never through off-chip memory. Every tensor the caller passes
 (weights, model inputs) is an AXI master port; a tensor read by several processes gets
 one port (and bundle, hence memory bank) per reader, since a dataflow process must own
 its interfaces. Model outputs are written to AXI master ports.
@@ -39,7 +39,7 @@ from tvm import relax, s_tir
 from tvm_spatial.devices import get_device
 from tvm_spatial.errors import CodegenError, DynamicShapeError
 
-from .c_types import c_type, needs_ap_types
+from .c_types import PACKET, c_type, needs_ap_types, stream_element
 from .code_writer import CodeWriter
 from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
@@ -54,6 +54,8 @@ _STREAM_VIEWS = frozenset({"reshape", "squeeze", "expand_dims"})
 # Operators whose matmul stage gets a MAC array (the analytical model's matmul processes).
 MATMUL_OPS = ("linear", "attention_scores", "attention_context", "matmul")
 SHALLOW_STREAM_DEPTH = 2
+# Elements per stream transfer at most: a packet of 16 keeps up with 16 lanes (512 bits of fp32).
+STREAM_PACKET = 16
 
 
 @dataclass(eq=False)
@@ -377,6 +379,9 @@ class _KernelWriter:
                         self.stream_of[(id(slot), id(consumer))] = name
         check_stream_balance(self.name, self.streams, self.procs)
         self.block_processes()
+        self.streams = [replace(st, width=self.packet_width(st)) for st in self.streams]
+        self.width_of = {st.name: st.width for st in self.streams}
+        self.stream_dtype = {st.name: st.dtype for st in self.streams}
         programs = self.stream_programs()
         depths = size_fifos(self.name, programs, {st.name: st.depth for st in self.streams})
         for name, depth in self.skip_depths(programs).items():
@@ -409,8 +414,49 @@ class _KernelWriter:
                 between = max((longest(n) for n in succ.get(st.producer, ()) if n != consumer), default=float("-inf"))
                 chunk = next((op.count for op in programs[consumer] if isinstance(op, Read) and op.stream == st.name), 0)
                 if between >= 1 and chunk:
-                    depths[st.name] = int(min(st.elements, (between + 1) * chunk))
+                    depths[st.name] = int(min(st.elements // st.width, (between + 1) * chunk))
         return depths
+
+    def packet_width(self, stream: Stream) -> int:
+        """Elements per transfer of ``stream``: the largest divisor of every last dimension
+        its producer writes it from and its consumer reads it into (the tensors, their
+        blocks, a held tensor's blocks) up to ``STREAM_PACKET``, the same for all streams
+        of one tensor (its producer writes them in one loop)."""
+        from math import gcd
+
+        by_name = {p.name: p for p in self.procs}
+        producer = by_name[stream.producer]
+        base = next(slot for slot in producer.outputs if any(
+            self.stream_of.get((id(v), id(c))) == stream.name for v in [slot, *slot.views] for c in self.procs))
+        dims = []
+        for view in [base, *base.views]:
+            for consumer in self.procs:
+                if (id(view), id(consumer)) not in self.stream_of:
+                    continue
+                dims += [view.shape[-1] if view.shape else 1]
+                part = consumer.block_slot.get(id(view))
+                if part is not None:
+                    dims.append(part.shape[-1] if part.shape else 1)
+                elif consumer.rows and self.held_in_blocks(consumer, view):
+                    dims.append(self.held_block_shape(consumer, view)[-1] if view.shape else 1)
+        part = producer.block_slot.get(id(base))
+        if part is not None:
+            dims.append(part.shape[-1] if part.shape else 1)
+        common = 0
+        for d in dims:
+            common = gcd(common, int(d))
+        if common <= 1:
+            return 1
+        from .lanes import largest_divisor
+
+        return largest_divisor(common, STREAM_PACKET)
+
+    def held_block_shape(self, proc: Proc, slot: Slot) -> tuple[int, ...]:
+        """The shape of one block of a stream input ``proc`` holds whole."""
+        from .token_blocks import token_axis
+
+        axis = token_axis(slot.shape, self.token_count)
+        return tuple(proc.rows if k == axis else d for k, d in enumerate(slot.shape))
 
     def held_in_blocks(self, proc: Proc, slot: Slot) -> bool:
         """A stream input that a blocked process holds whole, read a block at a time
@@ -423,27 +469,34 @@ class _KernelWriter:
         """Each process's stream reads and writes in the order its printed code does them
         (``print_process``, ``print_blocked_process``), for ``fifo_depths``."""
         programs = {}
+
+        def read(stream: str, elements: int) -> Read:
+            return Read(stream, elements // self.width_of[stream])
+
+        def write(streams: tuple, elements: int) -> Write:
+            return Write(streams, elements // self.width_of[streams[0]])
+
         for proc in self.procs:
             ins = [(slot, self.stream_of[(id(slot), id(proc))]) for slot in proc.inputs
                    if (id(slot), id(proc)) in self.stream_of]
             outs = [(slot, tuple(self.output_streams(slot, proc))) for slot in proc.outputs]
             ops = []
             if not proc.rows:
-                ops += [Read(stream, slot.elements) for slot, stream in ins]
-                ops += [Write(streams, slot.elements) for slot, streams in outs if streams]
+                ops += [read(stream, slot.elements) for slot, stream in ins]
+                ops += [write(streams, slot.elements) for slot, streams in outs if streams]
             else:
                 held = [(slot, stream) for slot, stream in ins if id(slot) not in proc.block_slot]
-                ops += [Read(stream, slot.elements) for slot, stream in held if not self.held_in_blocks(proc, slot)]
-                held_blocks = [Read(stream, slot.elements // proc.blocks) for slot, stream in held
+                ops += [read(stream, slot.elements) for slot, stream in held if not self.held_in_blocks(proc, slot)]
+                held_blocks = [read(stream, slot.elements // proc.blocks) for slot, stream in held
                                if self.held_in_blocks(proc, slot)]
                 if not proc.causal:
                     ops += held_blocks * proc.blocks
                 for _ in range(proc.blocks):
                     if proc.causal:
                         ops += held_blocks
-                    ops += [Read(stream, proc.block_slot[id(slot)].elements) for slot, stream in ins
+                    ops += [read(stream, proc.block_slot[id(slot)].elements) for slot, stream in ins
                             if id(slot) in proc.block_slot]
-                    ops += [Write(streams, proc.block_slot[id(slot)].elements) for slot, streams in outs if streams]
+                    ops += [write(streams, proc.block_slot[id(slot)].elements) for slot, streams in outs if streams]
             programs[proc.name] = ops
         return programs
 
@@ -617,27 +670,75 @@ class _KernelWriter:
                 args.append(port)
             elif key in self.stream_of:
                 stream = self.stream_of[key]
-                params.append(f"hls::stream<{c_type(slot.dtype)}>& {stream}")
+                params.append(f"hls::stream<{stream_element(slot.dtype, self.width_of[stream])}>& {stream}")
                 args.append(stream)
         for slot in proc.outputs:
             for port in self.out_ports.get(id(slot), []):
                 params.append(f"{c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
                 args.append(port)
             for stream in self.output_streams(slot, proc):
-                params.append(f"hls::stream<{c_type(slot.dtype)}>& {stream}")
+                params.append(f"hls::stream<{stream_element(slot.dtype, self.width_of[stream])}>& {stream}")
                 args.append(stream)
         return f"static void {proc.name}({', '.join(params)})", args
 
-    @staticmethod
-    def read_stream(w: CodeWriter, local: Namer, into: Slot, hint: str, stream: str) -> None:
+    def read_stream(self, w: CodeWriter, local: Namer, into: Slot, hint: str, stream: str) -> None:
         """Declare ``into``'s buffer and fill it from ``stream`` in row-major order."""
         into.cname = local.fresh("in_" + re.sub(r"\W", "_", hint))
-        w.line(f"static {c_type(into.dtype)} {array_declarator(into.cname, into.shape)};")
-        _loop_nest(w, into.shape, [f"{into.cname}{_index(into.shape)} = {stream}.read();"])
+        self.declare(w, into.cname, into.dtype, into.shape, self.width_of[stream])
+        self.read_packets(w, stream, into.shape, lambda idx: into.cname + "".join(f"[{i}]" for i in idx))
+
+    @staticmethod
+    def declare(w: CodeWriter, name: str, dtype: str, shape, width: int) -> None:
+        """A process's static buffer; one a stream fills or empties ``width`` elements at a time
+        is partitioned cyclically by ``width`` along its last dimension."""
+        w.line(f"static {c_type(dtype)} {array_declarator(name, shape)};")
+        if width > 1:
+            w.line(f"#pragma HLS ARRAY_PARTITION variable={name} cyclic factor={width} dim={len(shape)}")
+
+    def read_packets(self, w: CodeWriter, stream: str, shape, dest) -> None:
+        """``dest(index expressions) = <next element of stream>`` over ``shape`` in row-major
+        order, one transfer (``width`` elements of the last dimension) per cycle."""
+        width = self.width_of[stream]
+        rank = len(shape or (1,))
+        if width == 1:
+            _loop_nest(w, shape, [f"{dest([f'i{k}' for k in range(rank)])} = {stream}.read();"])
+            return
+        element = stream_element(self.stream_dtype[stream], width)
+        packets = (*shape[:-1], shape[-1] // width)
+        idx = [f"i{k}" for k in range(rank - 1)] + [f"i{rank - 1} * {width} + e"]
+        _loop_nest(w, packets, [f"const {element} p = {stream}.read();",
+                                f"for (int e = 0; e < {width}; ++e) {{", "#pragma HLS UNROLL",
+                                f"  {dest(idx)} = p.data[e];", "}"])
+
+    def write_packets(self, w: CodeWriter, slot: Slot, shape, source, ports, streams) -> None:
+        """Send ``source(index expressions)`` over ``shape`` to every port (``ports``: their
+        index functions) and stream, a transfer per cycle."""
+        width = self.width_of[streams[0]] if streams else 1
+        rank = len(shape or (1,))
+        ctype = c_type(slot.dtype)
+        if width == 1:
+            idx = [f"i{k}" for k in range(rank)]
+            body = [f"const {ctype} v = {source(idx)};"]
+            body += [f"{port(idx)} = v;" for port in ports]
+            body += [f"{stream}.write(v);" for stream in streams]
+            _loop_nest(w, shape, body)
+            return
+        packets = (*shape[:-1], shape[-1] // width)
+        idx = [f"i{k}" for k in range(rank - 1)] + [f"i{rank - 1} * {width} + e"]
+        body = [f"{stream_element(slot.dtype, width)} p;", f"for (int e = 0; e < {width}; ++e) {{",
+                "#pragma HLS UNROLL", f"  p.data[e] = {source(idx)};"]
+        body += [f"  {port(idx)} = p.data[e];" for port in ports]
+        body += ["}"] + [f"{stream}.write(p);" for stream in streams]
+        _loop_nest(w, packets, body)
 
     def call_stage(self, w: CodeWriter, proc: Proc, stage: Stage) -> None:
         names = ", ".join(slot.cname for slot in stage.args)
         w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
+
+    def out_width(self, slot: Slot, proc: Proc) -> int:
+        """Elements per transfer of the streams carrying ``slot`` from ``proc`` (1: none)."""
+        streams = self.output_streams(slot, proc)
+        return self.width_of[streams[0]] if streams else 1
 
     def print_blocked_process(self, w: CodeWriter, proc: Proc) -> list[str]:
         """A process in token blocks: first read the streams it holds whole (attention's K
@@ -648,19 +749,20 @@ class _KernelWriter:
         output port at the block's offset along the token axis)."""
         from .token_blocks import token_axis
 
-        def at_block(slot: Slot, part) -> str:
-            """The index into ``slot`` of element ``[i0]..`` of its block (``part``: the
-            block's slot or shape): the block's rows along the token axis."""
+        def at_block(name: str, slot: Slot):
+            """Index expressions of a block's element -> that element of ``slot`` (``name``):
+            the block's rows along the token axis."""
             axis = token_axis(slot.shape, self.token_count)
-            rank = len(part if isinstance(part, tuple) else part.shape)
-            return "".join(f"[blk * {proc.rows} + i{k}]" if k == axis else f"[i{k}]" for k in range(rank))
+            return lambda idx: name + "".join(f"[blk * {proc.rows} + {i}]" if k == axis else f"[{i}]"
+                                              for k, i in enumerate(idx))
+
+        def plain(name: str):
+            return lambda idx: name + "".join(f"[{i}]" for i in idx)
 
         def read_held_blocks() -> None:
             for slot in held:
-                axis = token_axis(slot.shape, self.token_count)
-                part = tuple(proc.rows if k == axis else d for k, d in enumerate(slot.shape))
                 stream = self.stream_of[(id(slot), id(proc))]
-                _loop_nest(w, part, [f"{slot.cname}{at_block(slot, part)} = {stream}.read();"])
+                self.read_packets(w, stream, self.held_block_shape(proc, slot), at_block(slot.cname, slot))
 
         signature, args = self.process_signature(proc)
         local = Namer()
@@ -678,7 +780,7 @@ class _KernelWriter:
                         self.read_stream(w, local, slot, slot.hint, self.stream_of[key])
             for slot in held:
                 slot.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
-                w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
+                self.declare(w, slot.cname, slot.dtype, slot.shape, self.width_of[self.stream_of[(id(slot), id(proc))]])
             if held and not proc.causal:  # a block of each in turn, as their producers write them
                 with w.block(f"for (int blk = 0; blk < {proc.blocks}; ++blk)"):
                     read_held_blocks()
@@ -696,22 +798,21 @@ class _KernelWriter:
                     else:  # a port with a row per token (a causal mask): this block's rows
                         part.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
                         w.line(f"static {c_type(part.dtype)} {array_declarator(part.cname, part.shape)};")
-                        port = self.port_of[key]
-                        _loop_nest(w, part.shape, [f"{part.cname}{_index(part.shape)} = {port}{at_block(slot, part)};"])
+                        port = at_block(self.port_of[key], slot)
+                        idx = [f"i{k}" for k in range(len(part.shape))]
+                        _loop_nest(w, part.shape, [f"{part.cname}{_index(part.shape)} = {port(idx)};"])
+                outputs = {id(proc.block_slot[id(slot)]): self.out_width(slot, proc) for slot in proc.outputs}
                 for stage in proc.stages:
                     for slot in stage.args:
                         if slot.producer is proc and not slot.cname:
                             slot.cname = local.fresh(re.sub(r"\W", "_", slot.hint))
-                            w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
+                            self.declare(w, slot.cname, slot.dtype, slot.shape, outputs.get(id(slot), 1))
                         self.uses_ap |= needs_ap_types(slot.dtype)
                     self.call_stage(w, proc, stage)
                 for slot in proc.outputs:
                     part = proc.block_slot[id(slot)]
-                    idx = _index(part.shape)
-                    body = [f"const {c_type(slot.dtype)} v = {part.cname}{idx};"]
-                    body += [f"{port}{at_block(slot, part)} = v;" for port in self.out_ports.get(id(slot), [])]
-                    body += [f"{stream}.write(v);" for stream in self.output_streams(slot, proc)]
-                    _loop_nest(w, part.shape, body)
+                    ports = [at_block(port, slot) for port in self.out_ports.get(id(slot), [])]
+                    self.write_packets(w, slot, part.shape, plain(part.cname), ports, self.output_streams(slot, proc))
             if held and proc.causal:  # the next call's blocks find zero keys and values ahead
                 w.line("// zero K and V: the next call's early blocks must not see this call's later keys")
                 _loop_nest(w, held[0].shape, [f"{slot.cname}{_index(slot.shape)} = 0;" for slot in held])
@@ -739,7 +840,8 @@ class _KernelWriter:
                             slot.cname = ports[0]  # the only destination: write it in place
                         else:
                             slot.cname = local.fresh(re.sub(r"\W", "_", slot.hint))
-                            w.line(f"static {c_type(slot.dtype)} {array_declarator(slot.cname, slot.shape)};")
+                            width = self.out_width(slot, proc) if any(slot is o for o in proc.outputs) else 1
+                            self.declare(w, slot.cname, slot.dtype, slot.shape, width)
                     self.uses_ap |= needs_ap_types(slot.dtype)
                 self.call_stage(w, proc, stage)
             if proc.op == "copy":
@@ -749,11 +851,8 @@ class _KernelWriter:
                 streams = self.output_streams(slot, proc)
                 if not targets and not streams:
                     continue
-                idx = _index(slot.shape)
-                body = [f"const {c_type(slot.dtype)} v = {slot.cname}{idx};"]
-                body += [f"{port}{idx} = v;" for port in targets]
-                body += [f"{stream}.write(v);" for stream in streams]
-                _loop_nest(w, slot.shape, body)
+                index = lambda name: lambda idx: name + "".join(f"[{i}]" for i in idx)  # noqa: E731
+                self.write_packets(w, slot, slot.shape, index(slot.cname), [index(p) for p in targets], streams)
             if cache_slot(proc) is not None:
                 kv_update.write_row(w, self.name, proc)
         return args
@@ -775,7 +874,7 @@ class _KernelWriter:
                 write_port_interfaces(w, self.ports)
                 w.line("#pragma HLS DATAFLOW")
                 for stream in self.streams:
-                    w.line(f'hls::stream<{c_type(stream.dtype)}> {stream.name}("{stream.name}");')
+                    w.line(f'hls::stream<{stream_element(stream.dtype, stream.width)}> {stream.name}("{stream.name}");')
                     w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
                 for proc, args in calls:
                     w.line(f"{proc.name}({', '.join(args)});")
@@ -810,7 +909,7 @@ class _KernelWriter:
                 if src != dst and s in (src, dst):
                     out = src == s
                     axis.append(AxisPort(st.name, st.dtype, st.elements, st.depth, "out" if out else "in",
-                                         seg_name[dst if out else src]))
+                                         seg_name[dst if out else src], st.width))
             ports = tuple(p.name for p in self.ports if p.name in used)
             result.append(Segment(seg_name[s], s, ports, tuple(axis), tuple(p.name for p in procs)))
         return tuple(result)
@@ -831,7 +930,7 @@ class _KernelWriter:
                 w.line("#pragma HLS DATAFLOW")
                 for stream in self.streams:
                     if home[stream.producer] == home[stream.consumer] == seg.name:
-                        w.line(f'hls::stream<{c_type(stream.dtype)}> {stream.name}("{stream.name}");')
+                        w.line(f'hls::stream<{stream_element(stream.dtype, stream.width)}> {stream.name}("{stream.name}");')
                         w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
                 for proc, args in calls:
                     if home[proc.name] == seg.name:
@@ -842,7 +941,7 @@ class _KernelWriter:
         with w.block(f"void {self.name}({', '.join(_top_params(self.ports))})"):
             for stream in self.streams:
                 if home[stream.producer] != home[stream.consumer]:
-                    w.line(f'hls::stream<{c_type(stream.dtype)}> {stream.name}("{stream.name}");')
+                    w.line(f'hls::stream<{stream_element(stream.dtype, stream.width)}> {stream.name}("{stream.name}");')
                     w.line(f"#pragma HLS STREAM variable={stream.name} depth={stream.depth}")
             for seg in segments:
                 w.line(f"{seg.name}({', '.join([*seg.ports, *(a.name for a in seg.axis)])});")
@@ -850,14 +949,15 @@ class _KernelWriter:
 
     def copy_cycles(self, proc: Proc) -> int:
         """Iterations of the copy loops ``print_process`` / ``print_blocked_process`` put
-        around its stages (pipelined, one element each), over one call."""
-        reads = sum(s.elements for s in proc.inputs if (id(s), id(proc)) in self.stream_of)
+        around its stages (pipelined, one stream transfer or port element each), over one call."""
+        reads = sum(s.elements // self.width_of[self.stream_of[(id(s), id(proc))]] for s in proc.inputs
+                    if (id(s), id(proc)) in self.stream_of)
         reads += sum(s.elements for s in proc.inputs if (id(s), id(proc)) in self.port_of and id(s) in proc.block_slot)
         writes = 0
         for slot in proc.outputs:
             ports = self.out_ports.get(id(slot), [])
             if self.output_streams(slot, proc) or len(ports) > 1 or (ports and proc.rows):
-                writes += slot.elements
+                writes += slot.elements // self.out_width(slot, proc)
         zeroing = max((s.elements for s in proc.inputs if proc.causal and id(s) not in proc.block_slot
                        and (id(s), id(proc)) in self.stream_of), default=0)
         return reads + writes + zeroing
@@ -953,7 +1053,7 @@ def _top_params(ports, axis=()) -> list[str]:
         f"{'const ' if p.direction == 'in' else ''}{c_type(p.dtype)} {array_declarator(p.name, p.shape)}"
         for p in ports
     ]
-    return decls + [f"hls::stream<{c_type(a.dtype)}>& {a.name}" for a in axis]
+    return decls + [f"hls::stream<{stream_element(a.dtype, a.width)}>& {a.name}" for a in axis]
 
 
 def top_declaration(name: str, ports, axis=()) -> str:
@@ -1164,6 +1264,9 @@ def common_header(uses_ap: bool, uses_streams: bool = False) -> str:
         w.line("#include <hls_stream.h>")
         w.line("#endif")
     w.line()
+    w.line("// ``N`` elements moved through a stream in one transfer (wide streams keep pace with lanes)")
+    w.line("template <typename T, int N>")
+    w.line(f"struct {PACKET} {{ T data[N]; }};")
     w.line("template <typename T>")
     w.line("static inline T tvs_min(T a, T b) { return a < b ? a : b; }")
     w.line("template <typename T>")

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 from tvm_spatial.errors import LintError
 
-from .c_types import c_type
+from .c_types import c_type, stream_element
 from .fifo_depths import Read, Write, deadlock
 from .design import Design, Kernel
 from .host_code import buffers
@@ -752,11 +752,11 @@ class _Linter:
                          f"hls::stream argument of '{top.name}'")
                 continue
             line = pragmas.get(a.name, (top.line, {}))[0]  # a missing pragma: check_interfaces
-            want = c_type(a.dtype).replace(" ", "")
+            want = stream_element(a.dtype, a.width).replace(" ", "")
             got = _stream_element(param.text)
             if got != want:
                 self.add(line, "axis-port", f"stream '{a.name}' of '{top.name}' carries '{got}' but the link "
-                         f"with '{a.peer}' carries {a.dtype} ('{want}'): the widths differ")
+                         f"with '{a.peer}' carries {a.dtype} x {a.width} ('{want}'): the widths differ")
             c = counts.get(a.name)
             if c is None:
                 continue
@@ -764,9 +764,9 @@ class _Linter:
             verb = "writes" if a.direction == "out" else "reads"
             if other:
                 self.add(line, "axis-port", f"'{top.name}' both writes and reads AXI-stream port '{a.name}'")
-            if c.exact and done != a.elements:
+            if c.exact and done != a.elements // a.width:
                 self.add(line, "axis-port", f"'{top.name}' {verb} AXI-stream port '{a.name}' {done} times per "
-                         f"call; the link with '{a.peer}' carries {a.elements} elements")
+                         f"call; the link with '{a.peer}' carries {a.elements} elements, {a.width} per transfer")
 
     def check_interfaces(self, kernel: Kernel | None, banks: dict | None) -> None:
         tops = [f for f in self.functions if f.is_top]
@@ -874,7 +874,7 @@ def lint_links(design: Design, connectivity: str | None = None) -> list[Finding]
                 findings.append(Finding(vk.region, 1, "axis-link", f"'{vk.name}' links stream '{a.name}' with "
                                         f"'{a.peer}', which has no matching {side} port '{a.name}'"))
                 continue
-            if (other.dtype, other.elements) != (a.dtype, a.elements):
+            if (other.dtype, other.elements, other.width) != (a.dtype, a.elements, a.width):
                 findings.append(Finding(vk.region, 1, "axis-link", f"stream '{a.name}': '{vk.name}' has "
                                         f"{a.elements} x {a.dtype} but '{a.peer}' has {other.elements} x "
                                         f"{other.dtype}; both ends of a link must agree"))
@@ -904,8 +904,8 @@ def lint_links(design: Design, connectivity: str | None = None) -> list[Finding]
         fifo = int(depth) if depth else DEFAULT_STREAM_DEPTH
         if fifo < expected[key]:
             findings.append(Finding(CONNECTIVITY_FILE, number, "axis-link", f"link of stream '{src_port}' has "
-                                    f"FIFO depth {fifo}; its consumer reads it after another stream, so it "
-                                    f"must hold all {expected[key]} elements or the kernels deadlock"))
+                                    f"FIFO depth {fifo}; the dataflow plan needs depth {expected[key]} "
+                                    "(transfers) for the kernels to finish without deadlock"))
     for producer, stream, consumer in expected:
         if (producer, stream, consumer) not in seen:
             findings.append(Finding(CONNECTIVITY_FILE, 1, "axis-link", f"no stream_connect links '{producer}."

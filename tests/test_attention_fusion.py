@@ -126,7 +126,8 @@ def test_causal_attention_streams_queries_beside_k_and_v():
     assert att.rows == 8 and att.held == 2 * 16 * 64  # K and V, whole
     (kernel,) = design.kernels
     queries = [s for s in kernel.streams if s.consumer == att.name and s.elements == 16 * 64]
-    assert sorted(s.depth for s in queries) == [2, 2, 8 * 64]  # K and V in lockstep, one block of Q
+    # K and V in lockstep, one block of Q (depths count transfers of ``width`` elements)
+    assert sorted(s.depth * s.width for s in queries) == [2 * 16, 2 * 16, 8 * 64]
     assert not next(p for p in design_work(design).processes if p.name == att.name).barrier
     results = []
     for ex in built.values():

@@ -221,12 +221,13 @@ def test_gpt2_allocation_realizes_lanes_and_element_wise_latency_drops(gpt2):
             assert count == pytest.approx(est.process(p.name).prefill_cycles, abs=1), (p.name, cycles)
         if p.lanes > 1:
             assert cycles[0] < cycles[1], (p.name, p.lanes, cycles)
-    # what bounds the design now: the copy loops move one element per cycle per stream, so
-    # the bottleneck spends most of its time reading and writing its streams, not computing
+    # element-wise processes are no longer the bottleneck: their copy loops move a packet of
+    # elements per cycle (wide streams), and their lanes keep up; a MAC process bounds it
     from tvm_spatial.estimate import design_work
 
     bottleneck = next(w for w in design_work(wide).processes if w.name == est_wide.bottleneck)
-    assert bottleneck.stream_io > est_wide.process(bottleneck.name).prefill_cycles / 2
+    assert bottleneck.matmul is not None or bottleneck.macs > 0, bottleneck.name
+    assert bottleneck.stream_io < est_wide.process(bottleneck.name).prefill_cycles / 2
 
 
 def test_design_records_lanes_deterministically_and_compiles_strictly(gpt2, tmp_path):

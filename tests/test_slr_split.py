@@ -29,6 +29,7 @@ import tvm_spatial
 from codegen_hls import emulation
 from codegen_hls import kernel as kernel_module
 from codegen_hls import xrt_runtime
+from codegen_hls.c_types import stream_element
 from codegen_hls.lint import lint_design, lint_links
 from codegen_hls.project import project_files, write_project
 from codegen_hls.vitis_files import METADATA_XCLBIN
@@ -212,9 +213,10 @@ def test_source_has_one_dataflow_top_per_segment_with_axis_ports(gpt2):
             if seg.slr not in (src, dst):
                 assert name not in signature
                 continue
-            assert f"hls::stream<float>& {name}" in signature
+            element = stream_element(*next((st.dtype, st.width) for st in kernel.streams if st.name == name))
+            assert f"hls::stream<{element}>& {name}" in signature
             assert f"#pragma HLS INTERFACE axis port={name}" in body
-            assert f'hls::stream<float> {name}("' not in body  # an argument, not a local FIFO
+            assert f'hls::stream<{element}> {name}("' not in body  # an argument, not a local FIFO
         for proc in kernel.processes:
             called = re.search(rf"^\s*{proc.name}\(", body, re.M) is not None
             assert called == (slr[proc.name] == seg.slr), proc.name
@@ -301,8 +303,9 @@ def test_lint_passes_and_catches_a_width_mismatch(gpt2):
     kernel = gpt2.design.kernels[0]
     name, _, consumer = _first_link(kernel)
     head, tail = kernel.source.split(f'extern "C" void {consumer}(', 1)
+    element = stream_element(*next((st.dtype, st.width) for st in kernel.streams if st.name == name))
     bad_source = head + f'extern "C" void {consumer}(' + tail.replace(
-        f"hls::stream<float>& {name}", f"hls::stream<double>& {name}", 1
+        f"hls::stream<{element}>& {name}", f"hls::stream<double>& {name}", 1
     )
     bad = dataclasses.replace(gpt2.design, kernels=(dataclasses.replace(kernel, source=bad_source),))
     found = [f for f in lint_design(bad) if f.rule == "axis-port"]
@@ -331,7 +334,7 @@ def test_lint_catches_a_missing_or_shallow_stream_connect(gpt2, project):
     deep = next(s for s in kernel.streams if s.depth > 2 and any(c[0] == s.name for c in crossings(kernel)))
     deep_line = next(ln for ln in cfg.splitlines() if f".{deep.name}:" in ln)
     shallow = lint_links(gpt2.design, cfg.replace(deep_line, deep_line.rsplit(":", 1)[0] + ":2"))
-    assert [f.rule for f in shallow] == ["axis-link"] and f"must hold all {deep.elements}" in shallow[0].message
+    assert [f.rule for f in shallow] == ["axis-link"] and f"needs depth {deep.depth}" in shallow[0].message
     wrong = lint_links(gpt2.design, cfg + f"stream_connect={producer}_1.nope:{consumer}_1.nope:2\n")
     assert [f.rule for f in wrong] == ["axis-link"] and "links no stream crossing" in wrong[0].message
 

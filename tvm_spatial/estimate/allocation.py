@@ -335,7 +335,7 @@ def allocate(
 # realizable_lanes) up to CODEGEN_MAX_LANES.
 # Why a cap on lanes: past 64 fp32 lanes (a 2048-bit datapath, 64 memory banks per
 # buffer) the unrolled loops and partitions grow HLS effort and routing, while the streams
-# between processes still carry one element per cycle. Why a floor on blocks: every
+# between processes carry at most 16 elements per cycle (codegen_hls.kernel.STREAM_PACKET). Why a floor on blocks: every
 # block re-reads a linear layer's weights and calls each stage once more, and below 8
 # rows the MAC array cannot use its rows (and the emulation slows down).
 CODEGEN_MAX_LANES = 64

@@ -294,7 +294,7 @@ def process_estimate(
         # (arrays in the codegen's tile, at most the output's); fewer than ``latency`` stall
         positions = math.ceil(mm.m / rows) * math.ceil(mm.n / cols)
         stall = mac.latency / min(mac.latency, positions)
-        # plus its own copy loops (stream reads and writes, one element per cycle, before
+        # plus its own copy loops (stream reads and writes, one transfer per cycle, before
         # and after the array's work on a block, not beside it: codegen_hls.kernel)
         prefill = float(mm.batch * positions * mm.k) * stall + p.stream_io
         wbytes = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
@@ -336,7 +336,7 @@ def process_estimate(
         else:  # by size: ``passes`` over the data (or as many as its TIR's iterations say)
             per_element = max(passes if mix else 1, p.work // max(1, p.elements))
             prefill = float(math.ceil(p.elements * per_element / lanes))
-        prefill += p.stream_io  # its copy loops, one element per cycle (as for a matmul above)
+        prefill += p.stream_io  # its copy loops, one transfer per cycle (as for a matmul above)
         trips = (int(prefill),)
         compute_block = prefill / n_blocks
         mem_block = ((p.port_bytes + cache_bytes) / n_blocks) / bw

@@ -77,9 +77,9 @@ class ProcessWork:
     # held whole while the others arrive in blocks, and intermediate arrays of one call
     held: int = 0
     scratch: tuple[int, ...] = ()
-    # cycles of its copy loops per call as built: stream reads and writes, a port's rows per
-    # block, one element per cycle, before and after its stages (0: a design described by
-    # its sizes, as Allo's and Chen et al.'s, whose streams keep pace with their arrays)
+    # cycles of its copy loops per call as built: stream reads and writes (a transfer of up
+    # to 16 elements each), a port's rows per block (an element each), before and after its
+    # stages (0: a design described by its sizes, as Allo's and Chen et al.'s)
     stream_io: int = 0
     macs: int = 0  # multiply-accumulates of its lanes (the fused attention), for the DSP roofline
 
@@ -409,8 +409,9 @@ def design_work(design) -> DesignWork:
                 )
             )
         for s in kernel.streams:
-            streams.append(StreamWork(s.name, dtype_bits(s.dtype), s.depth, s.elements, slr_of.get(s.producer, 0),
-                                      s.producer))
+            # a transfer of ``width`` elements per FIFO word; depth in transfers
+            streams.append(StreamWork(s.name, dtype_bits(s.dtype) * s.width, s.depth, s.elements,
+                                      slr_of.get(s.producer, 0), s.producer))
     linears = [p.matmul.m for p in processes if p.matmul is not None and p.matmul.b_offchip]
     tokens = max(linears, default=1)
     procs = []
