@@ -428,7 +428,7 @@ class _KernelWriter:
         producer = by_name[stream.producer]
         base = next(slot for slot in producer.outputs if any(
             self.stream_of.get((id(v), id(c))) == stream.name for v in [slot, *slot.views] for c in self.procs))
-        dims = []
+        dims = [base.shape[-1] if base.shape else 1]  # the producer writes from its own buffer
         for view in [base, *base.views]:
             for consumer in self.procs:
                 if (id(view), id(consumer)) not in self.stream_of:
