@@ -82,9 +82,11 @@ class Process:
     # Multiply-accumulates per call done by its lanes, not a MAC array (the fused attention's
     # QK^T and AV): work the DSP roofline counts.
     macs: int = 0
+    causal: bool = False  # a fused attention under a causal mask (query i sees keys 0..i)
     # Cycles of its own copy loops per call (around its stages, pipelined at II=1): the
-    # stream reads and writes (a transfer each), the rows of a port it reads per block and
-    # the zeroing of held buffers (an element each).
+    # stream reads and writes (a transfer each), the rows of a port it reads or writes per
+    # block (a packet of up to 16 elements each, as a stream's) and the zeroing of held
+    # buffers (an element each).
     stream_io: int = 0
 
 
@@ -161,6 +163,7 @@ class Kernel:
     processes: tuple[Process, ...] = ()
     streams: tuple[Stream, ...] = ()
     segments: tuple[Segment, ...] = ()
+    calls: int = 1  # times one inference calls it (an outlined layer's region: once per layer)
 
     @property
     def num_args(self) -> int:
@@ -191,6 +194,15 @@ class Design:
     host_ops: tuple[str, ...] = field(default=())  # operators left on the host CPU
 
     COMMON_HEADER_NAME = "tvm_spatial_hls.h"
+
+    def operator_calls(self) -> dict[str, int]:
+        """Operator -> how many times one inference runs it: a process of a region the host
+        calls once per layer (an outlined layer) counts once per call."""
+        counts: dict[str, int] = {}
+        for kernel in self.kernels:
+            for proc in kernel.processes:
+                counts[proc.op] = counts.get(proc.op, 0) + kernel.calls
+        return counts
 
     def vitis_kernels(self) -> tuple[VitisKernel, ...]:
         """Every Vitis kernel of the design, region by region, segments in SLR order."""
@@ -226,6 +238,7 @@ class Design:
                     )
                     for sg in k.get("segments", ())
                 ),
+                calls=k.get("calls", 1),
             )
             for k in data["kernels"]
         )

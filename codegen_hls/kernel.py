@@ -42,6 +42,8 @@ from tvm_spatial.errors import CodegenError, DynamicShapeError
 from .c_types import PACKET, c_type, needs_ap_types, stream_element
 from .code_writer import CodeWriter
 from . import kv_update
+from relax_passes.layer_reuse import CALLS_ATTR
+
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, Write, size_fifos
 from .kv_update import cache_slot
@@ -56,6 +58,50 @@ MATMUL_OPS = ("linear", "attention_scores", "attention_context", "matmul")
 SHALLOW_STREAM_DEPTH = 2
 # Elements per stream transfer at most: a packet of 16 keeps up with 16 lanes (512 bits of fp32).
 STREAM_PACKET = 16
+
+
+def port_width(shape) -> int:
+    """Elements a copy loop moves per cycle between a buffer and an m_axi port: up to
+    ``STREAM_PACKET`` (16 floats: one 512-bit beat) of the last dimension; a row whose length
+    it does not divide ends with a tail of single elements (``_copy_rows``)."""
+    return min(STREAM_PACKET, shape[-1]) if shape else 1
+
+
+def port_copy_cycles(shape) -> int:
+    """Cycles of ``_copy_rows`` over ``shape``: per row, its packets and then its tail."""
+    if not shape:
+        return 1
+    width = port_width(shape)
+    rows = _prod(shape[:-1])
+    return rows * (shape[-1] // width + shape[-1] % width)
+
+
+def _copy_rows(w: CodeWriter, shape, statements) -> None:
+    """Row-major loops over ``shape`` running ``statements(index expressions)``, the last
+    dimension ``port_width`` elements per pipelined iteration, then its tail one at a time."""
+    dims = tuple(shape or (1,))
+    width = port_width(dims)
+    if width == 1:
+        _loop_nest(w, dims, statements([f"i{k}" for k in range(len(dims))]))
+        return
+    full, tail = dims[-1] // width, dims[-1] % width
+    outer = [f"i{k}" for k in range(len(dims) - 1)]
+    for k, d in enumerate(dims[:-1]):
+        w.open(f"for (int i{k} = 0; i{k} < {d}; ++i{k}) {{")
+    w.open(f"for (int j = 0; j < {full}; ++j) {{")
+    w.line("#pragma HLS PIPELINE II=1")
+    w.open(f"for (int e = 0; e < {width}; ++e) {{")
+    w.line("#pragma HLS UNROLL")
+    w.lines(statements([*outer, f"j * {width} + e"]))
+    w.close()
+    w.close()
+    if tail:
+        w.open(f"for (int t = 0; t < {tail}; ++t) {{")
+        w.line("#pragma HLS PIPELINE II=1")
+        w.lines(statements([*outer, f"{full * width} + t"]))
+        w.close()
+    for _ in dims[:-1]:
+        w.close()
 
 
 @dataclass(eq=False)
@@ -713,9 +759,12 @@ class _KernelWriter:
     def write_packets(self, w: CodeWriter, slot: Slot, shape, source, ports, streams) -> None:
         """Send ``source(index expressions)`` over ``shape`` to every port (``ports``: their
         index functions) and stream, a transfer per cycle."""
-        width = self.width_of[streams[0]] if streams else 1
-        rank = len(shape or (1,))
         ctype = c_type(slot.dtype)
+        if not streams:  # to ports only: wide copies, a row's tail one at a time
+            _copy_rows(w, shape, lambda idx: [f"{port(idx)} = {source(idx)};" for port in ports])
+            return
+        width = self.width_of[streams[0]]
+        rank = len(shape or (1,))
         if width == 1:
             idx = [f"i{k}" for k in range(rank)]
             body = [f"const {ctype} v = {source(idx)};"]
@@ -736,9 +785,10 @@ class _KernelWriter:
         w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
 
     def out_width(self, slot: Slot, proc: Proc) -> int:
-        """Elements per transfer of the streams carrying ``slot`` from ``proc`` (1: none)."""
+        """Elements per transfer of the streams carrying ``slot`` from ``proc`` (none: of
+        the copy to its ports)."""
         streams = self.output_streams(slot, proc)
-        return self.width_of[streams[0]] if streams else 1
+        return self.width_of[streams[0]] if streams else port_width(slot.shape)
 
     def print_blocked_process(self, w: CodeWriter, proc: Proc) -> list[str]:
         """A process in token blocks: first read the streams it holds whole (attention's K
@@ -795,12 +845,11 @@ class _KernelWriter:
                     part = proc.block_slot[id(slot)]
                     if key in self.stream_of:
                         self.read_stream(w, local, part, slot.hint, self.stream_of[key])
-                    else:  # a port with a row per token (a causal mask): this block's rows
+                    else:  # a port with a row per token (an input, a mask): this block's rows
                         part.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
-                        w.line(f"static {c_type(part.dtype)} {array_declarator(part.cname, part.shape)};")
-                        port = at_block(self.port_of[key], slot)
-                        idx = [f"i{k}" for k in range(len(part.shape))]
-                        _loop_nest(w, part.shape, [f"{part.cname}{_index(part.shape)} = {port(idx)};"])
+                        self.declare(w, part.cname, part.dtype, part.shape, port_width(part.shape))
+                        dest, port = plain(part.cname), at_block(self.port_of[key], slot)
+                        _copy_rows(w, part.shape, lambda idx: [f"{dest(idx)} = {port(idx)};"])
                 outputs = {id(proc.block_slot[id(slot)]): self.out_width(slot, proc) for slot in proc.outputs}
                 for stage in proc.stages:
                     for slot in stage.args:
@@ -949,15 +998,18 @@ class _KernelWriter:
 
     def copy_cycles(self, proc: Proc) -> int:
         """Iterations of the copy loops ``print_process`` / ``print_blocked_process`` put
-        around its stages (pipelined, one stream transfer or port element each), over one call."""
+        around its stages (pipelined, one stream transfer or port packet each), over one call."""
         reads = sum(s.elements // self.width_of[self.stream_of[(id(s), id(proc))]] for s in proc.inputs
                     if (id(s), id(proc)) in self.stream_of)
-        reads += sum(s.elements for s in proc.inputs if (id(s), id(proc)) in self.port_of and id(s) in proc.block_slot)
+        reads += sum(port_copy_cycles(s.shape) for s in proc.inputs
+                     if (id(s), id(proc)) in self.port_of and id(s) in proc.block_slot)
         writes = 0
         for slot in proc.outputs:
             ports = self.out_ports.get(id(slot), [])
-            if self.output_streams(slot, proc) or len(ports) > 1 or (ports and proc.rows):
+            if self.output_streams(slot, proc):
                 writes += slot.elements // self.out_width(slot, proc)
+            elif len(ports) > 1 or (ports and proc.rows):
+                writes += port_copy_cycles(slot.shape)
         zeroing = max((s.elements for s in proc.inputs if proc.causal and id(s) not in proc.block_slot
                        and (id(s), id(proc)) in self.stream_of), default=0)
         return reads + writes + zeroing
@@ -1003,8 +1055,10 @@ class _KernelWriter:
             extra.update(separable=proc.separable, rows=proc.rows, scratch=self.scratch(proc),
                          stream_io=self.copy_cycles(proc))
             if proc.op == "attention" and len(proc.args) >= 3:  # QK^T and AV over every head
+                from .attention_kernel import is_causal
+
                 q, k = proc.args[0].shape, proc.args[1].shape
-                extra.update(macs=2 * q[-2] * k[-2] * q[-1])
+                extra.update(macs=2 * q[-2] * k[-2] * q[-1], causal=proc.source is not None and is_causal(proc.source))
             if proc.rows:
                 held = sum(s.elements for s in proc.inputs
                            if id(s) not in proc.block_slot and (id(s), id(proc)) in self.stream_of)
@@ -1134,7 +1188,7 @@ def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: in
                     placement=None, rows: int | None = None) -> "_KernelWriter":
     name = kernel_name_for(func)
     plain = func
-    for attr in ("Codegen", "global_symbol"):
+    for attr in ("Codegen", "global_symbol", CALLS_ATTR):
         plain = plain.without_attr(attr)
     legal = _legalized(plain)
     main = legal["main"]
@@ -1154,6 +1208,11 @@ def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: in
                          rows)
 
 
+def calls_of(func: relax.Function) -> int:
+    """How many times one inference calls this region (an outlined layer: once per layer)."""
+    return int(func.attrs.get(CALLS_ATTR, 1)) if func.attrs else 1
+
+
 def plan_design(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None,
                 rows: int | None = None) -> Design:
     """The design's processes, ports and streams without printing any C++ (kernel sources
@@ -1168,7 +1227,7 @@ def plan_design(funcs, device: str, host_ops=(), slrs: int | None = None, placem
         ops = tuple(p.op for p in writer.procs if p.op != "copy")
         records = writer.records()
         kernels.append(Kernel(writer.name, "", tuple(writer.ports), ops, records, tuple(writer.streams),
-                              writer.segments(records)))
+                              writer.segments(records), calls=calls_of(func)))
     _check_placement(kernels, placement)
     return Design(device=device, kernels=tuple(kernels), common_header="", host_ops=tuple(host_ops))
 
@@ -1296,7 +1355,7 @@ def build_design(funcs, device: str, host_ops=(), arrays=None, slrs: int | None 
     uses_ap = uses_streams = False
     for func in sorted(funcs, key=kernel_name_for):
         kernel, ap, streams = build_kernel(func, device, arrays, slrs, placement, rows)
-        kernels.append(kernel)
+        kernels.append(replace(kernel, calls=calls_of(func)))
         uses_ap |= ap
         uses_streams |= streams
     _check_placement(kernels, placement)

@@ -2,7 +2,9 @@
 
 Matched operators become composite functions; ``MergeCompositeFunctions`` then groups
 each connected region of them into one function annotated ``Codegen="vitis_spatial"``
-(one Vitis kernel per region). Constants are *not* bound into the regions: weights
+(one Vitis kernel per region). A run of identical layers is first outlined into one
+function (``layer_reuse``), so its region is one kernel the host calls once per layer.
+Constants are *not* bound into the regions: weights
 become kernel ports, which is where a spatial design wants them (off-chip, in HBM) —
 except 0-d constants that legalization folds into literals (``scalar_constants``).
 Whatever was not matched stays on the host and is listed by :func:`host_operators`.
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.relax.transform import FuseOpsByPattern, MergeCompositeFunctions
+from tvm.relax.transform import FuseOpsByPattern
 
 from .attention_fusion import fuse_attention
 from .kv_inplace import kv_inplace, make_calls_inplace
+from .layer_reuse import merge_regions, outline_layers
 from .patterns import CODEGEN, fuse_patterns
 from .roles import name_roles
 from .scalar_constants import bind_scalar_constants
@@ -36,7 +39,12 @@ _NOT_COMPUTE = frozenset(
 )
 
 
-def partition_for_vitis_spatial(mod: tvm.IRModule) -> tvm.IRModule:
+def partition_for_vitis_spatial(mod: tvm.IRModule, layers: str = "unroll") -> tvm.IRModule:
+    """``layers``: "reuse" outlines a run of identical layers into one region called once
+    per layer (``layer_reuse``); "unroll" keeps every layer's operators in one region.
+    ``relax.build`` chooses between them with the model (``tvm_spatial.allocation``)."""
+    if layers not in ("reuse", "unroll"):
+        raise ValueError(f"layers {layers!r} is not 'reuse' or 'unroll'")
     mod = relax.transform.Normalize()(mod)
     mod = relax.transform.FoldConstant()(mod)  # exporters leave shape arithmetic on constants
     mod = kv_inplace(mod)  # a decode graph's cache: one row per layer written in place
@@ -44,7 +52,9 @@ def partition_for_vitis_spatial(mod: tvm.IRModule) -> tvm.IRModule:
     mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
     mod = bind_scalar_constants(mod)
     mod = name_roles(mod)
-    mod = MergeCompositeFunctions()(mod)
+    if layers == "reuse":
+        mod = outline_layers(mod)  # one layer's kernel, called once per layer
+    mod = merge_regions(mod)
     return make_calls_inplace(_name_kernels(mod))
 
 

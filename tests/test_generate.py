@@ -86,11 +86,11 @@ def test_whole_decode_step_is_offloaded(generator):
     for stage, ex in generator.executables.items():
         design = tvm_spatial.design_of(ex)
         assert design.host_ops == (), stage
-        ops = [p.op for p in design.kernels[0].processes]
+        ops = design.operator_calls()  # a layer's hardware may run once per layer
         if stage == "prefill":  # the fused attention (its K and V also leave as the cache)
-            assert ops.count("attention") == 2, (stage, ops)
+            assert ops["attention"] == 2, (stage, ops)
         else:  # one query against the cache: the attention operators one by one
-            assert ops.count("attention_scores") == 2 and ops.count("masked_softmax") == 2, (stage, ops)
+            assert ops["attention_scores"] == 2 and ops["masked_softmax"] == 2, (stage, ops)
 
 
 def test_limits_are_read_from_the_models(generator):

@@ -154,16 +154,18 @@ def test_too_shallow_stream_between_related_processes_is_caught():
     """In BERT built in token blocks: attention reads all of K and V before its first query
     block, and Q, K and V come from the same layer norm, so the queries' stream must hold
     what the Q projection computes meanwhile; with the default depth the region deadlocks,
-    and the finding is at that stream's pragma."""
+    and the finding is at that stream's pragma. (Unrolled: a reused layer's Q, K and V
+    projections read its input port each, with no layer norm feeding all three.)"""
     path, *_ = load_fixture("bert_tiny")
-    with tvm_spatial.allocation(rows=8):
+    with tvm_spatial.allocation(rows=8, layers="unroll"):
         example_design = design_from_onnx(path)
-    kernel = example_design.kernels[0]
+    kernel = next(k for k in example_design.kernels if "attention" in k.ops)
     attention = next(p for p in kernel.processes if p.op == "attention")
     stream = next(s for s in kernel.streams if s.consumer == attention.name and s.depth > 2 and "linear" in s.producer)
     target = next(line for line in kernel.source.splitlines() if f"variable={stream.name} " in line)
     source = kernel.source.replace(target, target.split("depth=")[0] + "depth=2")
-    bad = dataclasses.replace(example_design, kernels=(dataclasses.replace(kernel, source=source),))
+    bad = dataclasses.replace(example_design, kernels=tuple(
+        dataclasses.replace(k, source=source) if k is kernel else k for k in example_design.kernels))
     found = lint_design(bad)
     assert [(f.rule, f.line) for f in found] == [("stream-depth", line_of(source, f"variable={stream.name} "))]
     assert f"stream '{stream.name}' has depth 2" in found[0].message

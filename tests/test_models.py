@@ -66,17 +66,26 @@ LAYER_OPS = {
 }
 
 
+def layer_kernel(design):
+    """The region with the layers' processes: all of them, or one layer called per layer."""
+    return max(design.kernels, key=lambda k: (k.calls, len(k.processes)))
+
+
 def test_one_process_per_operator_per_layer(built):
+    """Each layer runs each of its operators as a process: either every layer has its own
+    (one region) or one layer's processes run once per layer (relax_passes/layer_reuse)."""
     name, ex, _, _, config = built
     design = tvm_spatial.design_of(ex)
-    assert len(design.kernels) == 1
-    processes = design.kernels[0].processes
-    for layer in range(config["layers"]):
-        ops = {p.op for p in processes if p.layer == layer}
+    kernel = layer_kernel(design)
+    layers = config["layers"] // kernel.calls  # layers laid out side by side in it
+    assert kernel.calls in (1, config["layers"])
+    for layer in range(layers):
+        ops = {p.op for p in kernel.processes if p.layer == layer}
         assert LAYER_OPS[name] <= ops, (layer, LAYER_OPS[name] - ops)
-        assert sum(p.op == "linear" for p in processes if p.layer == layer) >= 4
-        assert sum(p.op == "attention" for p in processes if p.layer == layer) == 1
-    assert any(p.op == "embedding" for p in processes)
+        assert sum(p.op == "linear" for p in kernel.processes if p.layer == layer) >= 4
+        assert sum(p.op == "attention" for p in kernel.processes if p.layer == layer) == 1
+    counts = design.operator_calls()
+    assert counts["attention"] == config["layers"] and counts["embedding"] == 1
 
 
 def _trip_count(lines: list[str], at: int) -> int:
@@ -100,7 +109,7 @@ def test_dataflow_streams_are_balanced_in_the_generated_source(built):
     """Read from the C++ itself: each stream is written in exactly one loop nest and read in
     exactly one, with the same trip count (its transfers), by the processes the design names."""
     _, ex, *_ = built
-    kernel = tvm_spatial.design_of(ex).kernels[0]
+    kernel = layer_kernel(tvm_spatial.design_of(ex))
     assert "#pragma HLS DATAFLOW" in kernel.source
     assert len(kernel.streams) >= len(kernel.processes) - 1
     lines = kernel.source.split("\n")
@@ -131,7 +140,7 @@ def test_processes_are_spread_over_the_slrs(built):
     from SLR0 on, in contiguous regions of balanced work."""
     _, ex, *_ = built
     design = tvm_spatial.design_of(ex)
-    processes = design.kernels[0].processes
+    processes = layer_kernel(design).processes
     slrs = [p.slr for p in processes]
     assert slrs == sorted(slrs), "SLR regions are contiguous along the dataflow"
     assert set(slrs) == set(range(len(set(slrs)))) and len(set(slrs)) <= tvm_spatial.get_device(design.device).slrs

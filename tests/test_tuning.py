@@ -51,7 +51,7 @@ def test_tuning_beats_the_allocation_and_fits(tuned):
     work = design_work(plan)
     greedy = allocate_for_codegen(work, dev).estimate
     assert result.baseline_seconds == pytest.approx(greedy.seconds(greedy.prefill_cycles))
-    assert result.baseline_cuts == work.cuts() and len(next(iter(work.cuts().values()))) == dev.slrs - 1
+    assert result.baseline_cuts == work.cuts() and max(map(len, work.cuts().values())) == dev.slrs - 1
     # strictly faster: the greedy allocation is a local optimum of single steps, and moving
     # an SLR cut (then re-allocating) or trading sides between processes finds better
     assert result.best_seconds < result.baseline_seconds
@@ -84,7 +84,7 @@ def test_build_with_database_applies_the_best_record_and_matches_onnxruntime(tun
     with result.database:
         ex = relax.build(mod, target="vitis_spatial")
     design = tvm_spatial.design_of(ex)
-    realized = {p.name: p.array for p in design.kernels[0].processes if p.array}
+    realized = {p.name: p.array for k in design.kernels for p in k.processes if p.array}
     assert realized == result.best_arrays
     # the tuned SLR cuts: each kernel's chain changes SLR exactly there
     for kernel in design.kernels:

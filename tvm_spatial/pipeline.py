@@ -81,13 +81,15 @@ def check_tensor_sizes(mod: tvm.IRModule, device) -> None:
 
 def spatial_passes(device_key: str) -> tvm.transform.Pass:
     """Partition for vitis_spatial, report host operators, run the codegen."""
-    from relax_passes import host_operators, partition_for_vitis_spatial
+    from relax_passes import host_operators
 
     @tvm.transform.module_pass(opt_level=0, name="VitisSpatialOffload")
     def offload(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         check_static_shapes(mod)
         check_tensor_sizes(mod, get_device(device_key))
-        mod = partition_for_vitis_spatial(mod)
+        from .tuning.policy import current_policy, partition_for_build
+
+        mod = partition_for_build(mod, device_key, current_policy())
         host_ops = host_operators(mod)
         if host_ops:
             warnings.warn(
@@ -96,10 +98,11 @@ def spatial_passes(device_key: str) -> tvm.transform.Pass:
                 HostFallbackWarning,
                 stacklevel=2,
             )
-        from .tuning.policy import current_policy
-
         options = {"device": device_key, "host_ops": host_ops, "allocation": current_policy().to_json()}
-        return relax.transform.RunCodegen(target_options={"vitis_spatial": options})(mod)
+        # every function that calls a region, not only main: an outlined layer does too
+        callers = [gv.name_hint for gv, f in mod.functions.items()
+                   if isinstance(f, relax.Function) and not (f.attrs and ("Codegen" in f.attrs or "Composite" in f.attrs))]
+        return relax.transform.RunCodegen(target_options={"vitis_spatial": options}, entry_functions=callers)(mod)
 
     return offload
 

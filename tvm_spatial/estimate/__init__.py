@@ -41,15 +41,15 @@ def design_from_module(mod, device: str = "u280"):
     from tvm import relax
 
     from codegen_hls.kernel import build_design
-    from relax_passes import host_operators, partition_for_vitis_spatial
+    from relax_passes import host_operators
 
     from ..devices import get_device
     from ..pipeline import check_static_shapes
+    from ..tuning.policy import choose_layout, current_policy, partition_for_build
 
     check_static_shapes(mod)
-    mod = partition_for_vitis_spatial(mod)
+    mod = partition_for_build(mod, get_device(device).key, current_policy())
     funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
-    from ..tuning.policy import choose_layout, current_policy
 
     key, host_ops = get_device(device).key, host_operators(mod)
     layout = choose_layout(funcs, key, host_ops, current_policy())

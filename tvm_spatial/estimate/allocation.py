@@ -178,10 +178,14 @@ class _Chain:
         self.members: list[list[str]] = []
         self.whole: set[str] = set()  # processes that buffer whole tensors: a segment each
         alone = False  # the previous process is one of them
+        kernel = None
+        self.calls = {p.name: p.calls for p in work.processes}
         for p in work.processes:
             whole = not p.separable and n_blocks > 1
-            if p.barrier or whole or alone or not self.members:
+            # regions run one after another (model.estimate_work): each its own segments
+            if p.barrier or whole or alone or not self.members or p.kernel != kernel:
                 self.members.append([])
+            kernel = p.kernel
             self.members[-1].append(p.name)
             self.segment[p.name] = len(self.members) - 1
             if whole:
@@ -197,7 +201,7 @@ class _Chain:
             before = max(self.tau[n] for n in seg)
             after = max([tau] + [self.tau[n] for n in seg if n != name])
             gain += (self.n_blocks - 1) * (before - after)
-        return gain
+        return gain * self.calls[name]  # a reused layer's process saves it in every call
 
     def update(self, name: str, tau: float) -> None:
         self.tau[name] = tau

@@ -444,13 +444,21 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
                              config.uram_threshold_bram18, offchip) if p.cache_traffic else pe
             for p, pe in zip(work.processes, procs)
         )
-    latency, fill = pipeline_cycles([p.block_cycles for p in procs], [p.barrier for p in procs], n_blocks,
-                                    [not w.separable for w in work.processes])
+    # regions run one after another (the host calls them in turn), each as often as it is
+    # called per inference (an outlined layer: once per layer); inside one, a pipeline
+    latency = fill = 0.0
+    for kernel in dict.fromkeys(w.kernel for w in work.processes):
+        mine = [i for i, w in enumerate(work.processes) if w.kernel == kernel]
+        calls = work.processes[mine[0]].calls
+        lat, fil = pipeline_cycles([procs[i].block_cycles for i in mine], [procs[i].barrier for i in mine],
+                                   n_blocks, [not work.processes[i].separable for i in mine])
+        latency += calls * lat
+        fill += calls * fil
     peak_bytes = device.offchip.bandwidth_gbs * 1e9 / (clock * 1e6)  # per cycle, whole card
-    prefill_bytes = sum(p.prefill_bytes for p in procs)
+    prefill_bytes = sum(p.prefill_bytes * w.calls for p, w in zip(procs, work.processes))
     latency = max(latency, prefill_bytes / (peak_bytes * costs.HBM_EFFICIENCY))
-    decode = sum(p.decode_cycles for p in procs)
-    decode_bytes = sum(p.decode_bytes for p in procs)
+    decode = sum(p.decode_cycles * w.calls for p, w in zip(procs, work.processes))
+    decode_bytes = sum(p.decode_bytes * w.calls for p, w in zip(procs, work.processes))
 
     # rooflines: the whole card's DSPs on the MACs; weights read once, KV cache per token
     dsp_work = 0.0
@@ -458,17 +466,17 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
     for p, w in zip(procs, work.processes):
         if w.matmul is not None:
             per = costs.MAC_COSTS[costs.mac_class(w.matmul.a_dtype, w.matmul.b_dtype)].dsp
-            dsp_work += w.matmul.macs * per
-            dsp_work_decode += w.matmul.macs * per / tokens
+            dsp_work += w.matmul.macs * per * w.calls
+            dsp_work_decode += w.matmul.macs * per * w.calls / tokens
         if w.macs:  # MACs of lanes (the fused attention)
             per = costs.MAC_COSTS[costs.mac_class(w.dtype, w.dtype)].dsp
-            dsp_work += w.macs * per
-            dsp_work_decode += w.macs * per / tokens
-    weights = sum(
-        w.matmul.k * w.matmul.n * costs.dtype_bits(w.matmul.b_dtype) / 8
+            dsp_work += w.macs * per * w.calls
+            dsp_work_decode += w.macs * per * w.calls / tokens
+    weights = sum(  # each call of a reused layer reads its own layer's weights
+        w.matmul.k * w.matmul.n * costs.dtype_bits(w.matmul.b_dtype) / 8 * w.calls
         for w in work.processes if w.matmul is not None and w.matmul.b_offchip
     )
-    others = sum(w.port_bytes for w in work.processes)
+    others = sum(w.port_bytes * w.calls for w in work.processes)
     prefill_roof = Roofline(dsp_work / device.dsp, (weights + others) / peak_bytes)
     decode_roof = Roofline(dsp_work_decode / device.dsp, decode_bytes / peak_bytes)
     bottleneck = max(procs, key=lambda p: p.block_cycles).name if procs else ""

@@ -78,10 +78,11 @@ class ProcessWork:
     held: int = 0
     scratch: tuple[int, ...] = ()
     # cycles of its copy loops per call as built: stream reads and writes (a transfer of up
-    # to 16 elements each), a port's rows per block (an element each), before and after its
+    # to 16 elements each), a port's rows per block (as many per cycle), before and after its
     # stages (0: a design described by its sizes, as Allo's and Chen et al.'s)
     stream_io: int = 0
     macs: int = 0  # multiply-accumulates of its lanes (the fused attention), for the DSP roofline
+    calls: int = 1  # times one inference calls its kernel (an outlined layer: once per layer)
 
 
 @dataclass(frozen=True)
@@ -390,7 +391,8 @@ def design_work(design) -> DesignWork:
                     port_bytes -= _prod(table.shape) * dtype_bits(table.dtype) // 8
                     port_bytes += elements * dtype_bits(table.dtype) // 8
             in_elems = sum(stream_of[n].elements for n in proc.inputs if n in stream_of)
-            if proc.op in ("masked_softmax", "attention"):
+            causal |= proc.causal  # a fused attention knows (its mask may arrive through a port)
+            if proc.op == "masked_softmax":
                 for n in proc.inputs:
                     if n in ports and len(ports[n].shape) >= 2 and ports[n].shape[-1] == ports[n].shape[-2] > 1:
                         causal = True
@@ -405,7 +407,7 @@ def design_work(design) -> DesignWork:
                     ports=used_ports, port_bytes=port_bytes, in_stream_elements=in_elems, width=width,
                     nests=tuple(proc.nests), separable=proc.separable, rows=proc.rows, held=proc.held,
                     scratch=tuple(proc.scratch), stream_io=proc.stream_io, barrier=proc.barrier,
-                    macs=proc.macs,
+                    macs=proc.macs, calls=kernel.calls,
                 )
             )
         for s in kernel.streams:

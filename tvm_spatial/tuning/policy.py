@@ -19,6 +19,10 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
 * ``with tvm_spatial.allocation(rows=16):`` stream the row-wise processes in blocks of 16
   tokens (``codegen_hls.token_blocks``; the model's allocation chooses otherwise, and a
   ``rows`` at or above the sequence length means whole tensors);
+* ``with tvm_spatial.allocation(layers="reuse"):`` one layer's hardware called once per
+  layer (``relax_passes.layer_reuse``); ``"unroll"``: every layer its own processes; the
+  default ``"auto"`` partitions both ways and keeps the faster by the model
+  (:func:`partition_for_build`);
 * ``with tvm_spatial.allocation(placement={"k0_..._p20_linear": 1}):`` put these processes
   on these SLRs (the others where the work-balanced split puts them). Tuned records carry
   a placement too: tuning moves the SLR cuts of each kernel's chain of processes.
@@ -50,10 +54,15 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 
+from tvm import relax
+
 from ..errors import ResourceBudgetError
 from ..estimate import DEFAULT_BUDGET
 
 MODES = ("model", "default")
+# "reuse": a run of identical layers is one layer's hardware called once per layer
+# (relax_passes.layer_reuse); "unroll": every layer its own; "auto": the faster by the model
+LAYER_CHOICES = ("auto", "reuse", "unroll")
 # Fit first: the fewest SLRs whose allocated design is at most this much slower than the best.
 SLR_SLACK = 0.05
 
@@ -74,12 +83,14 @@ class AllocationPolicy:
     slrs: int = 0  # SLRs to spread the processes over; 0: fit first ("model"), else all
     placement: tuple = field(default=())  # ((process name, SLR), ...) overrides
     rows: int = 0  # tokens per block of the row-wise processes; 0: the allocation's choice
+    layers: str = "auto"  # one of LAYER_CHOICES
 
     def to_json(self) -> str:
         return json.dumps({"mode": self.mode, "budget": self.budget, "use_database": self.use_database,
                            "strict": self.strict, "arrays": [[n, list(rc)] for n, rc in self.arrays],
                            "lanes": [[n, int(lanes)] for n, lanes in self.lanes], "slrs": self.slrs,
-                           "placement": [[n, int(slr)] for n, slr in self.placement], "rows": self.rows},
+                           "placement": [[n, int(slr)] for n, slr in self.placement], "rows": self.rows,
+                           "layers": self.layers},
                           sort_keys=True)
 
     @classmethod
@@ -92,7 +103,7 @@ class AllocationPolicy:
         placement = tuple((str(n), int(slr)) for n, slr in data.get("placement", ()))
         return cls(str(data.get("mode", "model")), float(data.get("budget", DEFAULT_BUDGET)), arrays,
                    lanes, bool(data.get("use_database", True)), bool(data.get("strict", False)),
-                   int(data.get("slrs", 0)), placement, int(data.get("rows", 0)))
+                   int(data.get("slrs", 0)), placement, int(data.get("rows", 0)), str(data.get("layers", "auto")))
 
 
 _STACK = threading.local()
@@ -106,12 +117,14 @@ def current_policy() -> AllocationPolicy:
 @contextlib.contextmanager
 def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: dict | None = None,
                lanes: dict | None = None, use_database: bool = True, strict: bool = False, slrs: int = 0,
-               placement: dict | None = None, rows: int = 0):
+               placement: dict | None = None, rows: int = 0, layers: str = "auto"):
     """Builds inside this block use this allocation (see the module docstring)."""
     from ..errors import UsageError
 
     if mode not in MODES:
         raise UsageError(f"allocation mode {mode!r} is not one of {', '.join(MODES)}")
+    if layers not in LAYER_CHOICES:
+        raise UsageError(f"allocation layers {layers!r} is not one of {', '.join(LAYER_CHOICES)}")
     if not 0 < budget <= 1:
         raise UsageError(f"allocation budget {budget} must be a fraction in (0, 1]")
     table = tuple(sorted((str(n), (int(r), int(c))) for n, (r, c) in (arrays or {}).items()))
@@ -127,7 +140,8 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
             raise UsageError(f"placement of {n} must be an SLR index, not {slr!r}")
     lane_table = tuple(sorted((str(n), int(width)) for n, width in (lanes or {}).items()))
     places = tuple(sorted((str(n), int(slr)) for n, slr in (placement or {}).items()))
-    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict, slrs, places, rows)
+    policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict, slrs, places, rows,
+                              layers)
     stack = getattr(_STACK, "stack", None)
     if stack is None:
         stack = _STACK.stack = []
@@ -148,6 +162,7 @@ class Layout:
     slrs: int | None
     placement: dict = field(default_factory=dict)
     rows: int | None = None  # tokens per block of the row-wise processes (None: whole tensors)
+    estimate: object = field(default=None, compare=False)  # the model's allocation's, if it made one
 
 
 def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Layout:
@@ -193,7 +208,52 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
         return Layout(overrides or None, forced, placed, rows)
     fastest = min(a.estimate.prefill_cycles for a in fitted.values())
     count = min(n for n, a in fitted.items() if a.estimate.prefill_cycles <= fastest * (1 + SLR_SLACK))
-    return Layout({**fitted[count].codegen_table(), **overrides}, count, placed, fitted[count].config.block)
+    return Layout({**fitted[count].codegen_table(), **overrides}, count, placed, fitted[count].config.block,
+                  fitted[count].estimate)
+
+
+def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None):
+    """``relax_passes.partition_for_vitis_spatial`` with the layers reused or unrolled as
+    ``policy.layers`` says. "auto" partitions both ways and keeps the one whose model
+    allocation has the faster prefill (one that fits the card before one that does not;
+    if neither fits, reuse, which needs less hardware). Under a tuning database, the one
+    whose design has records (tuning tunes what "auto" chose). Without a model allocation
+    to compare (library or explicit arrays) it unrolls, as those name the processes of
+    the unrolled design."""
+    from relax_passes import host_operators, partition_for_vitis_spatial
+    from relax_passes.layer_reuse import reuses_layers
+
+    policy = policy or current_policy()
+    if policy.layers != "auto":
+        return partition_for_vitis_spatial(mod, layers=policy.layers)
+    reused = partition_for_vitis_spatial(mod, layers="reuse")
+    if not reuses_layers(reused):
+        return reused
+    unrolled = partition_for_vitis_spatial(mod, layers="unroll")
+    regions = {id(part): [f for _, f in part.functions.items()
+                          if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+               for part in (reused, unrolled)}
+    database = _current_database() if policy.use_database else None
+    if database is not None:  # the one that was tuned (tuning tunes what auto chose)
+        from codegen_hls.kernel import plan_design
+
+        from .tuner import tuned_layout
+
+        for part in (reused, unrolled):
+            planned = plan_design(regions[id(part)], device, host_operators(part), slrs=policy.slrs or None)
+            if tuned_layout(database, planned) is not None:
+                return part
+    if policy.mode != "model" or policy.arrays or policy.lanes or policy.placement:
+        return unrolled
+    estimates = []
+    for part in (reused, unrolled):
+        with warnings.catch_warnings():  # the one kept warns again when it is built
+            warnings.simplefilter("ignore", DesignOverBudgetWarning)
+            estimates.append(choose_layout(regions[id(part)], device, host_operators(part), policy).estimate)
+    fits = [e is not None for e in estimates]
+    if fits == [True, True]:
+        return reused if estimates[0].prefill_cycles <= estimates[1].prefill_cycles else unrolled
+    return unrolled if fits == [False, True] else reused
 
 
 def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None,

@@ -603,13 +603,14 @@ def plan_module(mod: tvm.IRModule, device: str = "u280"):
     from tvm import relax
 
     from codegen_hls.kernel import plan_design
-    from relax_passes import host_operators, partition_for_vitis_spatial
+    from relax_passes import host_operators
 
     from ..pipeline import check_static_shapes
-    from .policy import allocate_planned
+    from .policy import allocate_planned, current_policy, partition_for_build
 
     check_static_shapes(mod)
-    part = partition_for_vitis_spatial(mod)
+    # the partition relax.build would choose without tuned records (layers reused or not)
+    part = partition_for_build(mod, get_device(device).key, replace(current_policy(), use_database=False))
     funcs = [f for _, f in part.functions.items()
              if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
     key, host_ops = get_device(device).key, host_operators(part)
