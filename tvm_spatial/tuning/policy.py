@@ -34,9 +34,9 @@ scarce super long lines, and a design split for no speed gain pays for it in rou
 timing. The other modes (library arrays, explicit arrays, tuned records) keep the
 processes spread over every SLR, as they were tuned or written for.
 
-A design that does not fit the card even at the smallest arrays (GPT2-small in fp32 today:
-its held K and V, streams and buffers need 324 URAM on SLR0 of the 272 allowed; with int8
-activations it fits) is still built for emulation with whole tensors, the library's default arrays and a
+A design that does not fit the card even at the smallest arrays (GPT2-small in fp32 with
+every layer unrolled: its held K and V, streams and buffers need 324 URAM on SLR0 of the
+272 allowed; with one layer reused it fits, and "auto" takes that) is still built for emulation with whole tensors, the library's default arrays and a
 :class:`DesignOverBudgetWarning` that names the kernel,
 process and resource (and one lane per non-matmul process); ``allocation(strict=True)``
 raises the ``ResourceBudgetError`` instead.
