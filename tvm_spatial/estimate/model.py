@@ -123,6 +123,7 @@ class ProcessEstimate:
     resources: Resources
     barrier: bool = False
     packed: int = 1  # outputs per multiply of its MAC array (2: packed W4A8)
+    calls: int = 1  # per inference (a reused layer's: once per layer); the fields above are per call
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,7 @@ def process_estimate(
         block_bound="memory" if mem_block > compute_block else "compute",
         decode_cycles=decode_cycles, decode_bound="memory" if d_mem > d_compute else "compute",
         prefill_bytes=int(wbytes * n_blocks + p.port_bytes + cache_bytes), decode_bytes=int(d_bytes),
-        resources=res, barrier=p.barrier, packed=mm.packed if mm is not None else 1,
+        resources=res, barrier=p.barrier, packed=mm.packed if mm is not None else 1, calls=p.calls,
     )
 
 

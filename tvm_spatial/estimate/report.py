@@ -78,14 +78,15 @@ def slr_table(est: Estimate) -> Table:
 
 
 def process_table(est: Estimate, limit: int | None = 40) -> Table:
-    t = Table(title="processes (slowest first)" + (f", top {limit}" if limit else ""))
-    for col in ("process", "op", "SLR", "parallel", "trip counts", "II", "block", "bound", "decode", "DSP",
+    t = Table(title="processes (slowest first; times and traffic per call)" + (f", top {limit}" if limit else ""))
+    for col in ("process", "op", "calls", "SLR", "parallel", "trip counts", "II", "block", "bound", "decode", "DSP",
                 "BRAM18", "URAM", "LUT", "off-chip MB"):
         t.add_column(col, justify="left" if col in ("process", "op", "bound") else "right")
     procs = sorted(est.processes, key=lambda p: -p.block_cycles)
     for p in procs[:limit] if limit else procs:
         r = p.resources
-        t.add_row(p.name.split("_p", 1)[-1] if "_p" in p.name else p.name, p.op, str(p.slr), str(p.parallelism),
+        t.add_row(p.name.split("_p", 1)[-1] if "_p" in p.name else p.name, p.op, str(p.calls), str(p.slr),
+                  str(p.parallelism),
                   "x".join(map(str, p.trip_counts)), str(p.ii), _fmt(p.block_cycles, est), p.block_bound,
                   _fmt(p.decode_cycles, est), f"{r.dsp:,.0f}", f"{r.bram18k:,.0f}", f"{r.uram:,.0f}",
                   f"{r.lut:,.0f}", f"{p.prefill_bytes / 1e6:.2f}")
