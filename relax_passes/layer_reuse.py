@@ -249,21 +249,26 @@ def outline_layers(mod: tvm.IRModule) -> tvm.IRModule:
     with bb.function("__vitis_spatial_main", main.params):
         with bb.dataflow():
             env: dict = {}
+
+            def emit(var, value):  # main's results leave the dataflow block
+                return bb.emit(value) if isinstance(var, relax.DataflowVar) else bb.emit_output(value)
+
             for b in bindings[:run.start]:
-                env[b.var] = bb.emit(_rebuild(b.value, env))
+                env[b.var] = emit(b.var, _rebuild(b.value, env))
             state = {pos: env.get(v, v) for pos, v in carried}
             for r in range(run.count):
                 args = [state[pos] for pos, _ in carried] + [env.get(v, v) for v in plan.shared]
                 args += [bindings[run.index(r, k)].value.args[a] for k, a in const_slots]
-                call = bb.emit(relax.Call(layer_gv, args))
+                vars_out = [bindings[run.index(r, k)].var for k in plan.outputs]
+                leaves = any(not isinstance(v, relax.DataflowVar) for v in vars_out)
+                call = (bb.emit_output if leaves else bb.emit)(relax.Call(layer_gv, args))
                 got = {}
-                for i, k in enumerate(plan.outputs):
-                    got[k] = call if len(plan.outputs) == 1 else bb.emit(relax.TupleGetItem(call, i))
-                    env[bindings[run.index(r, k)].var] = got[k]
+                for i, (k, var) in enumerate(zip(plan.outputs, vars_out)):
+                    got[k] = call if len(plan.outputs) == 1 else emit(var, relax.TupleGetItem(call, i))
+                    env[var] = got[k]
                 state = {pos: got[pos] for pos, _ in carried}
             for b in bindings[run.index(run.count, 0):]:
-                emit = bb.emit if isinstance(b.var, relax.DataflowVar) else bb.emit_output
-                env[b.var] = emit(_rebuild(b.value, env))
+                env[b.var] = emit(b.var, _rebuild(b.value, env))
             result = _rebuild(body.body, env)
         bb.emit_func_output(result)
     built = bb.get()

@@ -28,8 +28,10 @@ def _regions(part) -> dict[str, int]:
             if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")}
 
 
-def residual_mlp(layers: int, hidden: int = 16, seed: int = 0, shared_scale: bool = False):
-    """``layers`` blocks of x + relu(x @ W_l + b_l) (times a shared input, if asked)."""
+def residual_mlp(layers: int, hidden: int = 16, seed: int = 0, shared_scale: bool = False,
+                 last_is_result: bool = False):
+    """``layers`` blocks of x + relu(x @ W_l + b_l) (times a shared input, if asked); with
+    ``last_is_result`` the last layer's add is itself main's result (no binding after it)."""
     rng = np.random.default_rng(seed)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([4, hidden], "float32"))
@@ -41,25 +43,28 @@ def residual_mlp(layers: int, hidden: int = 16, seed: int = 0, shared_scale: boo
     with bb.function("main", params):
         with bb.dataflow():
             h = x
-            for _ in range(layers):
+            for layer in range(layers):
                 w = relax.const(rng.standard_normal((hidden, hidden)).astype("float32") * 0.3)
                 b = relax.const(rng.standard_normal(hidden).astype("float32") * 0.1)
                 y = bb.emit(relax.op.nn.relu(relax.op.add(relax.op.matmul(h, w), b)))
                 if scale is not None:
                     y = bb.emit(relax.op.multiply(y, scale))
-                h = bb.emit(relax.op.add(h, y))
-            out = bb.emit_output(h)
+                last = last_is_result and layer == layers - 1
+                h = (bb.emit_output if last else bb.emit)(relax.op.add(h, y))
+            out = h if last_is_result else bb.emit_output(h)
         bb.emit_func_output(out)
     inputs = [rng.standard_normal((4, hidden)).astype("float32") for _ in params]
     return bb.get(), inputs
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_identical_layers_become_one_region_called_per_layer(shared):
-    mod, inputs = residual_mlp(3, shared_scale=shared)
+@pytest.mark.parametrize("shared, last_is_result", [(False, False), (True, False), (False, True)])
+def test_identical_layers_become_one_region_called_per_layer(shared, last_is_result):
+    mod, inputs = residual_mlp(3, shared_scale=shared, last_is_result=last_is_result)
     part = partition_for_vitis_spatial(mod, layers="reuse")
     assert reuses_layers(part)
     assert sorted(_regions(part).values()) == [3]
+    # raises if, say, the last call's result were a dataflow variable returned from main
+    assert relax.analysis.well_formed(part["main"]) is not False
     # unrolled, the same graph is one region called once
     assert list(_regions(partition_for_vitis_spatial(mod)).values()) == [1]
     with tvm_spatial.allocation(layers="reuse"):
