@@ -36,14 +36,13 @@ import tvm
 import tvm_ffi
 from tvm import relax, s_tir
 
+from relax_passes.layer_reuse import CALLS_ATTR
 from tvm_spatial.devices import get_device
 from tvm_spatial.errors import CodegenError, DynamicShapeError
 
 from .c_types import PACKET, c_type, needs_ap_types, stream_element
 from .code_writer import CodeWriter
 from . import kv_update
-from relax_passes.layer_reuse import CALLS_ATTR
-
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, Write, size_fifos
 from .kv_update import cache_slot
