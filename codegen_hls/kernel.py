@@ -329,6 +329,18 @@ def _loop_nest(w: CodeWriter, shape: tuple[int, ...], body: list[str], pipeline:
         w.close()
 
 
+def _indexed(name: str):
+    """Index expressions -> ``name[e0][e1]..``: how the copy loops address a buffer or port."""
+    return lambda idx: name + "".join(f"[{i}]" for i in idx)
+
+
+def _packets(shape, width: int) -> tuple[tuple[int, ...], list[str]]:
+    """(loop shape, element index expressions) of a copy moving ``width`` elements of the
+    last dimension per iteration, the element being ``e`` of an unrolled inner loop."""
+    rank = len(shape)
+    return (*shape[:-1], shape[-1] // width), [f"i{k}" for k in range(rank - 1)] + [f"i{rank - 1} * {width} + e"]
+
+
 def _index(shape: tuple[int, ...]) -> str:
     return "".join(f"[i{k}]" for k in range(len(shape or (1,))))
 
@@ -730,7 +742,7 @@ class _KernelWriter:
         """Declare ``into``'s buffer and fill it from ``stream`` in row-major order."""
         into.cname = local.fresh("in_" + re.sub(r"\W", "_", hint))
         self.declare(w, into.cname, into.dtype, into.shape, self.width_of[stream])
-        self.read_packets(w, stream, into.shape, lambda idx: into.cname + "".join(f"[{i}]" for i in idx))
+        self.read_packets(w, stream, into.shape, _indexed(into.cname))
 
     @staticmethod
     def declare(w: CodeWriter, name: str, dtype: str, shape, width: int) -> None:
@@ -749,8 +761,7 @@ class _KernelWriter:
             _loop_nest(w, shape, [f"{dest([f'i{k}' for k in range(rank)])} = {stream}.read();"])
             return
         element = stream_element(self.stream_dtype[stream], width)
-        packets = (*shape[:-1], shape[-1] // width)
-        idx = [f"i{k}" for k in range(rank - 1)] + [f"i{rank - 1} * {width} + e"]
+        packets, idx = _packets(shape, width)
         _loop_nest(w, packets, [f"const {element} p = {stream}.read();",
                                 f"for (int e = 0; e < {width}; ++e) {{", "#pragma HLS UNROLL",
                                 f"  {dest(idx)} = p.data[e];", "}"])
@@ -771,8 +782,7 @@ class _KernelWriter:
             body += [f"{stream}.write(v);" for stream in streams]
             _loop_nest(w, shape, body)
             return
-        packets = (*shape[:-1], shape[-1] // width)
-        idx = [f"i{k}" for k in range(rank - 1)] + [f"i{rank - 1} * {width} + e"]
+        packets, idx = _packets(shape, width)
         body = [f"{stream_element(slot.dtype, width)} p;", f"for (int e = 0; e < {width}; ++e) {{",
                 "#pragma HLS UNROLL", f"  p.data[e] = {source(idx)};"]
         body += [f"  {port(idx)} = p.data[e];" for port in ports]
@@ -804,9 +814,6 @@ class _KernelWriter:
             axis = token_axis(slot.shape, self.token_count)
             return lambda idx: name + "".join(f"[blk * {proc.rows} + {i}]" if k == axis else f"[{i}]"
                                               for k, i in enumerate(idx))
-
-        def plain(name: str):
-            return lambda idx: name + "".join(f"[{i}]" for i in idx)
 
         def read_held_blocks() -> None:
             for slot in held:
@@ -847,7 +854,7 @@ class _KernelWriter:
                     else:  # a port with a row per token (an input, a mask): this block's rows
                         part.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
                         self.declare(w, part.cname, part.dtype, part.shape, port_width(part.shape))
-                        dest, port = plain(part.cname), at_block(self.port_of[key], slot)
+                        dest, port = _indexed(part.cname), at_block(self.port_of[key], slot)
                         _copy_rows(w, part.shape, lambda idx: [f"{dest(idx)} = {port(idx)};"])
                 outputs = {id(proc.block_slot[id(slot)]): self.out_width(slot, proc) for slot in proc.outputs}
                 for stage in proc.stages:
@@ -860,7 +867,7 @@ class _KernelWriter:
                 for slot in proc.outputs:
                     part = proc.block_slot[id(slot)]
                     ports = [at_block(port, slot) for port in self.out_ports.get(id(slot), [])]
-                    self.write_packets(w, slot, part.shape, plain(part.cname), ports, self.output_streams(slot, proc))
+                    self.write_packets(w, slot, part.shape, _indexed(part.cname), ports, self.output_streams(slot, proc))
             if held and proc.causal:  # the next call's blocks find zero keys and values ahead
                 w.line("// zero K and V: the next call's early blocks must not see this call's later keys")
                 _loop_nest(w, held[0].shape, [f"{slot.cname}{_index(slot.shape)} = 0;" for slot in held])
@@ -899,8 +906,7 @@ class _KernelWriter:
                 streams = self.output_streams(slot, proc)
                 if not targets and not streams:
                     continue
-                index = lambda name: lambda idx: name + "".join(f"[{i}]" for i in idx)  # noqa: E731
-                self.write_packets(w, slot, slot.shape, index(slot.cname), [index(p) for p in targets], streams)
+                self.write_packets(w, slot, slot.shape, _indexed(slot.cname), [_indexed(p) for p in targets], streams)
             if cache_slot(proc) is not None:
                 kv_update.write_row(w, self.name, proc)
         return args

@@ -178,16 +178,6 @@ def _orders(bindings) -> list[list]:
     return orders
 
 
-def _free_vars(expr) -> set:
-    found = set()
-    if isinstance(expr, relax.Var):
-        found.add(expr)
-    elif isinstance(expr, relax.Tuple):
-        for f in expr.fields:
-            found |= _free_vars(f)
-    return found
-
-
 def _rebuild(value, env: dict):
     def sub(x):
         return env.get(x, x) if isinstance(x, relax.Var) else x
@@ -212,8 +202,9 @@ def outline_layers(mod: tvm.IRModule) -> tvm.IRModule:
     if any(not isinstance(b, relax.VarBinding) for b in body.blocks[0].bindings):
         return mod
     best = None
+    results = set(relax.analysis.free_vars(body.body))  # what main returns
     for order in _orders(list(body.blocks[0].bindings)):
-        found = find_layers(order, _free_vars(body.body))
+        found = find_layers(order, results)
         if found is not None and (best is None or found.covered > best[1].covered):
             best = (order, found)
     if best is None:

@@ -83,13 +83,15 @@ def _name_kernels(mod: tvm.IRModule) -> tvm.IRModule:
     return mod
 
 
+def offloaded_regions(mod: tvm.IRModule) -> list[relax.Function]:
+    """The offloaded regions (functions for the ``vitis_spatial`` codegen), in module order."""
+    return [func for _, func in mod.functions.items()
+            if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Codegen") == CODEGEN]
+
+
 def offloaded_functions(mod: tvm.IRModule) -> list[str]:
     """Kernel (global symbol) names of the offloaded regions."""
-    return sorted(
-        str(func.attrs["global_symbol"])
-        for gv, func in mod.functions.items()
-        if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Codegen") == CODEGEN
-    )
+    return sorted(str(func.attrs["global_symbol"]) for func in offloaded_regions(mod))
 
 
 def host_operators(mod: tvm.IRModule) -> list[str]:

@@ -38,10 +38,8 @@ def design_from_onnx(path, device: str = "u280", seq: int | None = None):
 def design_from_module(mod, device: str = "u280"):
     """The Design ``relax.build(mod, "vitis_spatial")`` would make (e.g. of a
     ``tvm_spatial.quantize``-d module), without compiling the emulation."""
-    from tvm import relax
-
     from codegen_hls.kernel import build_design
-    from relax_passes import host_operators
+    from relax_passes import host_operators, offloaded_regions
 
     from ..devices import get_device
     from ..pipeline import check_static_shapes
@@ -49,7 +47,7 @@ def design_from_module(mod, device: str = "u280"):
 
     check_static_shapes(mod)
     mod = partition_for_build(mod, get_device(device).key, current_policy())
-    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(mod)
 
     key, host_ops = get_device(device).key, host_operators(mod)
     layout = choose_layout(funcs, key, host_ops, current_policy())

@@ -54,8 +54,6 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 
-from tvm import relax
-
 from ..errors import ResourceBudgetError
 from ..estimate import DEFAULT_BUDGET
 
@@ -220,7 +218,7 @@ def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None
     whose design has records (tuning tunes what "auto" chose). Without a model allocation
     to compare (library or explicit arrays) it unrolls, as those name the processes of
     the unrolled design."""
-    from relax_passes import host_operators, partition_for_vitis_spatial
+    from relax_passes import host_operators, offloaded_regions, partition_for_vitis_spatial
     from relax_passes.layer_reuse import reuses_layers
 
     policy = policy or current_policy()
@@ -230,9 +228,7 @@ def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None
     if not reuses_layers(reused):
         return reused
     unrolled = partition_for_vitis_spatial(mod, layers="unroll")
-    regions = {id(part): [f for _, f in part.functions.items()
-                          if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
-               for part in (reused, unrolled)}
+    regions = {id(part): offloaded_regions(part) for part in (reused, unrolled)}
     database = _current_database() if policy.use_database else None
     if database is not None:  # the one that was tuned (tuning tunes what auto chose)
         from codegen_hls.kernel import plan_design

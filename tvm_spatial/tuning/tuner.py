@@ -600,10 +600,8 @@ def plan_module(mod: tvm.IRModule, device: str = "u280"):
     :func:`tune_design` tunes, without printing or compiling anything -- spread over every
     SLR, in the token blocks the greedy allocation chooses (so its loop nests are those
     the build prints)."""
-    from tvm import relax
-
     from codegen_hls.kernel import plan_design
-    from relax_passes import host_operators
+    from relax_passes import host_operators, offloaded_regions
 
     from ..pipeline import check_static_shapes
     from .policy import allocate_planned, current_policy, partition_for_build
@@ -611,8 +609,7 @@ def plan_module(mod: tvm.IRModule, device: str = "u280"):
     check_static_shapes(mod)
     # the partition relax.build would choose without tuned records (layers reused or not)
     part = partition_for_build(mod, get_device(device).key, replace(current_policy(), use_database=False))
-    funcs = [f for _, f in part.functions.items()
-             if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(part)
     key, host_ops = get_device(device).key, host_operators(part)
     rows = allocate_planned(funcs, key, host_ops).config.block
     return part, plan_design(funcs, key, host_ops, rows=rows)
