@@ -29,6 +29,7 @@ region on one SLR is printed exactly as before: one top, no wrapper.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 
@@ -574,7 +575,7 @@ class _KernelWriter:
         cuts into blocks; the others, attention's K and V, stay whole), and their own
         PrimFuncs."""
         from .attention_kernel import is_causal
-        from .token_blocks import block_cut, legal_block, legal_whole
+        from .token_blocks import block_cut, legal_block, legal_whole, token_axis
 
         tokens = self.token_count = self.tokens()
         if self.rows and self.rows < tokens and tokens % self.rows:
@@ -583,7 +584,13 @@ class _KernelWriter:
             if proc.source is None or cache_slot(proc) is not None or not all(isinstance(a, Slot) for a in proc.args):
                 continue
             streamed = {i for i, a in enumerate(proc.args) if (id(a), id(proc)) in self.stream_of}
-            cut = block_cut(proc.source, streamed, tokens)
+            # ports with a row per token (a reused layer's input, its residual) are cut too
+            # where the operator is row-wise in them: each block reads its rows of the port
+            rowed = {i for i, a in enumerate(proc.args)
+                     if (id(a), id(proc)) in self.port_of and token_axis(a.shape, tokens) is not None}
+            cut = block_cut(proc.source, streamed | rowed, tokens) if rowed else None
+            if cut is None:
+                cut = block_cut(proc.source, streamed, tokens)
             proc.separable = cut is not None
             rows = self.rows
             if not proc.separable or not rows or rows >= tokens or tokens % rows:
@@ -870,7 +877,13 @@ class _KernelWriter:
                     self.write_packets(w, slot, part.shape, _indexed(part.cname), ports, self.output_streams(slot, proc))
             if held and proc.causal:  # the next call's blocks find zero keys and values ahead
                 w.line("// zero K and V: the next call's early blocks must not see this call's later keys")
-                _loop_nest(w, held[0].shape, [f"{slot.cname}{_index(slot.shape)} = 0;" for slot in held])
+                width = self.held_width(proc)
+                if width == 1:
+                    _loop_nest(w, held[0].shape, [f"{slot.cname}{_index(slot.shape)} = 0;" for slot in held])
+                else:  # as many elements per cycle as their streams fill them with
+                    packets, idx = _packets(held[0].shape, width)
+                    _loop_nest(w, packets, [f"for (int e = 0; e < {width}; ++e) {{", "#pragma HLS UNROLL",
+                                            *(f"  {_indexed(slot.cname)(idx)} = 0;" for slot in held), "}"])
         return args
 
     def print_process(self, w: CodeWriter, proc: Proc) -> list[str]:
@@ -1017,11 +1030,20 @@ class _KernelWriter:
                 writes += port_copy_cycles(slot.shape)
         zeroing = max((s.elements for s in proc.inputs if proc.causal and id(s) not in proc.block_slot
                        and (id(s), id(proc)) in self.stream_of), default=0)
-        return reads + writes + zeroing
+        return reads + writes + zeroing // self.held_width(proc)
+
+    def held_width(self, proc: Proc) -> int:
+        """Elements per cycle of the loop that zeroes a causal attention's K and V after
+        its last block: the width their streams fill them with (their buffers are
+        partitioned by it, ``declare``)."""
+        widths = [self.width_of[self.stream_of[(id(s), id(proc))]] for s in proc.inputs
+                  if id(s) not in proc.block_slot and (id(s), id(proc)) in self.stream_of]
+        return math.gcd(*widths) if widths else 1
 
     def scratch(self, proc: Proc) -> tuple[int, ...]:
         """Elements of each intermediate array of one call of ``proc``: the slots between its
-        stages, and the buffers its stage functions allocate (attention's scores)."""
+        stages, the buffers its stage functions allocate (attention's scores), and the block
+        buffers of the ports it reads in blocks."""
         outputs = {id(s) for s in proc.outputs} | {id(s) for s in proc.block_slot.values()}
         between = {id(s): s.elements for st in proc.stages for s in st.args[-1:]
                    if s.producer is proc and id(s) not in outputs}
@@ -1033,7 +1055,10 @@ class _KernelWriter:
 
         for stage in proc.stages:
             tvm_ffi.structural_walk(self.prim(stage.prim_name).body, visit)
-        return tuple(between.values()) + tuple(inside)
+        # a port cut into blocks is copied, a block at a time, into a buffer of its own
+        from_ports = [proc.block_slot[id(s)].elements for s in proc.inputs
+                      if id(s) in proc.block_slot and (id(s), id(proc)) in self.port_of]
+        return tuple(between.values()) + tuple(inside) + tuple(from_ports)
 
     def records(self, calls=None) -> tuple[Process, ...]:
         """The Process records (after ``plan``; ``calls``: each process's call arguments,

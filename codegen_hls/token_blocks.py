@@ -26,6 +26,11 @@ every value keeps the token axis where it was and that no operator mixes tokens:
   queries alone. A mask that is a port (GPT2's causal mask) is cut too: each block reads
   its rows of it.
 
+A port with a row per token (a reused layer's input, which its first layer norm and its
+residual add read) is cut like a stream where the operator is row-wise in it: each block
+copies its rows of the port into a block buffer. Without that, a reused layer's first
+process and its residual add held whole tensors and split the layer's pipeline in three.
+
 Anything else (a transpose, a gather, a token-indexed port such as a position table)
 keeps the whole tensor.
 """

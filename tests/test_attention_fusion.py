@@ -129,6 +129,17 @@ def test_causal_attention_streams_queries_beside_k_and_v():
     # K and V in lockstep, one block of Q (depths count transfers of ``width`` elements)
     assert sorted(s.depth * s.width for s in queries) == [2 * 16, 2 * 16, 8 * 64]
     assert not next(p for p in design_work(design).processes if p.name == att.name).barrier
+    # after its last block it zeroes K and V as wide as their streams fill them; the cycles
+    # the design records for its copy loops are those the HLS text implies
+    from test_lanes import _function_body, _pipelined_cycles
+
+    body = _function_body(kernel.source, att.name)
+    width = min(s.width for s in queries)
+    assert width > 1
+    zeroing = body.split("// zero K and V", 1)[1]
+    assert f"for (int i2 = 0; i2 < {64 // width}; ++i2) {{" in zeroing  # K, V: [1, 16, 64]
+    assert f"for (int e = 0; e < {width}; ++e) {{" in zeroing
+    assert att.stream_io == _pipelined_cycles(body)
     results = []
     for ex in built.values():
         vm = relax.VirtualMachine(ex, tvm.cpu())

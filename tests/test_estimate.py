@@ -146,6 +146,26 @@ def test_allocation_fits_the_budget_and_beats_the_smallest(gpt2_design):
     assert alloc.estimate == estimate_work(work, dev, alloc.config)  # the same pure function
 
 
+def test_allocation_steps_grow_by_half_as_well_as_double(gpt2_design):
+    """Doubling alone leaves a process at half of what its SLR could give it when the next
+    doubling does not fit; a step of 1.5x (realized: a side dividing the output) fills the gap."""
+    from tvm_spatial.estimate.allocation import _grow, realizable_array, realizable_lanes
+    from tvm_spatial.estimate.model import process_estimate
+
+    work, dev = design_work(gpt2_design), get_device("u280")
+    linear = next(p for p in work.processes if p.matmul is not None and p.matmul.n % 24 == 0)
+    par = Parallelism(rows=1, cols=16)
+    est = process_estimate(linear, par, dev, dev.clock_mhz, None)
+    steps = _grow(linear, par, est, 1, realize=realizable_array)
+    assert Parallelism(rows=1, cols=24) in steps and Parallelism(rows=1, cols=32) in steps
+    # lanes: a divisor of the row (GPT2-small's 768 has 12 and 16; the fixture's 64 has no 12)
+    other = dataclasses.replace(next(p for p in work.processes if p.op == "layer_norm"), width=96)
+    par = Parallelism(lanes=8)
+    est = process_estimate(other, par, dev, dev.clock_mhz, None)
+    lanes = {c.lanes for c in _grow(other, par, est, 1, max_lanes=64, realize_lanes=realizable_lanes)}
+    assert lanes == {12, 16}
+
+
 def test_smallest_design_over_budget_names_process_and_resource(gpt2_design):
     work = design_work(gpt2_design)
     with pytest.raises(ResourceBudgetError) as info:

@@ -73,6 +73,29 @@ def test_identical_layers_become_one_region_called_per_layer(shared, last_is_res
     assert [k.calls for k in design.kernels] == [3]
 
 
+def test_a_reused_layer_reads_its_input_port_in_token_blocks():
+    """The layer's input arrives through a port, read by its linear and by its residual add:
+    both cut it into token blocks (each block copies its rows of the port), so the whole
+    layer is one pipeline of blocks; equal to llvm, and the copy cycles the design records
+    are those the HLS text implies."""
+    from test_lanes import _function_body, _pipelined_cycles
+
+    mod, inputs = residual_mlp(3)
+    with tvm_spatial.allocation(layers="reuse", rows=2):
+        ex, _ = build_and_compare(mod, inputs)
+    (kernel,) = tvm_spatial.design_of(ex).kernels
+    assert kernel.calls == 3
+    assert [p.rows for p in kernel.processes] == [2] * len(kernel.processes)
+    port_readers = [p for p in kernel.processes if p.op in ("linear", "residual_add")]
+    assert len(port_readers) == 2
+    for proc in kernel.processes:
+        body = _function_body(kernel.source, proc.name)
+        assert ("blk * 2 + i0" in body) == (proc in port_readers)  # its rows of the port
+        assert proc.stream_io == _pipelined_cycles(body)
+    # the block buffer of a port is memory the model counts: 2 tokens of 16
+    assert 2 * 16 in kernel.processes[0].scratch
+
+
 def test_a_single_layer_is_not_outlined():
     mod, _ = residual_mlp(1)
     assert not reuses_layers(partition_for_vitis_spatial(mod, layers="reuse"))
