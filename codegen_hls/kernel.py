@@ -957,6 +957,15 @@ class _KernelWriter:
             segments=segments,
         )
 
+    def region_slrs(self) -> int:
+        """How many SLRs this region's processes are spread over: the design's count, but
+        one for a region without a MAC array or attention (BERT's mask, an embedding
+        lookup). Its processes gain little from the other SLRs' DSPs, and each cut of
+        its chain would be an AXI-stream link between two kernels for nothing."""
+        if any(p.op in MATMUL_OPS or p.op == "attention" for p in self.procs):
+            return self.slr_count
+        return 1
+
     def segments(self, records: tuple[Process, ...]) -> tuple[Segment, ...]:
         """One segment per SLR the processes occupy (none when they fit one SLR): its
         processes, the m_axi ports they use, and an AXI-stream port per crossing stream."""
@@ -1066,7 +1075,7 @@ class _KernelWriter:
         works = [sum(_work(self.prim(s.prim_name)) for s in p.stages) * p.blocks for p in self.procs]
         index = {p.name: i for i, p in enumerate(self.procs)}
         links = [(index[st.producer], index[st.consumer]) for st in self.streams]
-        slrs = _slrs(works, self.slr_count, links)
+        slrs = _slrs(works, self.region_slrs(), links)
         for i, proc in enumerate(self.procs):
             slr = self.placement.get(proc.name, slrs[i])
             if not isinstance(slr, int) or not 0 <= slr < self.device.slrs:

@@ -416,3 +416,24 @@ def test_region_on_one_slr_stays_one_kernel(tmp_path):
     assert "axis" not in kernel.source and "__SYNTHESIS__" not in kernel.source
     cfg = project_files(design)["connectivity.cfg"][0].decode()
     assert "stream_connect" not in cfg and f"slr={kernel.name}_1:SLR0" in cfg
+
+
+def test_a_region_without_macs_stays_on_one_slr():
+    """BERT's mask region (astype, gather, logical and, where) spread over the SLRs would
+    only add AXI-stream links: with the design on 3 SLRs it stays on one, one kernel, while
+    the layer's region is still split. The build still matches onnxruntime."""
+    path, inputs, outputs, _ = load_fixture("bert_tiny")
+    with tvm_spatial.allocation(slrs=3):
+        ex = relax.build(tvm_spatial.frontend.from_onnx(path), target="vitis_spatial")
+    design = tvm_spatial.design_of(ex)
+    plain = [k for k in design.kernels if not any(p.matmul or p.op == "attention" for p in k.processes)]
+    with_macs = [k for k in design.kernels if k not in plain]
+    assert any(len(k.processes) > 1 for k in plain)  # the mask region: more than one process
+    for kernel in plain:
+        assert {p.slr for p in kernel.processes} == {0} and kernel.segments == ()
+        assert not crossings(kernel)
+    assert any(len({p.slr for p in k.processes}) > 1 for k in with_macs)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(v) for v in inputs.values()])
+    got = got.numpy() if isinstance(got, tvm.runtime.Tensor) else got[0].numpy()
+    np.testing.assert_allclose(got, next(iter(outputs.values())), rtol=1e-4, atol=1e-4)
