@@ -122,8 +122,10 @@ def estimate_decode(decode_ex, device: str = "u280") -> dict:
     from tvm_spatial.estimate.report import kv_summary
 
     est = tvm_spatial.estimate(decode_ex, device=device)
+    frac, slr, resource = est.max_slr_utilization
+    fits = "fits" if frac <= 1 else f"does not fit: SLR{slr} {resource} {frac:.0%}"
     return {"est_rate": 1e3 / est.decode_ms, "est_bound": f"{est.decode_memory_ratio:.0%} of HBM roofline",
-            "est_kv": kv_summary(est).split(" (K and V")[0], "est_device": est.device.name}
+            "est_kv": kv_summary(est).split(" (K and V")[0], "est_device": est.device.name, "est_fits": fits}
 
 
 def main() -> None:
@@ -139,19 +141,22 @@ def main() -> None:
             rows.append(measure(name.strip(), args.new_tokens, args.runs, args.max_ctx, Path(tmp)))
     table = Table(title="GPT2 greedy decode: vitis_spatial emulation vs onnxruntime (1 thread)")
     for col in ("model", "build s", "decode steps", "tokens/s (emulation / ort)", "ratio",
-                "prompt ms (emulation / ort)", "same tokens", "U280 tokens/s (estimate)", "KV cache (estimate)"):
+                "prompt ms (emulation / ort)", "same tokens", "U280 tokens/s (estimate)", "KV cache (estimate)",
+                "U280 fit (estimate)"):
         table.add_column(col)
     for r in rows:
         table.add_row(
             r["model"], f"{r['build_s']:.1f}", str(r["steps"]),
             f"{r['emu_rate']:.1f} / {r['ort_rate']:.1f}", f"{r['emu_rate'] / r['ort_rate']:.2f}",
             f"{r['emu_prefill_ms']:.1f} / {r['ort_prefill_ms']:.1f}", "yes" if r["same_tokens"] else "NO",
-            f"{r['est_rate']:,.0f} ({r['est_bound']})", r["est_kv"],
+            f"{r['est_rate']:,.0f} ({r['est_bound']})", r["est_kv"], r["est_fits"],
         )
     console = Console(width=max(Console().width, 190))
     console.print(table)
     console.print("U280 tokens/s is the analytical model's estimate of the decode design as built "
-                  "(tvm_spatial.estimate at the card's default clock), not a measurement.")
+                  "(tvm_spatial.estimate at the card's default clock), not a measurement; the fit column "
+                  "says whether that design fits the card (a design that does not is built with the "
+                  "library's default arrays, and its estimate is of hardware the card cannot hold).")
 
 
 if __name__ == "__main__":
