@@ -207,6 +207,29 @@ def test_design_over_budget_warns_and_builds_or_raises_when_strict():
     assert err.value.process.startswith("k0_") and err.value.resource in ("dsp", "bram18k", "uram", "lut", "ff")
 
 
+def test_a_build_allocates_each_partition_once(monkeypatch):
+    """With layers="auto" the build allocates both partitions to choose one; the codegen's
+    request for the kept one is answered from memory, and gets its own copy of the tables.
+    A design over budget warns each time it is asked for, remembered or not."""
+    from tvm_spatial.tuning import policy
+
+    calls = []
+    real = policy._choose_layout
+    monkeypatch.setattr(policy, "_choose_layout", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(policy, "_LAYOUTS", {})
+    relax.build(tvm_spatial.frontend.from_onnx(FIXTURES / "bert_tiny.onnx"), target="vitis_spatial")
+    assert len(calls) == 2  # reused and unrolled; not a third time for the kept one
+    funcs, host_ops = _offloaded("bert_tiny")  # the unrolled partition: allocated by the build
+    first = policy.choose_layout(funcs, "u280", host_ops, policy.AllocationPolicy())
+    first.arrays.clear()
+    again = policy.choose_layout(funcs, "u280", host_ops, policy.AllocationPolicy())
+    assert again.arrays and len(calls) == 2
+    for _ in range(2):
+        with pytest.warns(policy.DesignOverBudgetWarning, match="does not fit"):
+            policy.choose_layout(funcs, "u280", host_ops, policy.AllocationPolicy(budget=0.001))
+    assert len(calls) == 3
+
+
 def test_slrs_fit_first_takes_the_fewest_slrs_that_cost_no_speed():
     """The rule, checked from the model directly: allocate the plan on 1, 2 and 3 SLRs; the
     policy must take the fewest whose prefill is within SLR_SLACK of the fastest, and the
