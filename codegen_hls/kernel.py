@@ -72,7 +72,7 @@ def port_copy_cycles(shape) -> int:
     if not shape:
         return 1
     width = port_width(shape)
-    rows = _prod(shape[:-1])
+    rows = math.prod(shape[:-1])
     return rows * (shape[-1] // width + shape[-1] % width)
 
 
@@ -258,13 +258,6 @@ def _work(prim: tvm.tirx.PrimFunc) -> int:
 
     tvm_ffi.structural_walk(prim.body, visit)
     return total[0]
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _layers(procs: list[Proc]) -> list[int]:
@@ -1060,7 +1053,7 @@ class _KernelWriter:
 
         def visit(node):
             if isinstance(node, s_tir.SBlock):
-                inside.extend(_prod(buf.shape) for buf in node.alloc_buffers)
+                inside.extend(math.prod(int(d) for d in buf.shape) for buf in node.alloc_buffers)
 
         for stage in proc.stages:
             tvm_ffi.structural_walk(self.prim(stage.prim_name).body, visit)

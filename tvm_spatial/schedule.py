@@ -860,9 +860,9 @@ class Schedule:
         """Give ``buffer`` a new shape with the same number of elements (row-major order kept)."""
         old = _shape(self._buffer_var(buffer))
         shape = tuple(int(d) for d in shape)
-        if _prod(old) != _prod(shape):
+        if math.prod(old) != math.prod(shape):
             raise ScheduleError(
-                f"reshape({buffer}): {old} has {_prod(old)} elements, {shape} has {_prod(shape)}"
+                f"reshape({buffer}): {old} has {math.prod(old)} elements, {shape} has {math.prod(shape)}"
             )
         sch = self._tir(buffer.func)
         block = sch.get_sblock(self._any_sblock_of(buffer))
@@ -1422,13 +1422,6 @@ def _interface(func, var) -> InterfaceType:
     )
 
 
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
-
-
 def _unfolded(loops) -> list:
     return [l for l in loops if ann.unfold_name(l) is not None]
 
@@ -1462,7 +1455,7 @@ def _check_stream_order(buffer, access: _Access, array_dims: int, shape) -> None
     for loop in loops:
         linear = linear * loop.extent + (loop.loop_var - loop.min)
     extents = [_const_int(l.extent) for l in loops]
-    ok = None not in extents and _prod(extents) == _prod(stream_shape)
+    ok = None not in extents and math.prod(extents) == math.prod(stream_shape)
     ok = ok and analyzer.can_prove_equal(flat, linear)
     if not ok:
         hint = "" if access.store else " (read it into a local buffer first, e.g. with reuse_at)"

@@ -15,6 +15,7 @@ count from the linear layers' ``M``; causal attention from a ``[.., S, S]`` mask
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 
@@ -263,13 +264,6 @@ def _packing(proc, calls, sigs) -> int:
     return 1
 
 
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _cache_ports(design) -> tuple[tuple[int, ...] | None, str, set[str], set[str]]:
     """A decode design's KV cache (generate.py's interface): its shape ``[layers, 1,
     heads, context, head_dim]`` and type, the ports it comes in through (``past_key``,
@@ -360,7 +354,7 @@ def design_work(design) -> DesignWork:
             for func, args in calls:
                 params = sigs.get(func, [])
                 if params:
-                    elements = _prod(params[-1][2])
+                    elements = math.prod(params[-1][2])
                     dtype = params[-1][1]
                     width = proc.width or (params[-1][2][-1] if params[-1][2] else 1)
                 found = _matmul_of(params) if proc.op in MATMUL_OPS else None
@@ -372,7 +366,7 @@ def design_work(design) -> DesignWork:
             weight_port = proc.weight_port or None
             if weight_port is None and matmul is not None and matmul.b_offchip:
                 weight_port = next(
-                    (n for n in proc.inputs if n in ports and _prod(ports[n].shape) == matmul.k * matmul.n), None
+                    (n for n in proc.inputs if n in ports and math.prod(ports[n].shape) == matmul.k * matmul.n), None
                 )
             used_ports = tuple(n for n in (*proc.inputs, *proc.outputs) if n in ports)
             # the KV cache's traffic is the attention's and the appenders' (kvcache.py), wherever it lives
@@ -382,13 +376,13 @@ def design_work(design) -> DesignWork:
             if in_place:
                 appenders[proc.name] = re.sub(r"_\d+$", "", in_place[0])
             port_bytes = sum(
-                _prod(ports[n].shape) * dtype_bits(ports[n].dtype) // 8 for n in used_ports
+                math.prod(ports[n].shape) * dtype_bits(ports[n].dtype) // 8 for n in used_ports
                 if n != weight_port and n not in cache_in and n not in cache_out
             )
             if proc.op == "embedding":  # a gather reads one row per token, not the table
-                table = max((ports[n] for n in used_ports), key=lambda p: _prod(p.shape), default=None)
+                table = max((ports[n] for n in used_ports), key=lambda p: math.prod(p.shape), default=None)
                 if table is not None and len(table.shape) == 2:
-                    port_bytes -= _prod(table.shape) * dtype_bits(table.dtype) // 8
+                    port_bytes -= math.prod(table.shape) * dtype_bits(table.dtype) // 8
                     port_bytes += elements * dtype_bits(table.dtype) // 8
             in_elems = sum(stream_of[n].elements for n in proc.inputs if n in stream_of)
             causal |= proc.causal  # a fused attention knows (its mask may arrive through a port)
@@ -398,7 +392,7 @@ def design_work(design) -> DesignWork:
                         causal = True
             if not elements:
                 outs = [stream_of[n].elements for n in proc.outputs if n in stream_of]
-                outs += [_prod(ports[n].shape) for n in proc.outputs if n in ports]
+                outs += [math.prod(ports[n].shape) for n in proc.outputs if n in ports]
                 elements = max(outs, default=proc.work)
             processes.append(
                 ProcessWork(
