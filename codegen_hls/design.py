@@ -28,6 +28,12 @@ class Port:
     # Which argument of the kernel's caller feeds this port. Several ports may share one
     # argument: a tensor read by two dataflow processes gets a port (and bundle) each.
     arg: int = -1
+    # One stripe of a weight read through several ports (codegen_hls.library.stripe_weight):
+    # (index c, count C, group g, the argument's columns N). It holds, of the argument's
+    # [K, N], the columns t * C * g + c * g + i of every tile t of C * g columns (zeros past
+    # N in a last tile that N cuts short): shape [K, ceil(N / (C * g)) * g]. Empty: the
+    # whole argument.
+    stripe: tuple[int, ...] = ()
 
     @property
     def num_elements(self) -> int:
@@ -35,6 +41,25 @@ class Port:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def arg_shape(self) -> tuple[int, ...]:
+        """The shape of the argument that feeds it (a stripe's is ``count`` times wider)."""
+        return (*self.shape[:-1], self.stripe[3]) if self.stripe else self.shape
+
+    def from_argument(self, array):
+        """What the host writes to this port from its argument (a numpy array): the array,
+        or the stripe's columns of it."""
+        if not self.stripe:
+            return array
+        import numpy as np
+
+        index, count, group, cols = self.stripe
+        rows, width = self.shape
+        tile = count * group
+        padded = np.zeros((rows, width // group * tile), array.dtype)
+        padded[:, :cols] = array
+        return padded.reshape(rows, width // group, count, group)[:, :, index, :].reshape(rows, width)
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,7 @@ class Process:
     matmul: tuple[int, ...] = ()  # (batch, m, n, k)
     dtypes: tuple[str, ...] = ()  # (A, B) operand types
     weight_port: str = ""  # the m_axi port B is read from ("" when B is a stream)
+    weight_stripes: tuple[str, ...] = ()  # or the ports of its stripes (Port.stripe), in order
     array: tuple[int, ...] = ()  # (rows, cols) of its MAC array (the HLS pragmas' parallelism)
     tile: tuple[int, ...] = ()  # (rows, cols) of the loop tile the array works through
     packed: int = 1  # outputs per multiply: 2 for the packed W4A8 kernel ([K, N/2] bytes in, [M, N] out)
@@ -90,7 +116,7 @@ class Process:
     stream_io: int = 0
 
 
-_TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile", "scratch")
+_TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile", "scratch", "weight_stripes")
 
 
 @dataclass(frozen=True)
@@ -223,7 +249,8 @@ class Design:
             Kernel(
                 name=k["name"],
                 source=k["source"],
-                ports=tuple(Port(**{**p, "shape": tuple(p["shape"])}) for p in k["ports"]),
+                ports=tuple(Port(**{**p, "shape": tuple(p["shape"]), "stripe": tuple(p.get("stripe", ()))})
+                            for p in k["ports"]),
                 ops=tuple(k["ops"]),
                 processes=tuple(
                     Process(**{**p, **{key: tuple(p[key]) for key in _TUPLE_FIELDS if key in p},

@@ -151,9 +151,10 @@ def _pointer_type(port: Port) -> str:
     return f"{const}{c_type(port.dtype)}*"
 
 
-def _write_runtime_support(w: CodeWriter, in_place: bool = False) -> None:
+def _write_runtime_support(w: CodeWriter, in_place: bool = False, striped: bool = False) -> None:
     """Argument checking shared by every kernel's FFI entry point (``in_place``: and the
-    result of a kernel that updates an argument in place)."""
+    result of a kernel that updates an argument in place; ``striped``: and the copy of a
+    weight's stripe for a port that reads one)."""
     w.line("namespace tvs_emulation {")
     w.line("struct PortSpec { const char* name; int code; int bits; int ndim; int64_t shape[8]; };")
     w.line()
@@ -237,6 +238,23 @@ def _write_runtime_support(w: CodeWriter, in_place: bool = False) -> None:
     w.line("}")
     if in_place:
         _write_return_args(w)
+    if striped:
+        w.line()
+        w.line("// One stripe of a [rows, cols] weight (design.Port.stripe): of every tile of count x group")
+        w.line("// columns, the group from index * group; zeros past the last column.")
+        w.line("template <typename T>")
+        w.line("static void stripe(const T* src, T* dst, int64_t rows, int64_t cols, int64_t count, int64_t group,")
+        w.line("                   int64_t index, int64_t width) {")
+        with w.indented():
+            w.line("const int64_t tile = count * group;")
+            with w.block("for (int64_t r = 0; r < rows; ++r)"):
+                with w.block("for (int64_t t = 0; t < width / group; ++t)"):
+                    w.line("const int64_t first = t * tile + index * group;")
+                    w.line("const int64_t n = first >= cols ? 0 : (cols - first < group ? cols - first : group);")
+                    w.line("T* out = dst + r * width + t * group;")
+                    w.line("if (n > 0) std::memcpy(out, src + r * cols + first, static_cast<size_t>(n) * sizeof(T));")
+                    w.line("for (int64_t i = n; i < group; ++i) out[i] = T(0);")
+        w.line("}")
     w.line("}  // namespace tvs_emulation")
 
 
@@ -281,7 +299,7 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
             for arg in range(n):
                 port = first[arg]
                 code, bits = _dl_dtype(port.dtype)
-                shape = ", ".join(str(d) for d in port.shape) or "0"
+                shape = ", ".join(str(d) for d in port.arg_shape) or "0"
                 w.line(f'{{"{port.name}", {code}, {bits}, {len(port.shape)}, {{{shape}}}}},')
         w.line("};")
         w.line(f"void* data[{max(n, 1)}];")
@@ -294,7 +312,20 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
         else:
             w.line(f'if (here == 0 && tvs_emulation::run_on_xrt("{kernel.name}", tvs_manifest, args, num_args, result) != 0)')
             w.line("  return -1;")
-        casts = ", ".join(f"static_cast<{_pointer_type(p)}>(data[{a}])" for p, a in zip(kernel.ports, args))
+        casts = []
+        for i, (p, a) in enumerate(zip(kernel.ports, args)):
+            if not p.stripe:
+                casts.append(f"static_cast<{_pointer_type(p)}>(data[{a}])")
+                continue
+            # the stripe the port reads: a copy of its columns of the argument, every call
+            index, count, group, _ = p.stripe
+            ctype = c_type(p.dtype)
+            rows, cols = p.arg_shape
+            w.line(f"std::vector<{ctype}> stripe{i}({p.num_elements});")
+            w.line(f"tvs_emulation::stripe(static_cast<const {ctype}*>(data[{a}]), stripe{i}.data(), {rows}, {cols}, "
+                   f"{count}, {group}, {index}, {p.shape[-1]});")
+            casts.append(f"reinterpret_cast<{_pointer_type(p)}>(stripe{i}.data())")
+        casts = ", ".join(casts)
         if written:
             w.line(f"if (here == 1) {kernel.name}({casts});")
             w.line("// Updated in place (an inout port): hand back every written argument, in argument order.")
@@ -335,7 +366,8 @@ def emulation_source(design: Design) -> str:
     w.line()
     w.line(f"static const char tvs_manifest[] = {_raw_string(design.to_json())};")
     w.line()
-    _write_runtime_support(w, any(in_place_results(kernel) for kernel in design.kernels))
+    _write_runtime_support(w, any(in_place_results(kernel) for kernel in design.kernels),
+                           any(port.stripe for kernel in design.kernels for port in kernel.ports))
     for kernel in design.kernels:
         _write_entry_point(w, kernel)
     w.line()

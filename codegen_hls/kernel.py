@@ -47,7 +47,7 @@ from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, Write, size_fifos
 from .kv_update import cache_slot
-from .library import MacArray, matmul_info, prepare_for_hls
+from .library import MacArray, matmul_info, prepare_for_hls, stripe_columns, weight_stripes
 from .printer import FunctionPrinter, Namer, array_declarator
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -368,6 +368,7 @@ class _KernelWriter:
         self.out_ports: dict = {}  # slot id -> [port names] it must be written to
         self.streams: list[Stream] = []
         self.stream_of: dict = {}  # (slot id, consumer proc id) -> stream name
+        self.stripes: dict = {}  # (weight slot id, proc id) -> its stripes' port names (stripe_weights)
         self.uses_ap = False
         self.printed: dict[str, str] = {}
 
@@ -430,6 +431,7 @@ class _KernelWriter:
                         self.stream_of[(id(slot), id(consumer))] = name
         check_stream_balance(self.name, self.streams, self.procs)
         self.block_processes()
+        self.stripe_weights()
         self.streams = [replace(st, width=self.packet_width(st)) for st in self.streams]
         self.width_of = {st.name: st.width for st in self.streams}
         self.stream_dtype = {st.name: st.dtype for st in self.streams}
@@ -438,6 +440,30 @@ class _KernelWriter:
         for name, depth in self.skip_depths(programs).items():
             depths[name] = max(depths[name], depth)
         self.streams = [replace(st, depth=depths[st.name]) for st in self.streams]
+
+    def stripe_weights(self) -> None:
+        """A matmul whose array reads its weight through several channels gets one port
+        (and bundle, hence memory bank) per stripe in place of the weight's port
+        (``codegen_hls.library.stripe_weight``; ``Port.stripe`` says which columns)."""
+        for proc in self.procs:
+            for stage in proc.stages:
+                array = self.stage_hardware(proc, stage)
+                if not isinstance(array, MacArray) or array.channels <= 1:
+                    continue
+                key = (id(stage.args[1]), id(proc))
+                name = self.port_of[key]
+                at = next(i for i, port in enumerate(self.ports) if port.name == name)
+                whole = self.ports[at]
+                (_, m, n, _), _ = matmul_info(self.prim(stage.prim_name))
+                tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
+                group = tile.cols // array.channels
+                shape = (*whole.shape[:-1], stripe_columns(n, tile.cols, array.channels))
+                stripes = [replace(whole, name=self.namer.fresh(f"{name}_s{c}"), bundle=f"{whole.bundle}_s{c}",
+                                   shape=shape, stripe=(c, array.channels, group, n))
+                           for c in range(array.channels)]
+                self.ports[at:at + 1] = stripes
+                self.stripes[key] = [port.name for port in stripes]
+                break
 
     def skip_depths(self, programs: dict[str, list]) -> dict[str, int]:
         """Depths for throughput, beyond deadlock freedom: a stream into a blocked process
@@ -656,8 +682,13 @@ class _KernelWriter:
             # k step, ``latency`` cycles apart): fast on the host, no accumulate stall in HLS
             entry = self.arrays.get(proc.name)
             default = (max(1, MacArray.rows // latency), MacArray.cols)
-            rows, cols = tuple(entry) if isinstance(entry, (tuple, list)) else default
-            return MacArray(rows, cols, latency).tile(m, n)[1]
+            rows, cols, *rest = tuple(entry) if isinstance(entry, (tuple, list)) else default
+            real = MacArray(rows, cols, latency).tile(m, n)[1]
+            channels = int(rest[0]) if rest else 1
+            if channels > 1 and len(stage.args) > 1 and (id(stage.args[1]), id(proc)) in self.port_of:
+                # its weight through several ports, where the layout allows (weight_stripes)
+                real = replace(real, channels=weight_stripes(self.prim(stage.prim_name), replace(real, channels=channels)))
+            return real
         matmuls = [(self.stage_hardware(proc, s), info_of(s.prim_name)[0][3]) for s in proc.stages
                    if proc.op in MATMUL_OPS and info_of(s.prim_name) is not None]
         entry = self.arrays.get(proc.name)
@@ -683,7 +714,7 @@ class _KernelWriter:
         key = (prim_name, array)
         if key not in self.printed:
             if isinstance(array, MacArray):
-                suffix = f"_a{array.rows}x{array.cols}"
+                suffix = f"_a{array.rows}x{array.cols}" + (f"_c{array.channels}" if array.channels > 1 else "")
             elif array is not None and array.lanes > 1:  # Lanes: its width and unpartitioned ports
                 suffix = f"_l{array.lanes}" + "".join(f"_m{i}" for i in array.ports)
             else:
@@ -720,7 +751,12 @@ class _KernelWriter:
         params, args = [], []
         for slot in proc.inputs:
             key = (id(slot), id(proc))
-            if key in self.port_of:
+            if key in self.stripes:  # a weight read through several ports
+                for port in self.stripes[key]:
+                    shape = next(p.shape for p in self.ports if p.name == port)
+                    params.append(f"const {c_type(slot.dtype)} {array_declarator(port, shape)}")
+                    args.append(port)
+            elif key in self.port_of:
                 port = self.port_of[key]
                 const = "" if cache_slot(proc) is slot else "const "  # written in place: inout
                 params.append(f"{const}{c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
@@ -790,7 +826,7 @@ class _KernelWriter:
         _loop_nest(w, packets, body)
 
     def call_stage(self, w: CodeWriter, proc: Proc, stage: Stage) -> None:
-        names = ", ".join(slot.cname for slot in stage.args)
+        names = ", ".join(", ".join(self.stripes.get((id(slot), id(proc)), [slot.cname])) for slot in stage.args)
         w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
 
     def out_width(self, slot: Slot, proc: Proc) -> int:
@@ -1079,7 +1115,8 @@ class _KernelWriter:
         calls = calls or [self.process_signature(p)[1] for p in self.procs]
         processes = []
         for proc, work, slr, layer, args in zip(self.procs, works, slrs, layers, calls):
-            n_in = sum(1 for s in proc.inputs if (id(s), id(proc)) in self.port_of or (id(s), id(proc)) in self.stream_of)
+            n_in = sum(len(self.stripes.get((id(s), id(proc)), [s])) for s in proc.inputs
+                       if (id(s), id(proc)) in self.port_of or (id(s), id(proc)) in self.stream_of)
             extra = {}
             last = proc.stages[-1].args[-1] if proc.stages else (proc.outputs[0] if proc.outputs else None)
             if last is not None:
@@ -1115,11 +1152,15 @@ class _KernelWriter:
                 if proc.blocks > 1 and batch != 1:
                     raise CodegenError(f"{proc.name}: a blocked matmul over {batch} batches")
                 weight = self.port_of.get((id(stage.args[1]), id(proc)), "") if len(stage.args) > 1 else ""
+                stripes = tuple(self.stripes.get((id(stage.args[1]), id(proc)), ())) if len(stage.args) > 1 else ()
+                if stripes:
+                    weight = ""
                 # the packed W4A8 kernel: [.., M, K] x [K, N/2] bytes -> [.., M, N] (quant_kernels)
                 out = stage.args[-1].shape
                 packed = 2 if (len(stage.args) == 3 and stage.args[1].dtype == "int8" and len(out) >= 2
                                and out[-2] == m and out[-1] == 2 * n) else 1
                 extra.update(matmul=(batch, m * proc.blocks, n, k), dtypes=dtypes, weight_port=weight,
+                             weight_stripes=stripes,
                              array=(array.rows, array.cols), tile=(tile.rows, tile.cols), packed=packed)
                 break
             processes.append(Process(proc.name, proc.op, layer, slr, work, tuple(args[:n_in]), tuple(args[n_in:]), **extra))

@@ -48,7 +48,7 @@ def _function_body(source: str, name: str) -> str:
 
 def _stage_of(kernel, proc) -> str:
     body = _function_body(kernel.source, proc.name)
-    return re.search(rf"\b({re.escape(kernel.name)}__\w+_a\d+x\d+)\(", body).group(1)
+    return re.search(rf"\b({re.escape(kernel.name)}__\w+_a\d+x\d+(?:_c\d+)?)\(", body).group(1)
 
 
 def test_every_matmul_process_realizes_its_allocated_array(bert):
@@ -57,8 +57,9 @@ def test_every_matmul_process_realizes_its_allocated_array(bert):
     procs = [p for p in design.kernels[0].processes if p.matmul]
     assert procs and {p.name for p in procs} == set(chosen)
     for p in procs:
-        assert p.array == tuple(chosen[p.name]), p.name
-        rows, cols = p.array
+        rows, cols, *channels = chosen[p.name]
+        assert p.array == (rows, cols), p.name
+        assert len(p.weight_stripes) == (channels[0] if channels else 0), p.name  # its weight's ports
         t_rows, t_cols = p.tile
         assert t_rows % rows == 0 and t_cols % cols == 0
         batch, m, n, k = p.matmul

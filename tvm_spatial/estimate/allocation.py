@@ -55,12 +55,14 @@ class Allocation:
     def factors(self) -> dict[str, Parallelism]:
         return dict(self.config.parallelism)
 
-    def matmul_tilings(self) -> dict[str, tuple[int, int]]:
-        """Process name -> (rows, cols) of each matmul's MAC array: what the codegen realizes
-        (``codegen_hls.library.MacArray``) and ``tvm_spatial.allocation(arrays=...)`` takes."""
+    def matmul_tilings(self) -> dict[str, tuple[int, ...]]:
+        """Process name -> (rows, cols) of each matmul's MAC array, and its weight's channels
+        when more than one: what the codegen realizes (``codegen_hls.library.MacArray``) and
+        ``tvm_spatial.allocation(arrays=...)`` takes."""
         packed = {p.name: p.packed for p in self.estimate.processes if p.macs}
         # the codegen's array counts multipliers: a packed W4A8 one makes two outputs each
-        return {n: (par.rows, max(1, par.cols // packed[n])) for n, par in self.config.parallelism if n in packed}
+        return {n: (par.rows, max(1, par.cols // packed[n]), *((par.channels,) if par.channels > 1 else ()))
+                for n, par in self.config.parallelism if n in packed}
 
     def codegen_table(self) -> dict:
         """Everything the codegen takes (``codegen_hls.kernel.build_design(arrays=...)``): the
@@ -120,6 +122,28 @@ def _half_step(size: int) -> int:
     while power * 2 <= size:
         power *= 2
     return 3 * power // 2 if size < 3 * power // 2 else 2 * power
+
+
+def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
+    """The channels the codegen realizes for a process's weight (``codegen_hls.library
+    .weight_stripes``): for a matmul whose weight is off-chip and unpacked, ``par.channels``
+    if they divide the width of the tile its realized array works in, else the largest
+    power of two below that does; 1 for any other process (its ports are read through one
+    channel each)."""
+    mm = p.matmul
+    if par.channels <= 1 or mm is None or not mm.b_offchip or mm.packed > 1 or mm.batch != 1:
+        return 1
+    from codegen_hls.library import MacArray
+
+    if block and p.separable and block < mm.m:  # its stages see one block of rows
+        mm = replace(mm, m=block)
+    rows, cols = realizable_array(mm, par.rows, par.cols)
+    latency = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
+    tile, _ = MacArray(rows, cols, latency).tile(mm.m, mm.n)
+    channels = par.channels
+    while channels > 1 and tile.cols % channels:
+        channels //= 2
+    return channels
 
 
 def _next_lanes(p, par: Parallelism, limit: int, realize_lanes, step: float = 2) -> Parallelism | None:
@@ -226,7 +250,7 @@ class _Chain:
 
 def _allocate_block(work: DesignWork, device: Device, block: int | None, budget: float, clock: float,
                     max_channels: int | None = None, max_lanes: int | None = None, realize=None,
-                    realize_lanes=None):
+                    realize_lanes=None, realize_channels=None):
     caps = [{r: device.slr(i).get(r) * budget for r in RESOURCES} for i in range(device.slrs)]
     use = _stream_use(work, device, block)
     pars: dict[str, Parallelism] = {}
@@ -262,6 +286,10 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
         slr = min(p.slr, device.slrs - 1)
         out = []
         for cand in _grow(p, pars[name], ests[name], channels, max_lanes, realize, realize_lanes, block):
+            if realize_channels is not None:  # the channels its (new) array can take
+                cand = replace(cand, channels=realize_channels(p, cand, block))
+                if cand == pars[name]:
+                    continue
             est = process_estimate(p, cand, device, clock, block)
             saved = chain.saved(name, est.block_cycles)
             if saved <= 0:
@@ -303,6 +331,8 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
         slr = min(p.slr, device.slrs - 1)
         while ests[name].decode_bound == "memory" and pars[name].channels < (max_channels or MAX_CHANNELS):
             cand = replace(pars[name], channels=pars[name].channels * 2)
+            if realize_channels is not None and realize_channels(p, cand, block) != cand.channels:
+                break
             est = process_estimate(p, cand, device, clock, block)
             new_use = use[slr] + est.resources + Resources(*(-ests[name].resources.get(r) for r in RESOURCES))
             if not _fits(new_use, caps[slr]) or est.block_cycles > ests[name].block_cycles:
@@ -314,7 +344,7 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
 def allocate(
     work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET, blocks=None,
     clock_mhz: float | None = None, max_channels: int | None = None, max_lanes: int | None = None,
-    realize=None, realize_lanes=None,
+    realize=None, realize_lanes=None, realize_channels=None,
 ) -> Allocation:
     """Choose every process's parallelism (and the token block) for the fastest prefill
     within ``budget`` of each SLR resource. Raises :class:`ResourceBudgetError` if even the
@@ -333,7 +363,7 @@ def allocate(
     for block in blocks:
         try:
             pars = _allocate_block(work, device, block, budget, clock, max_channels, max_lanes, realize,
-                                   realize_lanes)
+                                   realize_lanes, realize_channels)
         except ResourceBudgetError as err:  # say the nearest miss (e.g. with the smallest blocks)
             if failure is None or err.needed / err.available < failure.needed / failure.available:
                 failure = err
@@ -351,9 +381,12 @@ def allocate(
 # What today's codegen realizes of a Parallelism: the MAC array of each matmul process
 # (tile loops unrolled, accumulator partitioned); token blocks of ``CODEGEN_MIN_ROWS`` or
 # more tokens dividing the sequence, for its row-wise processes (the others buffer whole
-# tensors), or whole tensors everywhere; one m_axi port per reader (one channel); the
-# lanes of every other process (codegen_hls.lanes: a divisor of its row, see
-# realizable_lanes) up to CODEGEN_MAX_LANES.
+# tensors), or whole tensors everywhere; one m_axi port per reader (one channel), but a
+# matmul's off-chip weight striped over up to CODEGEN_MAX_CHANNELS ports (see
+# realizable_channels); the lanes of every other process (codegen_hls.lanes: a divisor of
+# its row, see realizable_lanes) up to CODEGEN_MAX_LANES.
+# Why 8 channels: a layer's four linear layers, 8 stripes each, take the U280's 32 HBM
+# pseudo-channels once; more would share banks, and add m_axi masters to route.
 # Why a cap on lanes: past 64 fp32 lanes (a 2048-bit datapath, 64 memory banks per
 # buffer) the unrolled loops and partitions grow HLS effort and routing, while the streams
 # between processes carry at most 16 elements per cycle (codegen_hls.kernel.STREAM_PACKET). Why a floor on blocks: every
@@ -361,7 +394,8 @@ def allocate(
 # rows the MAC array cannot use its rows (and the emulation slows down).
 CODEGEN_MAX_LANES = 64
 CODEGEN_MIN_ROWS = 8
-CODEGEN_LIMITS = dict(max_channels=1, max_lanes=CODEGEN_MAX_LANES)
+CODEGEN_MAX_CHANNELS = 8
+CODEGEN_LIMITS = dict(max_channels=CODEGEN_MAX_CHANNELS, max_lanes=CODEGEN_MAX_LANES)
 
 
 def codegen_blocks(tokens: int) -> tuple:
@@ -379,17 +413,19 @@ def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DE
                          blocks=None) -> Allocation:
     """The allocation ``relax.build(..., "vitis_spatial")`` applies: :func:`allocate`
     restricted to what the codegen realizes (``CODEGEN_LIMITS``, arrays as
-    :func:`realizable_array`), so the estimate of the built design equals this one.
+    :func:`realizable_array`, weights striped as :func:`realizable_channels`), so the
+    estimate of the built design equals this one.
     Blocks: ``blocks`` if given, else the design's own if it was built with token blocks
     (its loop nests are those of one block), else any of :func:`codegen_blocks`."""
     blocks = blocks or ((work.block,) if work.block else codegen_blocks(work.tokens))
     return allocate(work, device, budget=budget, realize=realizable_array, realize_lanes=realizable_lanes,
-                    blocks=blocks, **CODEGEN_LIMITS)
+                    realize_channels=realizable_channels, blocks=blocks, **CODEGEN_LIMITS)
 
 
 def realized_config(design) -> ModelConfig:
-    """The ModelConfig a built Design realizes: each matmul process's recorded MAC array,
-    every other process's recorded lanes, its recorded token blocks, one channel per port
+    """The ModelConfig a built Design realizes: each matmul process's recorded MAC array
+    and its weight's channels (one per stripe, ``Process.weight_stripes``), every other
+    process's recorded lanes, its recorded token blocks, one channel per other port
     (columns in outputs: a packed W4A8 array makes two per multiplier)."""
     from .workload import design_work
 
@@ -399,7 +435,8 @@ def realized_config(design) -> ModelConfig:
     for kernel in design.kernels:
         for proc in kernel.processes:
             if proc.array:
-                table[proc.name] = Parallelism(rows=proc.array[0], cols=proc.array[1] * packed.get(proc.name, 1))
+                table[proc.name] = Parallelism(rows=proc.array[0], cols=proc.array[1] * packed.get(proc.name, 1),
+                                               channels=max(1, len(proc.weight_stripes)))
             elif proc.lanes > 1:
                 table[proc.name] = Parallelism(lanes=proc.lanes)
     return ModelConfig(block=work.block).with_parallelism(table)

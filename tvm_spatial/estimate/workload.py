@@ -349,7 +349,7 @@ def design_work(design) -> DesignWork:
                 a_dtype, b_dtype = proc.dtypes
                 if packed > 1:  # the record counts packed weight columns; the model counts MACs
                     n, b_dtype = n * packed, "int4"
-                matmul = Matmul(batch, m, n, k, a_dtype, b_dtype, bool(proc.weight_port), packed)
+                matmul = Matmul(batch, m, n, k, a_dtype, b_dtype, bool(proc.weight_port or proc.weight_stripes), packed)
                 calls = ()
             for func, args in calls:
                 params = sigs.get(func, [])
@@ -377,7 +377,7 @@ def design_work(design) -> DesignWork:
                 appenders[proc.name] = re.sub(r"_\d+$", "", in_place[0])
             port_bytes = sum(
                 math.prod(ports[n].shape) * dtype_bits(ports[n].dtype) // 8 for n in used_ports
-                if n != weight_port and n not in cache_in and n not in cache_out
+                if n != weight_port and n not in proc.weight_stripes and n not in cache_in and n not in cache_out
             )
             if proc.op == "embedding":  # a gather reads one row per token, not the table
                 table = max((ports[n] for n in used_ports), key=lambda p: math.prod(p.shape), default=None)

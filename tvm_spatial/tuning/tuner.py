@@ -54,6 +54,9 @@ from ..target import tag_name
 ROWS_KEY = "tvm_spatial.array_rows"
 COLS_KEY = "tvm_spatial.array_cols"
 LANES_KEY = "tvm_spatial.lanes"
+# HBM channels a matmul's weight is striped over: not searched; the greedy allocation's, as
+# many as the sampled array realizes (realizable_channels), recorded so a record replays
+CHANNELS_KEY = "tvm_spatial.weight_channels"
 BLOCK_KEY = "tvm_spatial.token_block"  # tokens per block of the row-wise processes (0: whole tensors)
 BLOCK_SBLOCK = "design__token_block"
 CUT_KEY = "tvm_spatial.slr_cut"  # + the cut's index: where the kernel's next SLR segment begins
@@ -128,8 +131,8 @@ def arrays_of(mod: tvm.IRModule) -> dict[str, tuple[int, int]]:
 
 
 def table_of(mod: tvm.IRModule) -> dict:
-    """Process name -> (rows, cols), or lanes (int), annotated on a scheduled workload's sblocks:
-    what ``codegen_hls.kernel.build_design(arrays=...)`` takes."""
+    """Process name -> (rows, cols[, channels]), or lanes (int), annotated on a scheduled
+    workload's sblocks: what ``codegen_hls.kernel.build_design(arrays=...)`` takes."""
     from tvm import s_tir
 
     found = {}
@@ -137,6 +140,9 @@ def table_of(mod: tvm.IRModule) -> dict:
     def visit(node):
         if isinstance(node, s_tir.SBlock) and ROWS_KEY in node.annotations:
             found[node.name_hint] = (int(node.annotations[ROWS_KEY]), int(node.annotations[COLS_KEY]))
+            channels = int(node.annotations.get(CHANNELS_KEY, 1))
+            if channels > 1:
+                found[node.name_hint] += (channels,)
         elif isinstance(node, s_tir.SBlock) and LANES_KEY in node.annotations:
             found[node.name_hint] = int(node.annotations[LANES_KEY])
 
@@ -233,6 +239,7 @@ class ArraySpace:
         self._greedy: dict = {}  # cuts -> the greedy allocation's table for them (or None)
         self.choices = {}
         self.procs = {p.name: p for p in _matmul_processes(self.work)}
+        self.centre_channels = {n: v[2] for n, v in self.centre.items() if isinstance(v, tuple) and len(v) > 2}
         for p in self.procs.values():
             mm = p.matmul
             if self.rows and p.separable and self.rows < mm.m:  # one block of rows at a time
@@ -248,9 +255,18 @@ class ArraySpace:
         value = value if isinstance(value, int) else value[axis]
         return min(range(len(sides)), key=lambda i: abs(sides[i] - value))
 
-    @staticmethod
-    def _par(values) -> Parallelism:
-        return Parallelism(rows=values[0], cols=values[1]) if len(values) == 2 else Parallelism(lanes=values[0])
+    def _par(self, values, name: str) -> Parallelism:
+        if len(values) != 2:
+            return Parallelism(lanes=values[0])
+        return Parallelism(rows=values[0], cols=values[1], channels=self._channels(name, values))
+
+    def _channels(self, name: str, sides) -> int:
+        """The weight channels of ``name`` at array ``sides``: the centre's, as realized."""
+        from ..estimate.allocation import realizable_channels
+
+        wanted = self.centre_channels.get(name, 1)
+        return realizable_channels(self.procs[name], Parallelism(rows=sides[0], cols=sides[1], channels=wanted),
+                                   self.rows) if wanted > 1 else 1
 
     def _moves(self, step: int, target: dict | None = None) -> list[tuple[str, int, float]]:
         """(process, axis, merit) of moving each side by ``step`` (+1 grow, -1 shrink) from
@@ -263,14 +279,14 @@ class ArraySpace:
             axes = range(len(self.choices[name]))
             index = (lambda a, name=name: target[name][a]) if target else (lambda a, name=name: self._index(name, a))
             here = [self.choices[name][a][index(a)] for a in axes]
-            cur = process_estimate(p, self._par(here), self.device, clock, self.rows)
+            cur = process_estimate(p, self._par(here, name), self.device, clock, self.rows)
             for axis in axes:
                 i = index(axis) + step
                 if not 0 <= i < len(self.choices[name][axis]):
                     continue  # no such move
                 there = list(here)
                 there[axis] = self.choices[name][axis][i]
-                new = process_estimate(p, self._par(there), self.device, clock, self.rows)
+                new = process_estimate(p, self._par(there, name), self.device, clock, self.rows)
                 cycles = cur.block_cycles - new.block_cycles  # saved (grow) or lost (shrink, < 0)
                 dsp = new.resources.dsp - cur.resources.dsp  # added (grow) or freed (shrink, < 0)
                 merit = max(0.0, cycles) / max(1.0, dsp) if step > 0 else -dsp / max(1.0, -cycles)
@@ -284,7 +300,7 @@ class ArraySpace:
         total = 0.0
         for name, p in self.procs.items():
             if slr_of[name] == slr:
-                par = self._par([self.choices[name][a][target[name][a]] for a in range(len(self.choices[name]))])
+                par = self._par([self.choices[name][a][target[name][a]] for a in range(len(self.choices[name]))], name)
                 total += process_estimate(p, par, self.device, self.device.clock_mhz, self.rows).resources.dsp
         return total
 
@@ -394,6 +410,9 @@ class ArraySpace:
                 probs[target[name][axis]] = 1.0
                 rv = sch.sample_categorical(sides, probs, decision=target[name][axis])
                 sch.annotate(block, key, rv)
+            if len(choices) == 2 and self.centre_channels.get(name, 1) > 1:
+                channels = self._channels(name, [choices[a][target[name][a]] for a in range(2)])
+                sch.annotate(block, CHANNELS_KEY, sch.sample_categorical([channels], [1.0], decision=0))
         sch.annotate(sch.get_sblock(BLOCK_SBLOCK), BLOCK_KEY, sch.sample_categorical([self.rows or 0], [1.0], decision=0))
         for kernel in sorted(cuts):
             block = sch.get_sblock(kernel + CUTS_SUFFIX)
@@ -433,12 +452,13 @@ class _Done(PyRunnerFuture):
 def score(work, device, arrays: dict, budget: float = DEFAULT_BUDGET, clock_mhz=None, cuts: dict | None = None,
           rows: int | None = None):
     """(estimate, error message or None) of a design with these arrays -- process name ->
-    (rows, cols), or lanes (an int) of a non-matmul process (default one) -- these SLR
+    (rows, cols[, weight channels]), or lanes (an int) of a non-matmul process (default one) -- these SLR
     cuts (kernel -> cut positions; default: the design's own) and this token block
     (None: whole tensors): what the runner does."""
     if cuts:
         work = work.with_placement(work.placement_for_cuts(cuts))
-    table = {n: Parallelism(lanes=v) if isinstance(v, int) else Parallelism(rows=v[0], cols=v[1])
+    table = {n: Parallelism(lanes=v) if isinstance(v, int)
+             else Parallelism(rows=v[0], cols=v[1], channels=v[2] if len(v) > 2 else 1)
              for n, v in arrays.items()}
     est = estimate_work(work, device, ModelConfig(block=rows, clock_mhz=clock_mhz).with_parallelism(table))
     for i, util in enumerate(est.slr_utilization()):

@@ -1,0 +1,264 @@
+"""A matmul's weight striped over several m_axi ports (codegen_hls.library.stripe_weight):
+one port, bundle and HBM bank per stripe, each read in parallel in every ``k`` step.
+
+Checked against TVM's llvm build of the same module (the emulation copies each stripe out
+of the argument, the kernel reads the stripes), the stripe layout against loops written
+here, the HLS text and connectivity against the design's port records, and the model's
+channels against what the design realized."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from helpers import build_and_compare
+from tvm import relax
+
+import tvm_spatial
+from codegen_hls import xrt_runtime
+from codegen_hls.design import Design, Port
+from codegen_hls.project import project_files
+from codegen_hls.xclbin import metadata_xclbin
+from tvm_spatial.devices import get_device
+from tvm_spatial.estimate import allocate_for_codegen, design_work, estimate_work, realized_config
+from tvm_spatial.estimate.allocation import realizable_channels
+from tvm_spatial.estimate.model import Parallelism
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_lanes import _function_body  # noqa: E402
+from test_xrt_host import NOOP_LIB, XRT_INCLUDE, noop_env  # noqa: E402,F401
+
+
+def two_linears(seed: int = 3):
+    """x [16, 64] -> relu(x @ W1 [64, 128]) @ W2 [128, 96]: (module, inputs, W1)."""
+    rng = np.random.default_rng(seed)
+    first = (rng.standard_normal((64, 128)) * 0.2).astype("float32")
+    second = rng.standard_normal((128, 96)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([16, 64], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.nn.relu(relax.op.matmul(x, relax.const(first))))
+            out = bb.emit_output(relax.op.matmul(h, relax.const(second)))
+        bb.emit_func_output(out)
+    return bb.get(), [rng.standard_normal((16, 64)).astype("float32")], first
+
+
+FIRST, SECOND = "k0_linear_relu_p0_linear", "k0_linear_relu_p2_linear"
+
+
+@pytest.fixture(scope="module")
+def striped():
+    mod, inputs, first = two_linears()
+    with tvm_spatial.allocation(arrays={FIRST: (2, 16, 4), SECOND: (2, 16, 2)}):
+        ex, _ = build_and_compare(mod, inputs)  # the emulation equals llvm
+    return ex, tvm_spatial.design_of(ex), inputs, first
+
+
+def test_each_stripe_is_a_port_of_its_own(striped):
+    _, design, _, _ = striped
+    (kernel,) = design.kernels
+    ports = {p.name: p for p in kernel.ports}
+    procs = {p.name: p for p in kernel.processes}
+    for name, count, weight in ((FIRST, 4, (64, 128)), (SECOND, 2, (128, 96))):
+        proc = procs[name]
+        assert proc.weight_port == "" and len(proc.weight_stripes) == count
+        stripes = [ports[s] for s in proc.weight_stripes]
+        assert [s.stripe[:2] for s in stripes] == [(c, count) for c in range(count)]
+        assert {s.shape for s in stripes} == {(weight[0], weight[1] // count)}
+        assert all(s.arg_shape == weight for s in stripes) and len({s.arg for s in stripes}) == 1
+        assert len({s.bundle for s in stripes}) == count  # a bundle, hence a memory bank, each
+        # the stripes' group: the width of the tile the array works in, split in ``count``
+        assert {s.stripe[2] * count for s in stripes} == {proc.tile[1]}
+        assert set(proc.weight_stripes) <= set(proc.inputs)
+    banks = project_files(design)["connectivity.cfg"][0].decode()
+    for name in procs[FIRST].weight_stripes:
+        assert re.search(rf"sp=\w+\.{name}:HBM\[\d+\]", banks), name
+    stripe_banks = re.findall(rf"sp=\w+\.({'|'.join(procs[FIRST].weight_stripes)}):(HBM\[\d+\])", banks)
+    assert len({bank for _, bank in stripe_banks}) == 4
+
+
+def test_hls_text_reads_each_stripe_in_its_own_unrolled_loop(striped):
+    _, design, _, _ = striped
+    (kernel,) = design.kernels
+    proc = next(p for p in kernel.processes if p.name == FIRST)
+    body = _function_body(kernel.source, proc.name)
+    call = re.search(rf"\b({re.escape(kernel.name)}__\w+_a\d+x\d+_c4)\(([^;]*)\);", body)
+    stage = call.group(1)
+    assert ", ".join(proc.weight_stripes) in call.group(2)  # the process hands it every stripe
+    text = _function_body(kernel.source, stage)
+    signature = text.split("{", 1)[0]
+    for s in ("param_0_s0", "param_0_s1", "param_0_s2", "param_0_s3"):
+        assert f"const float {s}[64][32]" in signature
+    # one update statement per stripe, each under an unrolled loop of the group's 16 columns
+    updates = re.findall(r"\* (param_0_s\d)\[k\]\[", text)
+    assert sorted(updates) == ["param_0_s0", "param_0_s1", "param_0_s2", "param_0_s3"]
+    for pragma in re.findall(r"#pragma HLS INTERFACE m_axi port=(param_0_s\d) offset=slave bundle=(\w+)", kernel.source):
+        assert pragma[1] == next(p.bundle for p in kernel.ports if p.name == pragma[0])
+
+
+@pytest.mark.parametrize("columns", [24, 20])
+def test_stripe_layout_is_the_documented_one(columns):
+    """``Port.from_argument`` against loops over the layout ``Port.stripe`` states: tiles of
+    6 columns, 3 stripes of 2; 20 columns cut the last tile short (zeros past the end)."""
+    weight = np.arange(1, 6 * columns + 1, dtype=np.float32).reshape(6, columns)
+    count, group, tiles = 3, 2, 4
+    for index in range(count):
+        port = Port(f"w_s{index}", "float32", (6, tiles * group), "in", f"b{index}", 0, (index, count, group, columns))
+        assert port.arg_shape == (6, columns)
+        want = np.zeros((6, tiles * group), np.float32)
+        for k in range(6):
+            for t in range(tiles):
+                for i in range(group):
+                    if t * count * group + index * group + i < columns:
+                        want[k, t * group + i] = weight[k, t * count * group + index * group + i]
+        np.testing.assert_array_equal(port.from_argument(weight), want)
+
+
+def test_a_last_tile_cut_short_is_striped_too():
+    """A vocabulary-like width (200 columns; tiles of 32 leave 8): the stripes are padded,
+    the short tile's loop reads only the stripe it reaches, and the emulation equals llvm."""
+    rng = np.random.default_rng(5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([16, 64], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = relax.const(rng.standard_normal((64, 200)).astype("float32"))
+            out = bb.emit_output(relax.op.matmul(x, w))
+        bb.emit_func_output(out)
+    with tvm_spatial.allocation("default"):
+        name = tvm_spatial.design_of(relax.build(bb.get(), target="vitis_spatial")).kernels[0].processes[0].name
+    with tvm_spatial.allocation(arrays={name: (2, 16, 4)}):
+        ex, _ = build_and_compare(bb.get(), [rng.standard_normal((16, 64)).astype("float32")])
+    (kernel,) = tvm_spatial.design_of(ex).kernels
+    proc = kernel.processes[0]
+    assert proc.tile == (16, 32) and len(proc.weight_stripes) == 4
+    stripes = [p for p in kernel.ports if p.name in proc.weight_stripes]
+    assert {p.shape for p in stripes} == {(64, 7 * 8)} and {p.arg_shape for p in stripes} == {(64, 200)}
+    stage = re.search(rf"\b({re.escape(kernel.name)}__\w+_c4)\(", _function_body(kernel.source, proc.name)).group(1)
+    text = _function_body(kernel.source, stage)
+    # the full tiles read every stripe; the last (8 columns) only the first
+    assert [len(re.findall(rf"\* {s.name}\[", text)) for s in stripes] == [2, 1, 1, 1]
+
+
+def test_design_json_round_trips_stripes(striped):
+    _, design, _, _ = striped
+    again = Design.from_json(design.to_json())
+    assert again == design
+
+
+def test_model_reads_back_the_channels(striped):
+    """The estimate of the built design: the striped processes have their stripes'
+    channels, the weight bytes once (as unstriped), and the same compute."""
+    _, design, _, _ = striped
+    mod, _, _ = two_linears()
+    with tvm_spatial.allocation(arrays={FIRST: (2, 16), SECOND: (2, 16)}):
+        plain = tvm_spatial.design_of(relax.build(mod, target="vitis_spatial"))
+    dev = get_device("u280")
+    est, ref = (estimate_work(design_work(d), dev, realized_config(d)) for d in (design, plain))
+    channels = {p.name: p.parallelism.channels for p in est.processes if p.macs}
+    assert channels == {FIRST: 4, SECOND: 2}
+    assert est.prefill_bytes == ref.prefill_bytes and est.decode_bytes == ref.decode_bytes
+    for p, q in zip(est.processes, ref.processes):
+        assert p.macs == q.macs and p.decode_cycles <= q.decode_cycles
+
+
+def test_allocation_asks_only_for_channels_the_codegen_realizes(striped):
+    _, design, _, _ = striped
+    work = design_work(design)
+    linear = next(p for p in work.processes if p.name == FIRST)  # n = 128, tile 8 x 64 at 2 x 16
+    assert realizable_channels(linear, Parallelism(rows=2, cols=16, channels=8)) == 8
+    assert realizable_channels(linear, Parallelism(rows=2, cols=16, channels=1)) == 1
+    other = next(p for p in work.processes if p.matmul is None)
+    assert realizable_channels(other, Parallelism(channels=4)) == 1
+    alloc = allocate_for_codegen(work, get_device("u280"))
+    for name, entry in alloc.matmul_tilings().items():
+        proc = next(p for p in work.processes if p.name == name)
+        par = alloc.factors[name]
+        assert realizable_channels(proc, par, alloc.config.block) == par.channels
+        assert len(entry) == (3 if par.channels > 1 else 2)
+
+
+@pytest.mark.skipif(not (XRT_INCLUDE / "xrt" / "xrt_kernel.h").exists() or NOOP_LIB is None,
+                    reason="needs XRT's headers and libxrt_noop.so.2 (apt-get install libxrt-dev libxrt1)")
+def test_xrt_runner_is_handed_each_stripe(striped, noop_env, monkeypatch, tmp_path):
+    """Through XRT the host writes each stripe port its columns of the argument (the noop
+    shim computes nothing, so what the runner is handed is what is checked)."""
+    ex, design, inputs, first = striped
+    for key in ("XILINX_XRT", "XCL_EMULATION_MODE"):
+        monkeypatch.setenv(key, noop_env[key])
+    monkeypatch.setenv("TVM_SPATIAL_CACHE_DIR", str(tmp_path / "cache"))
+    handed = {}
+    real = xrt_runtime.XRTRunner.run
+
+    def spy(self, kernel, given):
+        handed.update(given)
+        return real(self, kernel, given)
+
+    monkeypatch.setattr(xrt_runtime.XRTRunner, "run", spy)
+    xclbin = tmp_path / "design.xclbin"
+    xclbin.write_bytes(metadata_xclbin(design))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    with tvm_spatial.runtime_mode("xrt", xclbin=xclbin):
+        vm["main"](*[tvm.runtime.tensor(v) for v in inputs])
+    (kernel,) = design.kernels
+    proc = next(p for p in kernel.processes if p.name == FIRST)
+    group = 16  # tiles of 64 columns (the array's 2 x 16, tiled 8 x 64), 4 stripes of 16
+    for c, name in enumerate(proc.weight_stripes):
+        want = np.concatenate([first[:, t * 64 + c * group: t * 64 + (c + 1) * group] for t in range(2)], axis=1)
+        np.testing.assert_array_equal(handed[name], want)
+
+
+def test_striped_kernel_and_entry_points_compile_with_werror(striped, tmp_path):
+    import os
+
+    from codegen_hls import emulation
+    from test_generated_cpp import _compile, _strict_kernel_args
+
+    _, design, _, _ = striped
+    tu = emulation.write_sources(design, tmp_path)
+    (kernel,) = design.kernels
+    proc = _compile(_strict_kernel_args(tmp_path / kernel.filename), tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    proc = _compile([*emulation.base_flags(), "-O2", "-c", *emulation.STRICT_FLAGS, str(tu), "-o", os.devnull],
+                    tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+STRIPED_CHILD = """
+    import sys
+    import numpy as np
+    import tvm
+    from tvm import relax
+    import tvm_spatial
+    from codegen_hls import emulation
+    sys.path.insert(0, sys.argv[1])
+    from test_weight_stripes import FIRST, SECOND, two_linears
+
+    assert "-fsanitize=address,undefined" in emulation.extra_flags()
+    mod, inputs, _ = two_linears()
+    with tvm_spatial.allocation(arrays={FIRST: (2, 16, 4), SECOND: (2, 16, 2)}):
+        spatial = relax.build(mod, target="vitis_spatial")
+    assert tvm_spatial.design_of(spatial).kernels[0].processes[0].weight_stripes
+    runs = []
+    for ex, cfg in ((spatial, "naive"), (relax.build(mod, target="llvm"), "pooled")):
+        vm = relax.VirtualMachine(ex, tvm.cpu(), memory_cfg=cfg)
+        runs.append(vm["main"](*[tvm.runtime.tensor(v) for v in inputs]).numpy())
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-5)
+    print("STRIPES-CLEAN", flush=True)
+"""
+
+
+def test_striped_emulation_runs_clean_under_sanitizers(tmp_path):
+    from test_generated_cpp import SANITIZER_REPORTS, _explain, _run_sanitized
+
+    proc = _run_sanitized(STRIPED_CHILD, tmp_path, str(Path(__file__).parent))
+    for report in SANITIZER_REPORTS:
+        assert report not in proc.stderr, _explain(proc)
+    assert proc.returncode == 0 and "STRIPES-CLEAN" in proc.stdout, _explain(proc)
+    objects = list((tmp_path / "cache").glob("*.o"))
+    assert objects and all(b"__asan_" in o.read_bytes() for o in objects), objects
