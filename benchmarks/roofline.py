@@ -50,7 +50,7 @@ def main() -> None:
         table.add_column(col, justify="right")
     # "as built": what relax.build realizes (allocate_for_codegen: token blocks for the
     # row-wise processes and the fused attention's queries, K and V held, streams as deep
-    # as the bounded-FIFO simulation needs, one channel per weight);
+    # as the bounded-FIFO simulation needs, weights striped over up to 8 channels);
     # "all streaming": a what-if of the model -- every operator streams token blocks (as in
     # Allo's GPT2 design) and the allocator may stripe weights over channels
     rows = []

@@ -28,7 +28,7 @@ class Port:
     # Which argument of the kernel's caller feeds this port. Several ports may share one
     # argument: a tensor read by two dataflow processes gets a port (and bundle) each.
     arg: int = -1
-    # One stripe of a weight read through several ports (codegen_hls.library.stripe_weight):
+    # One stripe of a weight read through several ports (codegen_hls.weight_stripes):
     # (index c, count C, group g, the argument's columns N). It holds, of the argument's
     # [K, N], the columns t * C * g + c * g + i of every tile t of C * g columns (zeros past
     # N in a last tile that N cuts short): shape [K, ceil(N / (C * g)) * g]. Empty: the

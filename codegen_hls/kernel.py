@@ -47,7 +47,8 @@ from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, Write, size_fifos
 from .kv_update import cache_slot
-from .library import MacArray, matmul_info, prepare_for_hls, stripe_columns, weight_stripes
+from .library import MacArray, matmul_info, prepare_for_hls
+from .weight_stripes import stripe_columns, weight_stripes
 from .printer import FunctionPrinter, Namer, array_declarator
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -444,7 +445,7 @@ class _KernelWriter:
     def stripe_weights(self) -> None:
         """A matmul whose array reads its weight through several channels gets one port
         (and bundle, hence memory bank) per stripe in place of the weight's port
-        (``codegen_hls.library.stripe_weight``; ``Port.stripe`` says which columns)."""
+        (``codegen_hls.weight_stripes``; ``Port.stripe`` says which columns)."""
         for proc in self.procs:
             for stage in proc.stages:
                 array = self.stage_hardware(proc, stage)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.sym import Analyzer
 
 import tvm_spatial.annotations as ann
 
@@ -167,10 +166,12 @@ def prepare_for_hls(func: tirx.PrimFunc, array: "MacArray | Lanes | None" = None
     simplified = tirx.transform.StmtSimplify()(tvm.IRModule({"main": lowered}))["main"]
     if isinstance(array, Lanes):
         return partition_lanes(simplified, array)
+    from .weight_stripes import drop_dead, stripe_weight, weight_stripes  # late: it reads this module
+
     if isinstance(array, MacArray) and tile is not None and weight_stripes(func, array) > 1:
         striped = stripe_weight(simplified, array.channels, tile.cols)
         striped = tirx.transform.StmtSimplify()(tvm.IRModule({"main": striped}))["main"]
-        return tirx.PrimFunc(striped.params, _drop_dead(striped.body), striped.ret_type, striped.attrs)
+        return tirx.PrimFunc(striped.params, drop_dead(striped.body), striped.ret_type, striped.attrs)
     return simplified
 
 
@@ -213,156 +214,6 @@ class MacArray:
                 break
         tile = MatmulTiling(t_rows, t_cols).fit(m, n)
         return tile, MacArray(math.gcd(real.rows, tile.rows), math.gcd(real.cols, tile.cols), self.latency)
-
-
-# ---- a weight striped over several m_axi ports -------------------------------------------
-def weight_stripes(func: tirx.PrimFunc, array: "MacArray") -> int:
-    """How many ports the weight of this matmul is read through under ``array``: its
-    ``channels``, when the weight is a rank-2 ``[K, N]`` operand read as ``B[k, j]`` and the
-    channels divide the width of the array's tile; else 1. Layout: :func:`stripe_weight`."""
-    if array.channels <= 1:
-        return 1
-    shape = _matmul_shape(func)
-    if shape is None or len(func.params) < 2:
-        return 1
-    batch, m, n, _ = shape
-    weight = func.params[1]
-    if batch != 1 or len(weight.ty.shape) != 2 or not _reads_b_as_k_j(func, weight):
-        return 1
-    tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
-    if tile.cols % array.channels:
-        return 1
-    return array.channels
-
-
-def _reads_b_as_k_j(func: tirx.PrimFunc, weight) -> bool:
-    """The matmul's update reads ``weight[k, j]``: its reduction var, then its last spatial var."""
-    name = _matmul_block(func)
-    found = []
-
-    def visit(node):
-        if isinstance(node, s_tir.SBlock) and node.name_hint == name:
-            found.append(node)
-
-    tvm_ffi.structural_walk(func.body, visit)
-    if len(found) != 1:
-        return False
-    block = found[0]
-    *_, j, k = (iv.var for iv in block.iter_vars)
-    loads = []
-    tvm_ffi.structural_walk(block.body, lambda n: loads.append(n)
-                            if isinstance(n, tvm.ir.TensorLoad) and n.source.same_as(weight) else None)
-    return bool(loads) and all(len(x.indices) == 2 and x.indices[0].same_as(k) and x.indices[1].same_as(j)
-                               for x in loads)
-
-
-def stripe_weight(func: tirx.PrimFunc, channels: int, tile_cols: int) -> tirx.PrimFunc:
-    """The lowered matmul ``func`` reading its weight ``B [K, N]`` through ``channels``
-    parameters ``B_s0 .. B_s{C-1}``: stripe ``c`` holds, of every column tile of
-    ``tile_cols`` columns, the ``g = tile_cols / C`` columns from ``c * g``
-    (``B_sc[k][t * g + i] = B[k][t * tile_cols + c * g + i]``; :func:`stripe_columns`
-    wide, a last tile that ``N`` cuts short padded). Each unrolled loop over a tile's
-    columns becomes ``C`` loops of ``g`` columns (fewer in the last tile), each reading its
-    own stripe, so a ``k`` step reads ``g`` elements from each of ``C`` ports at once, and
-    every sum keeps its order. Why: one ``m_axi`` port (one HBM pseudo-channel) delivers at
-    most 64 bytes per cycle; an array wider than that, or one token's decode, waits on it."""
-    weight = func.params[1]
-    k_extent, n_extent = (int(d) for d in weight.ty.shape)
-    group = tile_cols // channels
-    width = stripe_columns(n_extent, tile_cols, channels)
-    dtype = str(weight.ty.dtype)
-    stripes = [tirx.decl_buffer((k_extent, width), dtype, f"{weight.name}_s{c}") for c in range(channels)]
-    full = [tvm.ir.Range.from_min_extent(0, k_extent), tvm.ir.Range.from_min_extent(0, width)]
-    analyzer = Analyzer()
-    rewritten = []
-
-    def reads_weight(stmt) -> bool:
-        hits = []
-        tvm_ffi.structural_walk(stmt, lambda n: hits.append(1)
-                                if isinstance(n, tvm.ir.TensorLoad) and n.source.same_as(weight) else None)
-        return bool(hits)
-
-    def split(node):
-        if not (isinstance(node, tirx.For) and reads_weight(node.body) and not _children_loops(node.body)):
-            return node
-        extent = analyzer.simplify(node.extent)
-        if not isinstance(extent, tirx.IntImm) or int(extent) > tile_cols:
-            raise ValueError(f"stripe_weight: the loop over {weight.name}'s columns runs {node.extent} times, "
-                             f"not at most the tile's {tile_cols}")
-        copies = []
-        for c in range(channels):
-            count = min(group, int(extent) - c * group)
-            if count <= 0:
-                continue  # the last tile ends before this stripe's columns
-            var = tirx.Var(f"{node.loop_var.name}_s{c}", node.loop_var.ty.dtype)
-            column = c * group + var
-
-            def redirect(n, c=c, column=column):
-                if isinstance(n, tirx.Var) and n.same_as(node.loop_var):
-                    return column
-                if isinstance(n, tvm.ir.TensorLoad) and n.source.same_as(weight):
-                    k_index, j_index = n.indices
-                    tile = tirx.floordiv(j_index, tile_cols)
-                    return tirx.BufferLoad(stripes[c], [k_index, tile * group + tirx.floormod(j_index, group)])
-                if isinstance(n, tvm.ir.TensorRegion) and n.source.same_as(weight):
-                    return _region_of(stripes[c], full)
-                return n
-
-            body = tvm_ffi.structural_map(node.body, redirect)
-            copies.append(tirx.For(var, 0, count, node.kind, body, None, node.annotations))
-        rewritten.append(node)
-        return tirx.SeqStmt(copies) if len(copies) > 1 else copies[0]
-
-    body = tvm_ffi.structural_map(func.body, split)
-    if not rewritten:
-        raise ValueError(f"stripe_weight: no loop over a tile's {tile_cols} columns reads {weight.name}")
-    params = [func.params[0], *stripes, *func.params[2:]]
-    return tirx.PrimFunc(params, body, func.ret_type, func.attrs)
-
-
-def _drop_dead(stmt):
-    """``stmt`` without the sblocks whose predicate is false (a last, short tile's stripes
-    past its end) and the loops, sequences and sblocks left holding nothing."""
-    nothing = tirx.Evaluate(0)
-
-    def empty(node) -> bool:
-        return isinstance(node, tirx.Evaluate) and isinstance(node.value, tirx.IntImm)
-
-    def visit(node):
-        if isinstance(node, s_tir.SBlockRealize):
-            predicate = node.predicate
-            if (isinstance(predicate, tirx.IntImm) and not int(predicate)) or empty(node.block.body):
-                return nothing
-        if isinstance(node, tirx.For) and empty(node.body):
-            return nothing
-        if isinstance(node, tirx.SeqStmt):
-            kept = [child for child in node.seq if not empty(child)]
-            if len(kept) != len(node.seq):
-                return nothing if not kept else kept[0] if len(kept) == 1 else tirx.SeqStmt(kept)
-        return node
-
-    return tvm_ffi.structural_map(stmt, visit)
-
-
-def stripe_columns(columns: int, tile_cols: int, channels: int) -> int:
-    """Columns of each stripe of a ``columns``-wide weight: ``tile_cols / channels`` per
-    column tile, the last tile (which ``columns`` may cut short) counted whole."""
-    return -(-columns // tile_cols) * (tile_cols // channels)
-
-
-def _extent_of(loop) -> int | None:
-    extent = loop.extent
-    return int(extent.value) if isinstance(extent, tirx.IntImm) else None
-
-
-def _children_loops(stmt) -> list:
-    found = []
-    tvm_ffi.structural_walk(stmt, lambda n: found.append(n) if isinstance(n, tirx.For) else None)
-    return found
-
-
-def _region_of(buffer_var, ranges):
-    return tvm.ir.TensorRegion(buffer_var, ranges, tirx.BufferRegionType())
 
 
 def _next_multiple(extent: int, side: int, other: int) -> int:

@@ -1,4 +1,4 @@
-"""A matmul's weight striped over several m_axi ports (codegen_hls.library.stripe_weight):
+"""A matmul's weight striped over several m_axi ports (codegen_hls.weight_stripes):
 one port, bundle and HBM bank per stripe, each read in parallel in every ``k`` step.
 
 Checked against TVM's llvm build of the same module (the emulation copies each stripe out

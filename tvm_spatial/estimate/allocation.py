@@ -125,8 +125,8 @@ def _half_step(size: int) -> int:
 
 
 def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
-    """The channels the codegen realizes for a process's weight (``codegen_hls.library
-    .weight_stripes``): for a matmul whose weight is off-chip and unpacked, ``par.channels``
+    """The channels the codegen realizes for a process's weight
+    (``codegen_hls.weight_stripes``): for a matmul whose weight is off-chip and unpacked, ``par.channels``
     if they divide the width of the tile its realized array works in, else the largest
     power of two below that does; 1 for any other process (its ports are read through one
     channel each)."""

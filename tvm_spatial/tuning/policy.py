@@ -12,7 +12,7 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
 * ``with tvm_spatial.allocation(budget=0.5):`` the model's allocation at another budget;
 * ``with tvm_spatial.allocation(arrays={"k0_..._p4_linear": (2, 16)}):`` explicit arrays for
   some processes (the others as the mode says; ``(2, 16, 4)``: and its weight striped over 4
-  ports, ``codegen_hls.library.stripe_weight``); ``lanes={"k0_..._p17_gelu": 16}`` likewise
+  ports, ``codegen_hls.weight_stripes``); ``lanes={"k0_..._p17_gelu": 16}`` likewise
   the lanes (elements per cycle, ``codegen_hls.lanes``) of non-matmul processes;
 * ``with database:`` (a ``tvm.s_tir.meta_schedule`` database holding records of
   :mod:`tvm_spatial.tuning`): the best tuned arrays and lanes of this design, if it was tuned;
