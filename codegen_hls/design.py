@@ -112,8 +112,14 @@ class Process:
     # Cycles of its own copy loops per call (around its stages, pipelined at II=1): the
     # stream reads and writes (a transfer each), the rows of a port it reads or writes per
     # block (a packet of up to 16 elements each, as a stream's) and the zeroing of held
-    # buffers (an element each).
+    # buffers (as many elements as their streams carry).
     stream_io: int = 0
+
+    @property
+    def realized(self) -> tuple[int, ...]:
+        """Its MAC array as an allocation table writes it: ``(rows, cols)``, and the
+        weight's channels when it is striped (``tvm_spatial.allocation(arrays=...)``)."""
+        return (*self.array, *((len(self.weight_stripes),) if self.weight_stripes else ()))
 
 
 _TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile", "scratch", "weight_stripes")

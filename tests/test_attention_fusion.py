@@ -118,8 +118,8 @@ def test_causal_attention_streams_queries_beside_k_and_v():
 
     path, inputs, outputs, _ = load_fixture("gpt2_tiny")
     built = {}
-    for rows in (8, 16):
-        with tvm_spatial.allocation(rows=rows):
+    for rows in (8, 16):  # every layer its own processes: one region, two attentions
+        with tvm_spatial.allocation(rows=rows, layers="unroll"):
             built[rows] = relax.build(from_onnx(path), target="vitis_spatial")
     design = tvm_spatial.design_of(built[8])
     (att, _) = _processes(design, "attention")

@@ -104,7 +104,7 @@ def test_estimate_as_built_is_the_allocation_relax_build_applies(capsys):
     design = design_from_onnx(model)
     dev = get_device("u280")
     chosen = allocate_for_codegen(design_work(design), dev)
-    arrays = {p.name: tuple(p.array) for k in design.kernels for p in k.processes if p.array}
+    arrays = {p.name: p.realized for k in design.kernels for p in k.processes if p.array}
     assert arrays and arrays == chosen.matmul_tilings()
     est = estimate_work(design_work(design), dev, realized_config(design))
     assert est.prefill_cycles == pytest.approx(chosen.estimate.prefill_cycles)

@@ -72,7 +72,7 @@ def test_w4a8_arrays_as_built_are_the_allocation(designs):
     names = {p.name for p in design_work(design).processes if p.matmul is not None}
     realized = {n: par for n, par in realized_config(design).parallelism if n in names}
     assert realized == {n: par for n, par in chosen.config.parallelism if n in names}
-    arrays = {q.name: tuple(q.array) for k in design.kernels for q in k.processes if q.array}
+    arrays = {q.name: q.realized for k in design.kernels for q in k.processes if q.array}
     assert arrays == chosen.matmul_tilings()
     est = estimate_work(design_work(design), get_device("u280"), realized_config(design))
     assert est.prefill_cycles == pytest.approx(chosen.estimate.prefill_cycles)

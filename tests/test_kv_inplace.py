@@ -413,7 +413,7 @@ def test_xrt_call_passes_one_buffer_per_cache_and_copies_it_back(design, monkeyp
     tensors = []
     for i in range(kernel.num_args):
         port = next(p for p in kernel.ports if p.arg == i)
-        tensors.append(tvm.runtime.tensor(np.zeros(port.shape, port.dtype)))
+        tensors.append(tvm.runtime.tensor(np.zeros(port.arg_shape, port.dtype)))
     seen = {}
 
     def fake_run(self, name, inputs):

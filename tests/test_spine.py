@@ -204,7 +204,9 @@ def test_emulated_kernel_rejects_mismatched_tensors(mlp_build):
     design = tvm_spatial.design_of(ex)
     kernel = design.kernels[0]
     func = ex.jit().get_function(kernel.name, query_imports=True)
-    args = [tvm.runtime.tensor(np.zeros(p.shape, p.dtype)) for p in kernel.ports]
+    # one tensor per argument (a weight read through several stripe ports is one argument)
+    firsts = [next(p for p in kernel.ports if p.arg == i) for i in range(kernel.num_args)]
+    args = [tvm.runtime.tensor(np.zeros(p.arg_shape, p.dtype)) for p in firsts]
     func(*args)  # the right interface runs
     bad = list(args)
     bad[0] = tvm.runtime.tensor(np.zeros((3, 3), "float32"))

@@ -37,7 +37,7 @@ def test_a_reshaped_stream_packs_what_both_ends_can_split():
 
 def test_fixture_streams_carry_full_packets_that_divide_their_rows():
     path, *_ = load_fixture("gpt2_tiny")
-    with tvm_spatial.allocation(rows=8):
+    with tvm_spatial.allocation(rows=8, layers="unroll"):  # one region
         design = design_from_onnx(path)
     (kernel,) = design.kernels
     widths = [s.width for s in kernel.streams]
