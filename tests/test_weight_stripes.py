@@ -262,3 +262,22 @@ def test_striped_emulation_runs_clean_under_sanitizers(tmp_path):
     assert proc.returncode == 0 and "STRIPES-CLEAN" in proc.stdout, _explain(proc)
     objects = list((tmp_path / "cache").glob("*.o"))
     assert objects and all(b"__asan_" in o.read_bytes() for o in objects), objects
+
+
+def test_channels_cap_the_stripes_the_allocation_takes():
+    """``allocation(channels=1)`` keeps every weight behind one port (the emulation's fastest
+    form); by default the BERT fixture's allocation stripes; a bad cap is refused."""
+    from tvm_spatial.estimate import design_from_onnx
+
+    path = Path(__file__).parent / "fixtures" / "bert_tiny.onnx"
+    striped = design_from_onnx(path)
+    assert any(p.weight_stripes for k in striped.kernels for p in k.processes)
+    with tvm_spatial.allocation(channels=1):
+        plain = design_from_onnx(path)
+    assert not any(p.weight_stripes for k in plain.kernels for p in k.processes)
+    with tvm_spatial.allocation(channels=2):
+        two = design_from_onnx(path)
+    assert {len(p.weight_stripes) for k in two.kernels for p in k.processes} <= {0, 2}
+    with pytest.raises(tvm_spatial.UsageError, match="channels"):
+        with tvm_spatial.allocation(channels=-1):
+            pass

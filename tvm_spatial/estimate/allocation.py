@@ -410,16 +410,18 @@ def codegen_blocks(tokens: int) -> tuple:
 
 
 def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET,
-                         blocks=None) -> Allocation:
+                         blocks=None, max_channels: int | None = None) -> Allocation:
     """The allocation ``relax.build(..., "vitis_spatial")`` applies: :func:`allocate`
     restricted to what the codegen realizes (``CODEGEN_LIMITS``, arrays as
     :func:`realizable_array`, weights striped as :func:`realizable_channels`), so the
     estimate of the built design equals this one.
     Blocks: ``blocks`` if given, else the design's own if it was built with token blocks
-    (its loop nests are those of one block), else any of :func:`codegen_blocks`."""
+    (its loop nests are those of one block), else any of :func:`codegen_blocks`;
+    ``max_channels``: fewer ports per weight than ``CODEGEN_MAX_CHANNELS``."""
     blocks = blocks or ((work.block,) if work.block else codegen_blocks(work.tokens))
+    limits = dict(CODEGEN_LIMITS, max_channels=min(max_channels or CODEGEN_MAX_CHANNELS, CODEGEN_MAX_CHANNELS))
     return allocate(work, device, budget=budget, realize=realizable_array, realize_lanes=realizable_lanes,
-                    realize_channels=realizable_channels, blocks=blocks, **CODEGEN_LIMITS)
+                    realize_channels=realizable_channels, blocks=blocks, **limits)
 
 
 def realized_config(design) -> ModelConfig:

@@ -17,6 +17,9 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
 * ``with database:`` (a ``tvm.s_tir.meta_schedule`` database holding records of
   :mod:`tvm_spatial.tuning`): the best tuned arrays and lanes of this design, if it was tuned;
 * ``with tvm_spatial.allocation(slrs=2):`` spread the processes over exactly 2 SLRs;
+* ``with tvm_spatial.allocation(channels=1):`` no weight read through more than one port
+  (default: up to 8 stripes, ``codegen_hls.weight_stripes``; one keeps the emulation at its
+  fastest, a stripe loop per port being a short loop on the host);
 * ``with tvm_spatial.allocation(rows=16):`` stream the row-wise processes in blocks of 16
   tokens (``codegen_hls.token_blocks``; the model's allocation chooses otherwise, and a
   ``rows`` at or above the sequence length means whole tensors);
@@ -83,13 +86,14 @@ class AllocationPolicy:
     placement: tuple = field(default=())  # ((process name, SLR), ...) overrides
     rows: int = 0  # tokens per block of the row-wise processes; 0: the allocation's choice
     layers: str = "auto"  # one of LAYER_CHOICES
+    channels: int = 0  # most ports a weight is striped over; 0: CODEGEN_MAX_CHANNELS
 
     def to_json(self) -> str:
         return json.dumps({"mode": self.mode, "budget": self.budget, "use_database": self.use_database,
                            "strict": self.strict, "arrays": [[n, list(rc)] for n, rc in self.arrays],
                            "lanes": [[n, int(lanes)] for n, lanes in self.lanes], "slrs": self.slrs,
                            "placement": [[n, int(slr)] for n, slr in self.placement], "rows": self.rows,
-                           "layers": self.layers},
+                           "layers": self.layers, "channels": self.channels},
                           sort_keys=True)
 
     @classmethod
@@ -102,7 +106,8 @@ class AllocationPolicy:
         placement = tuple((str(n), int(slr)) for n, slr in data.get("placement", ()))
         return cls(str(data.get("mode", "model")), float(data.get("budget", DEFAULT_BUDGET)), arrays,
                    lanes, bool(data.get("use_database", True)), bool(data.get("strict", False)),
-                   int(data.get("slrs", 0)), placement, int(data.get("rows", 0)), str(data.get("layers", "auto")))
+                   int(data.get("slrs", 0)), placement, int(data.get("rows", 0)), str(data.get("layers", "auto")),
+                   int(data.get("channels", 0)))
 
 
 _STACK = threading.local()
@@ -116,7 +121,7 @@ def current_policy() -> AllocationPolicy:
 @contextlib.contextmanager
 def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: dict | None = None,
                lanes: dict | None = None, use_database: bool = True, strict: bool = False, slrs: int = 0,
-               placement: dict | None = None, rows: int = 0, layers: str = "auto"):
+               placement: dict | None = None, rows: int = 0, layers: str = "auto", channels: int = 0):
     """Builds inside this block use this allocation (see the module docstring)."""
     from ..errors import UsageError
 
@@ -139,13 +144,15 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
         raise UsageError(f"allocation slrs {slrs!r} must be a count of SLRs (0: fit first)")
     if not isinstance(rows, int) or rows < 0:
         raise UsageError(f"allocation rows {rows!r} must be a count of tokens per block (0: the model's choice)")
+    if not isinstance(channels, int) or channels < 0:
+        raise UsageError(f"allocation channels {channels!r} must be a count of ports per weight (0: up to 8)")
     for n, slr in (placement or {}).items():
         if not isinstance(slr, int) or slr < 0:
             raise UsageError(f"placement of {n} must be an SLR index, not {slr!r}")
     lane_table = tuple(sorted((str(n), int(width)) for n, width in (lanes or {}).items()))
     places = tuple(sorted((str(n), int(slr)) for n, slr in (placement or {}).items()))
     policy = AllocationPolicy(mode, float(budget), table, lane_table, use_database, strict, slrs, places, rows,
-                              layers)
+                              layers, channels)
     stack = getattr(_STACK, "stack", None)
     if stack is None:
         stack = _STACK.stack = []
@@ -233,7 +240,8 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
     fitted, failure = {}, None
     for count in [forced] if forced else range(1, dev.slrs + 1):
         try:
-            fitted[count] = allocate_planned(funcs, device, host_ops, count, placed, policy.budget, rows)
+            fitted[count] = allocate_planned(funcs, device, host_ops, count, placed, policy.budget, rows,
+                                             policy.channels or None)
         except ResourceBudgetError as err:
             failure = err  # the last (most SLRs) failure names the tightest resource
     if not fitted:
@@ -295,7 +303,7 @@ BLOCKS_PLANNED = 2  # token blocks planned and allocated in their blocks (the be
 
 
 def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None,
-                     budget: float = DEFAULT_BUDGET, rows: int | None = None):
+                     budget: float = DEFAULT_BUDGET, rows: int | None = None, channels: int | None = None):
     """The allocation for a build, on the plan the build will print: the token blocks are
     ranked on the whole-tensor plan (or the block is ``rows``), then the design is planned
     in the best ``BLOCKS_PLANNED`` of them -- a blocked stage's loop nests are not quite a
@@ -312,16 +320,16 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
     dev = get_device(device)
     work = design_work(plan_design(funcs, device, host_ops, slrs=slrs, placement=placement))
     if rows and rows >= work.tokens:  # asked for blocks as long as the sequence: whole tensors
-        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,))
+        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,), max_channels=channels)
     if rows:
         blocked = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement, rows=rows)
-        return allocate_for_codegen(design_work(blocked), dev, budget=budget)
+        return allocate_for_codegen(design_work(blocked), dev, budget=budget, max_channels=channels)
     # rank the blocks on the whole-tensor plan, then plan the best two in their blocks: the
     # whole plan's nests only approximate a blocked one's, and two blocks can be close
     ranked, failure = [], None
     for block in codegen_blocks(work.tokens):
         try:
-            ranked.append(allocate_for_codegen(work, dev, budget=budget, blocks=(block,)))
+            ranked.append(allocate_for_codegen(work, dev, budget=budget, blocks=(block,), max_channels=channels))
         except ResourceBudgetError as err:
             failure = failure or err
     if not ranked:
@@ -334,13 +342,13 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
         else:
             blocked = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement, rows=candidate.config.block)
             try:
-                found = allocate_for_codegen(design_work(blocked), dev, budget=budget)
+                found = allocate_for_codegen(design_work(blocked), dev, budget=budget, max_channels=channels)
             except ResourceBudgetError:
                 continue  # the blocked plan splits the SLRs a little otherwise, and no longer fits
         if best is None or found.estimate.prefill_cycles < best.estimate.prefill_cycles:
             best = found
     if best is None:  # none of them fits in its blocks: whole tensors do
-        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,))
+        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,), max_channels=channels)
     return best
 
 
