@@ -369,7 +369,7 @@ class _KernelWriter:
         self.out_ports: dict = {}  # slot id -> [port names] it must be written to
         self.streams: list[Stream] = []
         self.stream_of: dict = {}  # (slot id, consumer proc id) -> stream name
-        self.stripes: dict = {}  # (weight slot id, proc id) -> its stripes' port names (stripe_weights)
+        self.stripes: dict = {}  # (weight slot id, proc id) -> the Ports of its stripes (stripe_weights)
         self.uses_ap = False
         self.printed: dict[str, str] = {}
 
@@ -456,14 +456,14 @@ class _KernelWriter:
                 at = next(i for i, port in enumerate(self.ports) if port.name == name)
                 whole = self.ports[at]
                 (_, m, n, _), _ = matmul_info(self.prim(stage.prim_name))
-                tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
+                tile, _ = array.tile(m, n)
                 group = tile.cols // array.channels
                 shape = (*whole.shape[:-1], stripe_columns(n, tile.cols, array.channels))
                 stripes = [replace(whole, name=self.namer.fresh(f"{name}_s{c}"), bundle=f"{whole.bundle}_s{c}",
                                    shape=shape, stripe=(c, array.channels, group, n))
                            for c in range(array.channels)]
                 self.ports[at:at + 1] = stripes
-                self.stripes[key] = [port.name for port in stripes]
+                self.stripes[key] = stripes
                 break
 
     def skip_depths(self, programs: dict[str, list]) -> dict[str, int]:
@@ -754,9 +754,8 @@ class _KernelWriter:
             key = (id(slot), id(proc))
             if key in self.stripes:  # a weight read through several ports
                 for port in self.stripes[key]:
-                    shape = next(p.shape for p in self.ports if p.name == port)
-                    params.append(f"const {c_type(slot.dtype)} {array_declarator(port, shape)}")
-                    args.append(port)
+                    params.append(f"const {c_type(slot.dtype)} {array_declarator(port.name, port.shape)}")
+                    args.append(port.name)
             elif key in self.port_of:
                 port = self.port_of[key]
                 const = "" if cache_slot(proc) is slot else "const "  # written in place: inout
@@ -827,7 +826,8 @@ class _KernelWriter:
         _loop_nest(w, packets, body)
 
     def call_stage(self, w: CodeWriter, proc: Proc, stage: Stage) -> None:
-        names = ", ".join(", ".join(self.stripes.get((id(slot), id(proc)), [slot.cname])) for slot in stage.args)
+        names = ", ".join(", ".join(p.name for p in self.stripes[(id(slot), id(proc))])
+                          if (id(slot), id(proc)) in self.stripes else slot.cname for slot in stage.args)
         w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
 
     def out_width(self, slot: Slot, proc: Proc) -> int:
@@ -1153,7 +1153,8 @@ class _KernelWriter:
                 if proc.blocks > 1 and batch != 1:
                     raise CodegenError(f"{proc.name}: a blocked matmul over {batch} batches")
                 weight = self.port_of.get((id(stage.args[1]), id(proc)), "") if len(stage.args) > 1 else ""
-                stripes = tuple(self.stripes.get((id(stage.args[1]), id(proc)), ())) if len(stage.args) > 1 else ()
+                striped = self.stripes.get((id(stage.args[1]), id(proc)), ()) if len(stage.args) > 1 else ()
+                stripes = tuple(p.name for p in striped)
                 if stripes:
                     weight = ""
                 # the packed W4A8 kernel: [.., M, K] x [K, N/2] bytes -> [.., M, N] (quant_kernels)

@@ -22,10 +22,18 @@ from tvm.sym import Analyzer
 from .library import MacArray, _matmul_block, _matmul_shape
 
 
+def stripes_fit(array: "MacArray", m: int, n: int, channels: int) -> bool:
+    """Whether ``channels`` stripes fit the column tile ``array`` works through on an
+    ``m x n`` output: they divide its width. The codegen (:func:`weight_stripes`) and the
+    allocation (``tvm_spatial.estimate.allocation.realizable_channels``) both ask this."""
+    tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
+    return tile.cols % channels == 0
+
+
 def weight_stripes(func: tirx.PrimFunc, array: "MacArray") -> int:
     """How many ports the weight of this matmul is read through under ``array``: its
     ``channels``, when the weight is a rank-2 ``[K, N]`` operand read as ``B[k, j]`` and the
-    channels divide the width of the array's tile; else 1. Layout: :func:`stripe_weight`."""
+    stripes fit the array's tile (:func:`stripes_fit`); else 1. Layout: :func:`stripe_weight`."""
     if array.channels <= 1:
         return 1
     shape = _matmul_shape(func)
@@ -35,10 +43,7 @@ def weight_stripes(func: tirx.PrimFunc, array: "MacArray") -> int:
     weight = func.params[1]
     if batch != 1 or len(weight.ty.shape) != 2 or not _reads_b_as_k_j(func, weight):
         return 1
-    tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
-    if tile.cols % array.channels:
-        return 1
-    return array.channels
+    return array.channels if stripes_fit(array, m, n, array.channels) else 1
 
 
 def _reads_b_as_k_j(func: tirx.PrimFunc, weight) -> bool:

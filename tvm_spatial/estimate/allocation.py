@@ -134,14 +134,14 @@ def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
     if par.channels <= 1 or mm is None or not mm.b_offchip or mm.packed > 1 or mm.batch != 1:
         return 1
     from codegen_hls.library import MacArray
+    from codegen_hls.weight_stripes import stripes_fit
 
     if block and p.separable and block < mm.m:  # its stages see one block of rows
         mm = replace(mm, m=block)
     rows, cols = realizable_array(mm, par.rows, par.cols)
-    latency = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
-    tile, _ = MacArray(rows, cols, latency).tile(mm.m, mm.n)
+    array = MacArray(rows, cols, costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)].latency)
     channels = par.channels
-    while channels > 1 and tile.cols % channels:
+    while channels > 1 and not stripes_fit(array, mm.m, mm.n, channels):
         channels //= 2
     return channels
 
