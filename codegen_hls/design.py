@@ -9,6 +9,7 @@ project, and everything downstream works from this one record rather than from g
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 MANIFEST_VERSION = 1
@@ -30,36 +31,33 @@ class Port:
     arg: int = -1
     # One stripe of a weight read through several ports (codegen_hls.weight_stripes):
     # (index c, count C, group g, the argument's columns N). It holds, of the argument's
-    # [K, N], the columns t * C * g + c * g + i of every tile t of C * g columns (zeros past
-    # N in a last tile that N cuts short): shape [K, ceil(N / (C * g)) * g]. Empty: the
-    # whole argument.
+    # [K, N], the columns t * C * g + c * g + i of every tile t of C * g columns, tile
+    # after tile (zeros past N in a last tile that N cuts short): shape [tiles, K, g].
+    # Empty: the whole argument.
     stripe: tuple[int, ...] = ()
 
     @property
     def num_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def arg_shape(self) -> tuple[int, ...]:
-        """The shape of the argument that feeds it (a stripe's is ``count`` times wider)."""
-        return (*self.shape[:-1], self.stripe[3]) if self.stripe else self.shape
+        """The shape of the argument that feeds it (a stripe's: ``[K, N]``)."""
+        return (self.shape[1], self.stripe[3]) if self.stripe else self.shape
 
     def from_argument(self, array):
         """What the host writes to this port from its argument (a numpy array): the array,
-        or the stripe's columns of it."""
+        or the stripe of it, tile-major."""
         if not self.stripe:
             return array
         import numpy as np
 
         index, count, group, cols = self.stripe
-        rows, width = self.shape
-        tile = count * group
-        padded = np.zeros((rows, width // group * tile), array.dtype)
+        tiles, rows, _ = self.shape
+        padded = np.zeros((rows, tiles * count * group), array.dtype)
         padded[:, :cols] = array
-        return padded.reshape(rows, width // group, count, group)[:, :, index, :].reshape(rows, width)
+        stripe = padded.reshape(rows, tiles, count, group)[:, :, index, :]
+        return np.ascontiguousarray(stripe.transpose(1, 0, 2))
 
 
 @dataclass(frozen=True)

@@ -245,18 +245,18 @@ def _write_runtime_support(w: CodeWriter, in_place: bool = False, striped: bool 
         _write_return_args(w)
     if striped:
         w.line()
-        w.line("// One stripe of a [rows, cols] weight (design.Port.stripe): of every tile of count x group")
-        w.line("// columns, the group from index * group; zeros past the last column.")
+        w.line("// One stripe of a [rows, cols] weight (design.Port.stripe), tile-major: of every tile of")
+        w.line("// count x group columns, the group from index * group, rows in order; zeros past the last column.")
         w.line("template <typename T>")
         w.line("static void stripe(const T* src, T* dst, int64_t rows, int64_t cols, int64_t count, int64_t group,")
-        w.line("                   int64_t index, int64_t width) {")
+        w.line("                   int64_t index, int64_t tiles) {")
         with w.indented():
             w.line("const int64_t tile = count * group;")
-            with w.block("for (int64_t r = 0; r < rows; ++r)"):
-                with w.block("for (int64_t t = 0; t < width / group; ++t)"):
-                    w.line("const int64_t first = t * tile + index * group;")
-                    w.line("const int64_t n = first >= cols ? 0 : (cols - first < group ? cols - first : group);")
-                    w.line("T* out = dst + r * width + t * group;")
+            with w.block("for (int64_t t = 0; t < tiles; ++t)"):
+                w.line("const int64_t first = t * tile + index * group;")
+                w.line("const int64_t n = first >= cols ? 0 : (cols - first < group ? cols - first : group);")
+                with w.block("for (int64_t r = 0; r < rows; ++r)"):
+                    w.line("T* out = dst + (t * rows + r) * group;")
                     w.line("if (n > 0) std::memcpy(out, src + r * cols + first, static_cast<size_t>(n) * sizeof(T));")
                     w.line("for (int64_t i = n; i < group; ++i) out[i] = T(0);")
         w.line("}")
@@ -305,7 +305,7 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
                 port = first[arg]
                 code, bits = _dl_dtype(port.dtype)
                 shape = ", ".join(str(d) for d in port.arg_shape) or "0"
-                w.line(f'{{"{port.name}", {code}, {bits}, {len(port.shape)}, {{{shape}}}}},')
+                w.line(f'{{"{port.name}", {code}, {bits}, {len(port.arg_shape)}, {{{shape}}}}},')
         w.line("};")
         w.line(f"void* data[{max(n, 1)}];")
         w.line(f'if (tvs_emulation::bind("{kernel.name}", args, num_args, ports, {n}, data) != 0) return -1;')
@@ -330,7 +330,7 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
             w.line(f"static thread_local std::vector<{ctype}> stripe{i};")
             w.line(f"stripe{i}.resize({p.num_elements});")
             w.line(f"tvs_emulation::stripe(static_cast<const {ctype}*>(data[{a}]), stripe{i}.data(), {rows}, {cols}, "
-                   f"{count}, {group}, {index}, {p.shape[-1]});")
+                   f"{count}, {group}, {index}, {p.shape[0]});")
             casts.append(f"reinterpret_cast<{_pointer_type(p)}>(stripe{i}.data())")
         casts = ", ".join(casts)
         if written:

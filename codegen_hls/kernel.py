@@ -48,7 +48,7 @@ from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, Write, size_fifos
 from .kv_update import cache_slot
 from .library import MacArray, matmul_info, prepare_for_hls
-from .weight_stripes import stripe_columns, weight_stripes
+from .weight_stripes import stripe_shape, weight_stripes
 from .printer import FunctionPrinter, Namer, array_declarator
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -457,10 +457,9 @@ class _KernelWriter:
                 whole = self.ports[at]
                 (_, m, n, _), _ = matmul_info(self.prim(stage.prim_name))
                 tile, _ = array.tile(m, n)
-                group = tile.cols // array.channels
-                shape = (*whole.shape[:-1], stripe_columns(n, tile.cols, array.channels))
+                shape = stripe_shape(whole.shape[0], n, tile.cols, array.channels)
                 stripes = [replace(whole, name=self.namer.fresh(f"{name}_s{c}"), bundle=f"{whole.bundle}_s{c}",
-                                   shape=shape, stripe=(c, array.channels, group, n))
+                                   shape=shape, stripe=(c, array.channels, shape[-1], n))
                            for c in range(array.channels)]
                 self.ports[at:at + 1] = stripes
                 self.stripes[key] = stripes

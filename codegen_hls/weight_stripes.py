@@ -7,9 +7,13 @@ it. Striped, a ``k`` step reads each stripe's columns from its own port at once.
 The layout (``codegen_hls.design.Port.stripe``, written by the host with
 ``Port.from_argument``): of a ``[K, N]`` weight and a MAC array working in column tiles of
 ``T`` columns, stripe ``c`` of ``C`` holds, of every tile, its ``g = T / C`` columns from
-``c * g`` -- ``B_sc[k][t * g + i] = B[k][t * T + c * g + i]`` -- zeros past ``N`` in a last
-tile that ``N`` cuts short. The matmul's unrolled loop over a tile's columns becomes one
-loop per stripe; every sum keeps its order, so the result is the unstriped one bit for bit.
+``c * g``, tile after tile -- ``B_sc[t][k][i] = B[k][t * T + c * g + i]`` -- zeros past ``N``
+in a last tile that ``N`` cuts short. Tile-major, so the ``k`` steps of a tile read one
+contiguous run of memory: one long AXI burst per tile and stripe on the card (row-major,
+each ``k`` step was a burst of ``g`` elements), and a stream the host's prefetchers follow
+(GPT2-small's LM head tile: 5.4 vs 18.7 GMAC/s in emulation). The matmul's unrolled loop
+over a tile's columns becomes one loop per stripe; every sum keeps its order, so the result
+is the unstriped one bit for bit.
 """
 
 from __future__ import annotations
@@ -70,20 +74,20 @@ def _reads_b_as_k_j(func: tirx.PrimFunc, weight) -> bool:
 def stripe_weight(func: tirx.PrimFunc, channels: int, tile_cols: int) -> tirx.PrimFunc:
     """The lowered matmul ``func`` reading its weight ``B [K, N]`` through ``channels``
     parameters ``B_s0 .. B_s{C-1}``: stripe ``c`` holds, of every column tile of
-    ``tile_cols`` columns, the ``g = tile_cols / C`` columns from ``c * g``
-    (``B_sc[k][t * g + i] = B[k][t * tile_cols + c * g + i]``; :func:`stripe_columns`
-    wide, a last tile that ``N`` cuts short padded). Each unrolled loop over a tile's
+    ``tile_cols`` columns, the ``g = tile_cols / C`` columns from ``c * g``, tile-major
+    (``B_sc[t][k][i] = B[k][t * tile_cols + c * g + i]``, :func:`stripe_shape`; a last
+    tile that ``N`` cuts short padded). Each unrolled loop over a tile's
     columns becomes ``C`` loops of ``g`` columns (fewer in the last tile), each reading its
     own stripe, so a ``k`` step reads ``g`` elements from each of ``C`` ports at once, and
     every sum keeps its order. Why: one ``m_axi`` port (one HBM pseudo-channel) delivers at
     most 64 bytes per cycle; an array wider than that, or one token's decode, waits on it."""
     weight = func.params[1]
     k_extent, n_extent = (int(d) for d in weight.ty.shape)
-    group = tile_cols // channels
-    width = stripe_columns(n_extent, tile_cols, channels)
+    shape = stripe_shape(k_extent, n_extent, tile_cols, channels)
+    group = shape[-1]
     dtype = str(weight.ty.dtype)
-    stripes = [tirx.decl_buffer((k_extent, width), dtype, f"{weight.name}_s{c}") for c in range(channels)]
-    full = [tvm.ir.Range.from_min_extent(0, k_extent), tvm.ir.Range.from_min_extent(0, width)]
+    stripes = [tirx.decl_buffer(shape, dtype, f"{weight.name}_s{c}") for c in range(channels)]
+    full = [tvm.ir.Range.from_min_extent(0, extent) for extent in shape]
     analyzer = Analyzer()
     rewritten = []
 
@@ -118,7 +122,7 @@ def stripe_weight(func: tirx.PrimFunc, channels: int, tile_cols: int) -> tirx.Pr
                 if isinstance(n, tvm.ir.TensorLoad) and n.source.same_as(weight):
                     k_index, j_index = n.indices
                     tile = tirx.floordiv(j_index, tile_cols)
-                    return tirx.BufferLoad(stripes[c], [k_index, tile * group + tirx.floormod(j_index, group)])
+                    return tirx.BufferLoad(stripes[c], [tile, k_index, tirx.floormod(j_index, group)])
                 if isinstance(n, tvm.ir.TensorRegion) and n.source.same_as(weight):
                     return _region_of(stripes[c], full)
                 return n
@@ -159,10 +163,11 @@ def drop_dead(stmt):
     return tvm_ffi.structural_map(stmt, visit)
 
 
-def stripe_columns(columns: int, tile_cols: int, channels: int) -> int:
-    """Columns of each stripe of a ``columns``-wide weight: ``tile_cols / channels`` per
-    column tile, the last tile (which ``columns`` may cut short) counted whole."""
-    return -(-columns // tile_cols) * (tile_cols // channels)
+def stripe_shape(rows: int, columns: int, tile_cols: int, channels: int) -> tuple[int, int, int]:
+    """The shape of each stripe of a ``[rows, columns]`` weight: ``[tiles, rows, g]``, a
+    tile of ``g = tile_cols / channels`` columns after another, the last tile (which
+    ``columns`` may cut short) counted whole."""
+    return (-(-columns // tile_cols), rows, tile_cols // channels)
 
 
 def _uses(expr, var) -> bool:

@@ -127,7 +127,7 @@ def test_w8a8_uses_int8_operands_and_int32_accumulators(rng):
     src = kernel.source
     # the int8 weight, as stored (whole, or in the stripes the allocation read it through)
     weight = [p for p in kernel.ports if p.dtype == "int8" and p.arg_shape == (k, n)]
-    assert weight and all(f"const int8_t {p.name}[{k}][{p.shape[1]}]" in src for p in weight)
+    assert weight and all(f"const int8_t {p.name}{''.join(f'[{d}]' for d in p.shape)}" in src for p in weight)
     assert "static_cast<int32_t>" in src and "int32_t matmul" in src  # int32 accumulation
     assert "ap_int" not in src  # int8 stays int8_t (see relax_passes/quantize.py)
 

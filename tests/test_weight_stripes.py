@@ -69,7 +69,8 @@ def test_each_stripe_is_a_port_of_its_own(striped):
         assert proc.weight_port == "" and len(proc.weight_stripes) == count
         stripes = [ports[s] for s in proc.weight_stripes]
         assert [s.stripe[:2] for s in stripes] == [(c, count) for c in range(count)]
-        assert {s.shape for s in stripes} == {(weight[0], weight[1] // count)}
+        tiles = -(-weight[1] // proc.tile[1])  # tile-major: [tiles, K, the tile's columns / count]
+        assert {s.shape for s in stripes} == {(tiles, weight[0], proc.tile[1] // count)}
         assert all(s.arg_shape == weight for s in stripes) and len({s.arg for s in stripes}) == 1
         assert len({s.bundle for s in stripes}) == count  # a bundle, hence a memory bank, each
         # the stripes' group: the width of the tile the array works in, split in ``count``
@@ -93,9 +94,10 @@ def test_hls_text_reads_each_stripe_in_its_own_unrolled_loop(striped):
     text = _function_body(kernel.source, stage)
     signature = text.split("{", 1)[0]
     for s in ("param_0_s0", "param_0_s1", "param_0_s2", "param_0_s3"):
-        assert f"const float {s}[64][32]" in signature
-    # one update statement per stripe, each under an unrolled loop of the group's 16 columns
-    updates = re.findall(r"\* (param_0_s\d)\[k\]\[", text)
+        assert f"const float {s}[2][64][16]" in signature  # 2 tiles of 64 columns, 16 each
+    # one update statement per stripe, each under an unrolled loop of the group's 16 columns,
+    # reading its tile's k-th row
+    updates = re.findall(r"\* (param_0_s\d)\[\w+\]\[k\]\[", text)
     assert sorted(updates) == ["param_0_s0", "param_0_s1", "param_0_s2", "param_0_s3"]
     for pragma in re.findall(r"#pragma HLS INTERFACE m_axi port=(param_0_s\d) offset=slave bundle=(\w+)", kernel.source):
         assert pragma[1] == next(p.bundle for p in kernel.ports if p.name == pragma[0])
@@ -104,18 +106,19 @@ def test_hls_text_reads_each_stripe_in_its_own_unrolled_loop(striped):
 @pytest.mark.parametrize("columns", [24, 20])
 def test_stripe_layout_is_the_documented_one(columns):
     """``Port.from_argument`` against loops over the layout ``Port.stripe`` states: tiles of
-    6 columns, 3 stripes of 2; 20 columns cut the last tile short (zeros past the end)."""
+    6 columns, 3 stripes of 2, tile-major; 20 columns cut the last tile short (zeros past
+    the end)."""
     weight = np.arange(1, 6 * columns + 1, dtype=np.float32).reshape(6, columns)
     count, group, tiles = 3, 2, 4
     for index in range(count):
-        port = Port(f"w_s{index}", "float32", (6, tiles * group), "in", f"b{index}", 0, (index, count, group, columns))
+        port = Port(f"w_s{index}", "float32", (tiles, 6, group), "in", f"b{index}", 0, (index, count, group, columns))
         assert port.arg_shape == (6, columns)
-        want = np.zeros((6, tiles * group), np.float32)
+        want = np.zeros((tiles, 6, group), np.float32)
         for k in range(6):
             for t in range(tiles):
                 for i in range(group):
                     if t * count * group + index * group + i < columns:
-                        want[k, t * group + i] = weight[k, t * count * group + index * group + i]
+                        want[t, k, i] = weight[k, t * count * group + index * group + i]
         np.testing.assert_array_equal(port.from_argument(weight), want)
 
 
@@ -138,7 +141,7 @@ def test_a_last_tile_cut_short_is_striped_too():
     proc = kernel.processes[0]
     assert proc.tile == (16, 32) and len(proc.weight_stripes) == 4
     stripes = [p for p in kernel.ports if p.name in proc.weight_stripes]
-    assert {p.shape for p in stripes} == {(64, 7 * 8)} and {p.arg_shape for p in stripes} == {(64, 200)}
+    assert {p.shape for p in stripes} == {(7, 64, 8)} and {p.arg_shape for p in stripes} == {(64, 200)}
     stage = re.search(rf"\b({re.escape(kernel.name)}__\w+_c4)\(", _function_body(kernel.source, proc.name)).group(1)
     text = _function_body(kernel.source, stage)
     # the full tiles read every stripe; the last (8 columns) only the first
@@ -209,7 +212,7 @@ def test_xrt_runner_is_handed_each_stripe(striped, noop_env, monkeypatch, tmp_pa
     proc = next(p for p in kernel.processes if p.name == FIRST)
     group = 16  # tiles of 64 columns (the array's 2 x 16, tiled 8 x 64), 4 stripes of 16
     for c, name in enumerate(proc.weight_stripes):
-        want = np.concatenate([first[:, t * 64 + c * group: t * 64 + (c + 1) * group] for t in range(2)], axis=1)
+        want = np.stack([first[:, t * 64 + c * group: t * 64 + (c + 1) * group] for t in range(2)])  # tile-major
         np.testing.assert_array_equal(handed[name], want)
 
 
