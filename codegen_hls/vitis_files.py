@@ -2,9 +2,9 @@
 
 Why generated from the :class:`Design` rather than copied: bank, SLR and kernel lists
 differ per design and per card, and one generator per file keeps every line's origin
-obvious. Memory banks are handed out round-robin in design order (the ports of one
-written argument share one: :func:`place`), so the same design always gets the same
-placement (and byte-identical files). The files list *Vitis kernels*
+obvious. Memory banks are balanced per region by the bytes each port moves (the ports
+of one written argument share one: :func:`place`), so the same design always gets the
+same placement (and byte-identical files). The files list *Vitis kernels*
 (:meth:`Design.vitis_kernels`): a region on one SLR is one kernel, placed round-robin over
 the SLRs; a region the partitioner spread over several SLRs is one kernel per SLR segment,
 each pinned to its SLR (``slr=``), compiled from the region's one source file (``v++ -c -k
@@ -37,33 +37,58 @@ class Placement:
 
 
 def place(design: Design, device: Device) -> Placement:
-    """Round-robin over the card's banks (all ports of the design); a region's SLR
-    segments on their SLRs, unsplit regions round-robin over the SLRs.
+    """Each region's buffers over the card's memory banks, heaviest first, each on the bank
+    that moves the fewest bytes so far; a region's SLR segments on their SLRs, unsplit
+    regions round-robin over the SLRs.
 
-    One bank per port while banks last gives each AXI master its own memory channel,
-    which is what the per-port ``bundle`` names in the kernels ask for.
+    Why per region and by traffic: the host calls the regions one after another, so only
+    the ports of one region ever compete for a bank. Inside it every process runs at once,
+    and a bank serves what all its ports move per call (:func:`port_traffic`): balancing that
+    is what lets the analytical model bound a region by the card's whole bandwidth
+    (``tvm_spatial.estimate.model``). The ports of one argument -- the stripes of a weight
+    (``Port.stripe``), a tensor read by several processes -- go to distinct banks while
+    there are banks they do not already use: their point is to be read at once.
 
     Except for the ports of a *written* argument (a KV cache that each layer's process
-    updates in place through its own ``inout`` port): they all share the bank of the
-    first of them. The host passes one buffer object to all of them -- the tensor they
-    update together must be one piece of memory, or one port's rows would never reach
-    the others, nor the caller -- and XRT accepts one buffer for several arguments only
-    when they are connected to the same bank. Those later ports take no round-robin turn.
-    Read-only tensors read by several processes keep a bank per reader, for bandwidth.
+    updates in place through its own ``inout`` port): they all share one bank. The host
+    passes one buffer object to all of them -- the tensor they update together must be
+    one piece of memory, or one port's rows would never reach the others, nor the
+    caller -- and XRT accepts one buffer for several arguments only when they are
+    connected to the same bank. Ties go to the lower bank, then to the earlier buffer, so
+    the same design always gets the same placement (and byte-identical files).
     """
     banks = device.memory_banks
     bank_of: dict[tuple[str, str], str] = {}
     slr_of: dict[str, int] = {}
-    turn = 0
     for k_index, kernel in enumerate(design.kernels):
-        for buffer in buffers(kernel):
-            bank = banks[turn % len(banks)]
-            turn += 1
-            for vk_name, port in buffer.ports:
-                bank_of[(vk_name, port.name)] = bank
+        region = buffers(kernel)
+        traffic = [sum(port_traffic(kernel, port) for _, port in buffer.ports) for buffer in region]
+        load = [0] * len(banks)
+        used: dict[int, set[int]] = {}  # argument -> the banks its ports are on
+        for i in sorted(range(len(region)), key=lambda i: (-traffic[i], i)):
+            port = region[i].port
+            taken = used.setdefault(port.arg, set()) if port.arg >= 0 else set()
+            free = [b for b in range(len(banks)) if b not in taken] or range(len(banks))
+            bank = min(free, key=lambda b: (load[b], b))
+            load[bank] += traffic[i]
+            taken.add(bank)
+            for vk_name, member in region[i].ports:
+                bank_of[(vk_name, member.name)] = banks[bank]
         for vk in kernel.vitis_kernels():
             slr_of[vk.name] = k_index % device.slrs if vk.slr is None else vk.slr
     return Placement(banks=bank_of, slrs=slr_of)
+
+
+def port_traffic(kernel, port: Port) -> int:
+    """Bytes a port moves per call of its region: its buffer once, or once per token block
+    when it is the weight of a matmul that runs in blocks and streams it for each
+    (``codegen_hls.token_blocks``)."""
+    for proc in kernel.processes:
+        if port.name == proc.weight_port or port.name in proc.weight_stripes:
+            if proc.separable and proc.rows and proc.matmul:
+                return port_bytes(port) * -(-proc.matmul[1] // proc.rows)
+            break
+    return port_bytes(port)
 
 
 def compute_unit(kernel) -> str:
@@ -101,7 +126,8 @@ def connectivity_cfg(design: Design, device: Device, placement: Placement) -> st
     links = stream_links(design)
     w = CodeWriter()
     w.line(f"# Generated by tvm-spatial for {device.name} ({device.platform}).")
-    w.line("# One compute unit per kernel; each port on its own memory bank while banks last.")
+    w.line("# One compute unit per kernel. Memory banks: each region's ports (the regions run one")
+    w.line("# after another) balanced by the bytes they move per call, a weight's stripes apart.")
     if any(len(b.ports) > 1 for k in design.kernels for b in buffers(k)):
         w.line("# The ports of one written argument (a KV cache several processes update in place)")
         w.line("# share one bank: the host passes them one buffer object.")

@@ -26,12 +26,18 @@ from tvm.sym import Analyzer
 from .library import MacArray, _matmul_block, _matmul_shape
 
 
+# Narrow stripes are short loops, which the host runs slowly: GPT2-small's emulation took
+# 1.47 s per run with stripes of 24 and 8 columns, 2.17 s with 12 and 8, 2.39 s with 6
+# and 4. Fewer than 8 (one 256-bit vector of fp32) are not made.
+MIN_STRIPE_COLUMNS = 8
+
+
 def stripes_fit(array: "MacArray", m: int, n: int, channels: int) -> bool:
     """Whether ``channels`` stripes fit the column tile ``array`` works through on an
-    ``m x n`` output: they divide its width. The codegen (:func:`weight_stripes`) and the
-    allocation (``tvm_spatial.estimate.allocation.realizable_channels``) both ask this."""
+    ``m x n`` output: they divide its width, ``MIN_STRIPE_COLUMNS`` or more each. The
+    codegen (:func:`weight_stripes`) and the allocation (``tvm_spatial.estimate.allocation.realizable_channels``) both ask this."""
     tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
-    return tile.cols % channels == 0
+    return tile.cols % channels == 0 and tile.cols // channels >= MIN_STRIPE_COLUMNS
 
 
 def weight_stripes(func: tirx.PrimFunc, array: "MacArray") -> int:

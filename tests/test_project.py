@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from codegen_hls import vitis_files
-from codegen_hls.design import Design, Kernel, Port
+from codegen_hls.design import Design, Kernel, Port, Process
 from codegen_hls.project import write_project
 from codegen_hls.vitis_files import METADATA_XCLBIN
 from tvm_spatial.devices import get_device
@@ -154,9 +154,10 @@ def test_connectivity_has_compute_units_banks_and_slrs(project, design):
     sp = dict(line.rsplit(":", 1) for line in cfg_lines(project, "sp"))
     expected_ports = {f"{k.name}_1.{p.name}" for k in design.kernels for p in k.ports}
     assert set(sp) == expected_ports
-    banks = list(sp.values())
-    assert len(set(banks)) == len(banks) == 5
-    assert banks == list(get_device("u280").memory_banks[:5])  # round-robin, design order
+    hbm = get_device("u280").memory_banks
+    # per region (the host runs them one after another), ports of equal size in order
+    assert [sp[f"vadd_1.{p}"] for p in "abc"] == list(hbm[:3])
+    assert [sp[f"relu_i32_1.{p}"] for p in "xy"] == list(hbm[:2])
 
     assert cfg_lines(project, "slr") == ["vadd_1:SLR0", "relu_i32_1:SLR1"]
 
@@ -291,16 +292,41 @@ def test_u250_uses_ddr_banks(tmp_path):
     out = write_project(make_design("u250"), tmp_path / "proj")
     banks = [line.rsplit(":", 1)[1] for line in cfg_lines(out, "sp")]
     u250 = get_device("u250")
-    # 5 ports over the U250's 4 DDR banks: round-robin wraps around.
-    assert banks == [u250.memory_banks[i % len(u250.memory_banks)] for i in range(5)]
+    # each region's ports from the first DDR bank: 3 then 2
+    assert banks == [u250.memory_banks[i] for i in (0, 1, 2, 0, 1)]
     assert all(b.startswith("DDR[") for b in banks)
     assert f"PLATFORM ?= {u250.platform}" in (out / "Makefile").read_text().splitlines()
 
 
+def test_banks_are_balanced_per_region_by_traffic_and_stripes_kept_apart():
+    """Each region starts from empty banks (the host runs regions one after another); a
+    weight a blocked matmul streams once per token block counts that many times; the
+    stripes of one weight take distinct banks while there are any, even a fuller one.
+    On the U250's four DDR banks, by hand: ``z`` (4,000 bytes) on DDR0; the weight's
+    stripes (4 x 512 bytes, read 4 times: 2,048 each) on DDR1-3, the last on DDR0, the only
+    bank without one of its stripes; ``y`` (400) on DDR1, the least loaded; the second
+    region's only port on DDR0 again."""
+    stripes = tuple(Port(f"w_s{c}", "float32", (2, 8, 8), "in", f"g1_s{c}", arg=1, stripe=(c, 4, 8, 64))
+                    for c in range(4))
+    ports = (Port("z", "float32", (1000,), "in", "g0", arg=0), *stripes,
+             Port("y", "float32", (100,), "out", "g2", arg=2))
+    linear = Process("k_p0_linear", "linear", 0, 0, 1, ("z", *(p.name for p in stripes)), ("y",),
+                     matmul=(1, 32, 64, 8), weight_stripes=tuple(p.name for p in stripes), separable=True, rows=8)
+    other = Port("q", "float32", (10,), "in", "g0", arg=0)
+    design = Design("u250", (Kernel("k", "", ports, (linear,)), Kernel("m", "", (other,), ())), COMMON_HEADER)
+    ddr = get_device("u250").memory_banks
+    assert len(ddr) == 4
+    banks = vitis_files.place(design, get_device("u250")).banks
+    assert banks == {
+        ("k", "z"): ddr[0], ("k", "w_s0"): ddr[1], ("k", "w_s1"): ddr[2], ("k", "w_s2"): ddr[3],
+        ("k", "w_s3"): ddr[0], ("k", "y"): ddr[1], ("m", "q"): ddr[0],
+    }
+
+
 def test_ports_of_a_written_argument_share_one_bank_readers_do_not():
-    """Round-robin over the banks in port order, except that the later ports of a written
-    argument (one buffer object: a cache several processes update) reuse the first one's
-    bank and take no turn; a tensor only read through several ports gets a bank per port."""
+    """The heaviest buffer first, each on the least loaded bank: the ports of a written
+    argument (one buffer object: a cache several processes update, 2 x 128 bytes) share
+    one bank; a tensor only read through several ports gets a bank per port."""
     ports = (
         Port("x", "float32", (8,), "in", "gmem0", arg=0),
         Port("x_1", "float32", (8,), "in", "gmem1", arg=0),  # read twice: two banks
@@ -313,11 +339,11 @@ def test_ports_of_a_written_argument_share_one_bank_readers_do_not():
     hbm = get_device("u280").memory_banks
     placement = vitis_files.place(design, get_device("u280"))
     assert placement.banks == {
-        ("k", "x"): hbm[0], ("k", "x_1"): hbm[1], ("k", "cache"): hbm[2], ("k", "w"): hbm[3],
-        ("k", "cache_1"): hbm[2], ("k", "y"): hbm[4],
+        ("k", "cache"): hbm[0], ("k", "cache_1"): hbm[0], ("k", "x"): hbm[1], ("k", "x_1"): hbm[2],
+        ("k", "w"): hbm[3], ("k", "y"): hbm[4],
     }
     cfg = vitis_files.connectivity_cfg(design, get_device("u280"), placement)
-    assert f"sp=k_1.cache:{hbm[2]}" in cfg and f"sp=k_1.cache_1:{hbm[2]}" in cfg
+    assert f"sp=k_1.cache:{hbm[0]}" in cfg and f"sp=k_1.cache_1:{hbm[0]}" in cfg
     assert "share one bank: the host passes them one buffer object" in cfg
     readme = vitis_files.readme(design, get_device("u280"), placement)
     assert "`k.cache` for `k.cache`, `k.cache_1`" in readme
@@ -338,7 +364,7 @@ def test_readme_lists_every_port_with_its_bank(project, design):
     for needle in ("Vitis 2022.2", "XRT 2.13", get_device("u280").platform, "make TARGET=sw_emu"):
         assert needle in text
     assert "| `a` | float32 | 16 | in | HBM[0] | 64 |" in text
-    assert "| `y` | int32 | 2x4 | out | HBM[4] | 32 |" in text
+    assert "| `y` | int32 | 2x4 | out | HBM[1] | 32 |" in text
 
 
 def test_run_sh_sets_emulation_mode_and_rejects_bad_target(project):

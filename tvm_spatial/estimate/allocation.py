@@ -276,7 +276,8 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
                     kernel=kernel, process=name, resource=r, slr=i, needed=u.get(r), available=caps[i][r],
                 )
     by_name = {p.name: p for p in work.processes}
-    channels = max_channels or (MAX_CHANNELS if device.hbm else device.offchip.channels)
+    # no more stripes than banks: a weight's stripes are read at once, each from its own
+    channels = min(max_channels or MAX_CHANNELS, device.offchip.channels)
     n_blocks = math.ceil(max(1, work.tokens) / max(1, min(block or work.tokens, max(1, work.tokens))))
     chain = _Chain(work, ests, n_blocks)
 
@@ -329,7 +330,7 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
     for name in order:
         p = by_name[name]
         slr = min(p.slr, device.slrs - 1)
-        while ests[name].decode_bound == "memory" and pars[name].channels < (max_channels or MAX_CHANNELS):
+        while ests[name].decode_bound == "memory" and pars[name].channels < channels:
             cand = replace(pars[name], channels=pars[name].channels * 2)
             if realize_channels is not None and realize_channels(p, cand, block) != cand.channels:
                 break
@@ -386,7 +387,12 @@ def allocate(
 # realizable_channels); the lanes of every other process (codegen_hls.lanes: a divisor of
 # its row, see realizable_lanes) up to CODEGEN_MAX_LANES.
 # Why 8 channels: a layer's four linear layers, 8 stripes each, take the U280's 32 HBM
-# pseudo-channels once; more would share banks, and add m_axi masters to route.
+# pseudo-channels once (codegen_hls.vitis_files.place balances a region's ports over the
+# banks by traffic; the model bounds each region by the whole card's bandwidth). Up to 32
+# would read a decode step's weight at the card's rate (GPT2-small fp32, decode as if:
+# 36.5 % of the memory roofline against 19.4 %) but were measured to slow the emulation
+# from 1.47 to 2.39 s per run, and give the layer 4x the AXI masters, whose SLR
+# crossings the model does not count.
 # Why a cap on lanes: past 64 fp32 lanes (a 2048-bit datapath, 64 memory banks per
 # buffer) the unrolled loops and partitions grow HLS effort and routing, while the streams
 # between processes carry at most 16 elements per cycle (codegen_hls.kernel.STREAM_PACKET). Why a floor on blocks: every

@@ -446,18 +446,20 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
             for p, pe in zip(work.processes, procs)
         )
     # regions run one after another (the host calls them in turn), each as often as it is
-    # called per inference (an outlined layer: once per layer); inside one, a pipeline
+    # called per inference (an outlined layer: once per layer); inside one, a pipeline, no
+    # faster than the whole card's banks move what its ports move per call: its processes
+    # share the banks, balanced by that traffic (codegen_hls.vitis_files.place)
+    peak_bytes = device.offchip.bandwidth_gbs * 1e9 / (clock * 1e6)  # per cycle, whole card
     latency = fill = 0.0
     for kernel in dict.fromkeys(w.kernel for w in work.processes):
         mine = [i for i, w in enumerate(work.processes) if w.kernel == kernel]
         calls = work.processes[mine[0]].calls
         lat, fil = pipeline_cycles([procs[i].block_cycles for i in mine], [procs[i].barrier for i in mine],
                                    n_blocks, [not work.processes[i].separable for i in mine])
-        latency += calls * lat
+        moved = sum(procs[i].prefill_bytes for i in mine)
+        latency += calls * max(lat, moved / (peak_bytes * costs.HBM_EFFICIENCY))
         fill += calls * fil
-    peak_bytes = device.offchip.bandwidth_gbs * 1e9 / (clock * 1e6)  # per cycle, whole card
     prefill_bytes = sum(p.prefill_bytes * w.calls for p, w in zip(procs, work.processes))
-    latency = max(latency, prefill_bytes / (peak_bytes * costs.HBM_EFFICIENCY))
     decode = sum(p.decode_cycles * w.calls for p, w in zip(procs, work.processes))
     decode_bytes = sum(p.decode_bytes * w.calls for p, w in zip(procs, work.processes))
 
