@@ -15,7 +15,12 @@ dataflow is the same in every repeat. A value a repeat reads from outside itself
 either *carried* (repeat ``r`` reads what repeat ``r - 1`` computed at one position; repeat
 0 reads a value from before the run) or *shared* (the same value in every repeat: an
 input of ``main``, or a value computed before the run, such as an attention mask).
-Tensor constants (weights, biases, masks) become parameters: each call passes its own.
+Tensor constants (weights, biases, masks) become parameters: each call passes its own;
+so does a 0-d constant that differs between repeats (a quantized layer's activation
+scale), while one with the same value in every repeat that its operator folds into a
+literal (a GELU's 0.5) stays in the layer. Hence this runs before
+``scalar_constants.bind_scalar_constants``, which would otherwise give every quantized
+layer's operators functions of their own.
 The run covering the most bindings wins; on a tie, the shorter repeat.
 """
 
@@ -28,6 +33,7 @@ import tvm_ffi
 from tvm import relax
 
 from .kv_inplace import COMPOSITE as KV_COMPOSITE
+from .scalar_constants import is_scalar_constant, uses_fold_into_literals
 
 CALLS_ATTR = "vitis_spatial.calls"  # on a region: how many times one inference calls it
 LAYER_FUNCTION = "vitis_spatial_layer"
@@ -191,6 +197,27 @@ def _rebuild(value, env: dict):
     return sub(value)
 
 
+def _same_literal_in_every_repeat(mod: tvm.IRModule, bindings, run: Run, k: int, a: int) -> bool:
+    """Argument ``a`` of position ``k`` is a 0-d constant of one value in every repeat, of a
+    composite that folds it into a literal (``scalar_constants``): a GELU's 0.5 stays a
+    literal in the layer; a per-layer quantization scale becomes a parameter of each call."""
+    first = bindings[run.index(0, k)].value
+    if not (isinstance(first, relax.Call) and isinstance(first.op, tvm.ir.GlobalVar)):
+        return False
+    value = first.args[a]
+    if not is_scalar_constant(value):
+        return False
+    func = mod[first.op]
+    if not (isinstance(func, relax.Function) and uses_fold_into_literals(func, func.params[a])):
+        return False
+    want = value.value.numpy()
+    return all(
+        (lambda other: is_scalar_constant(other) and str(other.ty.dtype) == str(value.ty.dtype)
+         and other.value.numpy().tobytes() == want.tobytes())(bindings[run.index(r, k)].value.args[a])
+        for r in range(1, run.count)
+    )
+
+
 def outline_layers(mod: tvm.IRModule) -> tvm.IRModule:
     """``main`` with its longest run of identical layers outlined (unchanged if none)."""
     main = mod["main"]
@@ -213,10 +240,14 @@ def outline_layers(mod: tvm.IRModule) -> tvm.IRModule:
     run = plan.run
     bb = relax.BlockBuilder(mod)
 
-    # the layer: inputs (carried, then shared), then each repeat's constants in order
+    # the layer: inputs (carried, then shared), then each repeat's constants in order; a
+    # scalar the same in every repeat stays in the layer, to become a literal (inlined)
+    inlined = {(k, a) for k in range(run.period)
+               for a, arg in enumerate(_args(bindings[run.index(0, k)].value))
+               if _same_literal_in_every_repeat(mod, bindings, run, k, a)}
     const_slots = [(k, a) for k in range(run.period)
                    for a, arg in enumerate(_args(bindings[run.index(0, k)].value))
-                   if isinstance(arg, tvm.ir.GenericConst)]
+                   if isinstance(arg, tvm.ir.GenericConst) and (k, a) not in inlined]
     carried = sorted(plan.carried.items())
     ins = [v for _, v in carried] + list(plan.shared)
     in_params = [relax.Var(f"x{i}", v.ty) for i, v in enumerate(ins)]

@@ -50,10 +50,11 @@ def partition_for_vitis_spatial(mod: tvm.IRModule, layers: str = "unroll") -> tv
     mod = kv_inplace(mod)  # a decode graph's cache: one row per layer written in place
     mod = fuse_attention(mod)  # head split, QK^T, softmax, AV, head merge: one operator
     mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
-    mod = bind_scalar_constants(mod)
-    mod = name_roles(mod)
     if layers == "reuse":
-        mod = outline_layers(mod)  # one layer's kernel, called once per layer
+        # before the scalars are bound: a per-layer one (a quantization scale) would make
+        # every layer's operator a function of its own; it becomes a parameter instead
+        mod = outline_layers(name_roles(mod))  # one layer's kernel, called once per layer
+    mod = name_roles(bind_scalar_constants(mod))
     mod = merge_regions(mod)
     return make_calls_inplace(_name_kernels(mod))
 

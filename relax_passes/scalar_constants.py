@@ -25,11 +25,11 @@ _FOLDS_SCALAR_OPERAND = frozenset(
 )
 
 
-def _is_scalar_constant(expr) -> bool:
+def is_scalar_constant(expr) -> bool:
     return isinstance(expr, tvm.ir.GenericConst) and len(expr.ty.shape) == 0
 
 
-def _uses_fold_into_literals(func: relax.Function, param: relax.Var) -> bool:
+def uses_fold_into_literals(func: relax.Function, param: relax.Var) -> bool:
     """Every use of ``param`` is an operand of an operator that folds it into a literal,
     and never both operands of one call (legalization then folds only one of them)."""
     ok = [True]
@@ -39,7 +39,7 @@ def _uses_fold_into_literals(func: relax.Function, param: relax.Var) -> bool:
             uses = sum(1 for arg in expr.args if isinstance(arg, relax.Var) and arg.same_as(param))
             if uses and (
                 not isinstance(expr.op, tvm.ir.Op) or expr.op.name not in _FOLDS_SCALAR_OPERAND or uses > 1
-                or any(_is_scalar_constant(arg) for arg in expr.args)
+                or any(is_scalar_constant(arg) for arg in expr.args)
             ):
                 ok[0] = False
         elif isinstance(expr, (relax.Tuple,)) and any(
@@ -86,7 +86,7 @@ def bind_scalar_constants(mod: tvm.IRModule) -> tvm.IRModule:
             bound = {
                 param: arg
                 for param, arg in zip(func.params, call.args)
-                if _is_scalar_constant(arg) and _uses_fold_into_literals(func, param)
+                if is_scalar_constant(arg) and uses_fold_into_literals(func, param)
             }
             if not bound:
                 return call

@@ -127,6 +127,60 @@ def test_bad_layers_choice_is_refused():
             pass
 
 
+def scaled_layers(scales):
+    """Layers ``x + relu(x @ W_l) * s_l`` with 0-d constants ``s_l`` (as a quantization
+    scale), and a 0.5 the same in every layer."""
+    rng = np.random.default_rng(3)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([4, 16], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = x
+            for s in scales:
+                w = relax.const(rng.standard_normal((16, 16)).astype("float32") * 0.3)
+                y = bb.emit(relax.op.nn.relu(relax.op.matmul(h, w)))
+                y = bb.emit(relax.op.multiply(relax.op.multiply(y, relax.const(s, "float32")),
+                                              relax.const(0.5, "float32")))
+                h = bb.emit(relax.op.add(h, y))
+            out = bb.emit_output(h)
+        bb.emit_func_output(out)
+    return bb.get(), [rng.standard_normal((4, 16)).astype("float32")]
+
+
+def _scalar_params(part) -> int:
+    """0-d parameters of the reused layer's region: the values each call passes."""
+    (region,) = [f for _, f in part.functions.items() if isinstance(f, relax.Function) and f.attrs
+                 and f.attrs.get("Codegen") and int(f.attrs.get(CALLS_ATTR, 1)) > 1]
+    return sum(1 for p in region.params if len(p.ty.shape) == 0)
+
+
+def test_a_scalar_that_differs_per_layer_is_passed_per_call():
+    """A per-layer 0-d constant (a quantization scale) no longer keeps layers apart: it
+    becomes a parameter of each call, while a scalar the same in every layer (the 0.5)
+    stays a literal inside the layer. The emulation equals llvm, so each call got its own."""
+    mod, inputs = scaled_layers([0.25, 2.0, -1.5])
+    part = partition_for_vitis_spatial(mod, layers="reuse")
+    assert sorted(_regions(part).values()) == [3] and _scalar_params(part) == 1
+    same, _ = scaled_layers([0.75, 0.75, 0.75])
+    assert _scalar_params(partition_for_vitis_spatial(same, layers="reuse")) == 0
+    with tvm_spatial.allocation(layers="reuse"):
+        ex, _ = build_and_compare(mod, inputs)
+    assert [k.calls for k in tvm_spatial.design_of(ex).kernels] == [3]
+
+
+@pytest.mark.parametrize("name", ["gpt2_tiny", "bert_tiny"])
+def test_quantized_fixture_reuses_its_layers(name):
+    """W8A8: every layer has its own activation scales; the layers are reused all the same
+    (each call passes its scales), and the emulation equals TVM's llvm build of the
+    quantized module."""
+    mod, inputs, _ = _fixture(name)
+    quantized = tvm_spatial.quantize(mod, "w8a8")
+    assert 2 in _regions(partition_for_vitis_spatial(quantized, layers="reuse")).values()
+    with tvm_spatial.allocation(layers="reuse"):
+        ex, _ = build_and_compare(quantized, inputs)
+    assert max(k.calls for k in tvm_spatial.design_of(ex).kernels) == 2
+
+
 def _fixture(name: str):
     data = np.load(FIXTURES / f"{name}.npz")
     inputs = [data[k] for k in data.files if k.startswith("in:")]
