@@ -9,7 +9,12 @@ a what-if where every operator streams token blocks -- and prints per number for
 * decode latency per token / memory roofline (weights + KV cache at 460 GB/s) -- target >= 60 %
 * the fullest SLR resource -- must be <= 85 %
 
-Usage: python benchmarks/roofline.py [--onnx gpt2_small.onnx] [--device u280] [--seq 128]
+The W8A8 and W4A8 rows are the fp32 build read in int8 (``DesignWork.with_precision``).
+``--quantized`` adds the real quantized builds (``tvm_spatial.quantize`` with random-token
+calibration, then the build's partition and allocation): about five minutes per format,
+most of it the calibration run of TVM's llvm build.
+
+Usage: python benchmarks/roofline.py [--onnx gpt2_small.onnx] [--device u280] [--seq 128] [--quantized]
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def main() -> None:
     parser.add_argument("--onnx", help="an exported GPT2-small (default: export one to a temporary directory)")
     parser.add_argument("--device", default="u280")
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--quantized", action="store_true",
+                        help="also build W8A8 and W4A8 for real (quantize, then partition and allocate)")
     args = parser.parse_args()
 
     from tvm_spatial.devices import get_device
@@ -43,6 +50,10 @@ def main() -> None:
                 path = export_onnx(GPT2_SMALL, Path(tmp) / "gpt2_small.onnx")
         with console.status("partitioning and printing the design"):
             design = design_from_onnx(path, args.device, args.seq)
+        quantized = {}
+        for scheme in ("w8a8", "w4a8") if args.quantized else ():
+            with console.status(f"quantizing ({scheme}, calibration on TVM's llvm build) and building"):
+                quantized[scheme] = _quantized_design(path, scheme, args.device, args.seq)
     device = get_device(args.device)
     table = Table(title=f"GPT2-small, seq {args.seq}, {device.name}: allocated design vs rooflines")
     for col in ("precision", "design", "block", "prefill", "DSP roofline", "prefill/DSP roof", "decode/token",
@@ -62,6 +73,13 @@ def main() -> None:
                 rows.append((precision, kind, allocate_kind(work).estimate))
             except ResourceBudgetError as err:
                 table.add_row(precision, kind, *[""] * 7, f"{err.resource} SLR{err.slr}: "
+                              f"{err.needed:.0f} > {err.available:.0f}", "[red]does not fit[/red]")
+        if precision in quantized:
+            try:
+                rows.append((precision, "quantized, as built",
+                             allocate_for_codegen(design_work(quantized[precision]), device).estimate))
+            except ResourceBudgetError as err:
+                table.add_row(precision, "quantized, as built", *[""] * 7, f"{err.resource} SLR{err.slr}: "
                               f"{err.needed:.0f} > {err.available:.0f}", "[red]does not fit[/red]")
     for precision, kind, est in rows:
         frac, slr, res = est.max_slr_utilization
@@ -83,6 +101,14 @@ def main() -> None:
         f"decode: processes run one after another, each reads its weights over its own channels "
         f"(slowest {last.decode_bottleneck}, {last.process(last.decode_bottleneck).decode_bound}-bound)."
     )
+
+
+def _quantized_design(path: Path, scheme: str, device: str, seq: int):
+    """The design ``relax.build`` would print for the model quantized with ``scheme``."""
+    import tvm_spatial
+    from tvm_spatial.estimate import design_from_module, module_from_onnx
+
+    return design_from_module(tvm_spatial.quantize(module_from_onnx(path, seq), scheme), device)
 
 
 if __name__ == "__main__":

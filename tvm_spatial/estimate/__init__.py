@@ -19,6 +19,12 @@ def design_from_onnx(path, device: str = "u280", seq: int | None = None):
     emulation (partition + print only): seconds instead of minutes for GPT2-small. Its MAC
     arrays are the ones ``relax.build`` realizes under the current allocation policy
     (``tvm_spatial.allocation``; by default :func:`allocate_for_codegen`)."""
+    return design_from_module(module_from_onnx(path, seq), device)
+
+
+def module_from_onnx(path, seq: int | None = None):
+    """The Relax module of an ONNX file, its inputs' last dimension set to ``seq`` (and
+    any other unknown dimension to 1) when given."""
     import onnx
 
     from ..frontend import from_onnx
@@ -32,7 +38,7 @@ def design_from_onnx(path, device: str = "u280", seq: int | None = None):
             if len(dims) >= 2:
                 dims[-1] = seq
             shape_dict[inp.name] = dims
-    return design_from_module(from_onnx(str(path), shape_dict=shape_dict), device)
+    return from_onnx(str(path), shape_dict=shape_dict)
 
 
 def design_from_module(mod, device: str = "u280"):
@@ -99,5 +105,6 @@ def estimate(obj, device: str | None = None, seq: int | None = None, *, precisio
 __all__ = [
     "Allocation", "DEFAULT_BUDGET", "allocate_for_codegen", "design_from_module", "realized_config", "DesignWork", "Estimate", "Matmul", "ModelConfig", "Parallelism",
     "ProcessEstimate", "ProcessWork", "Resources", "Roofline", "allocate", "design_from_onnx", "design_work",
+    "module_from_onnx",
     "estimate", "estimate_work", "transformer_layers",
 ]
