@@ -111,3 +111,16 @@ def test_database_of_another_design_is_ignored(tuned):
     part = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(path))
     funcs = [f for _, f in part.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
     assert tuned_arrays(result.database, plan_design(funcs, "u280", host_operators(part))) is None
+
+
+def test_tuning_keeps_to_the_policys_channels(tuned, tmp_path):
+    """Under ``allocation(channels=1)`` no tuned array reads its weight through more than
+    one port, where the same plan's allocation without the cap stripes every linear."""
+    from tvm_spatial.tuning.tuner import tune_design
+
+    _, plan, *_ = tuned
+    uncapped = allocate_for_codegen(design_work(plan), get_device("u280")).codegen_table()
+    assert any(isinstance(v, tuple) and len(v) > 2 and v[2] > 1 for v in uncapped.values())
+    with tvm_spatial.allocation(channels=1):
+        result = tune_design(plan, str(tmp_path), max_trials=8, trials_per_iter=8)
+    assert result.best_arrays and all(len(v) == 2 for v in result.best_arrays.values())

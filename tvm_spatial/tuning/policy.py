@@ -19,7 +19,8 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
 * ``with tvm_spatial.allocation(slrs=2):`` spread the processes over exactly 2 SLRs;
 * ``with tvm_spatial.allocation(channels=1):`` no weight read through more than one port
   (default: up to 8 stripes, ``codegen_hls.weight_stripes``; one keeps the emulation at its
-  fastest, a stripe loop per port being a short loop on the host);
+  fastest, a stripe loop per port being a short loop on the host); tuning under it
+  (``tuner.tune_design``) keeps to it too;
 * ``with tvm_spatial.allocation(rows=16):`` stream the row-wise processes in blocks of 16
   tokens (``codegen_hls.token_blocks``; the model's allocation chooses otherwise, and a
   ``rows`` at or above the sequence length means whole tensors);

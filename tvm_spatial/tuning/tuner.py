@@ -35,7 +35,9 @@ The correctness of the best design in emulation is checked by the scripts
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field, replace
 
@@ -232,6 +234,7 @@ class ArraySpace:
     budget: float = DEFAULT_BUDGET
     rows: int | None = None  # the token block (the greedy allocation's; fixed while tuning)
     cut_share: float = 0.5  # probability of a cut move, when there are cuts
+    max_channels: int | None = None  # most ports a weight is striped over (allocation(channels=N))
 
     def __post_init__(self):
         self.cuts = dict(self.cuts or self.work.cuts())
@@ -333,7 +336,8 @@ class ArraySpace:
         if key not in self._greedy:
             work = self.work.with_placement(self.work.placement_for_cuts(cuts))
             try:
-                alloc = allocate_for_codegen(work, self.device, budget=self.budget, blocks=(self.rows,))
+                alloc = allocate_for_codegen(work, self.device, budget=self.budget, blocks=(self.rows,),
+                                             max_channels=self.max_channels)
                 self._greedy[key] = (alloc.codegen_table(), alloc.estimate.prefill_cycles)
             except ResourceBudgetError:
                 self._greedy[key] = (None, float("inf"))
@@ -533,21 +537,28 @@ class TuneResult:
 
 
 def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter: int = 16,
-                budget: float = DEFAULT_BUDGET, seed: int = 1, progress=None) -> TuneResult:
+                budget: float = DEFAULT_BUDGET, seed: int = 1, progress=None,
+                max_channels: int | None = None) -> TuneResult:
     """Tune the MAC arrays, lanes and SLR cuts of ``design`` (``codegen_hls.kernel.plan_design``
     or a built design) within ``budget`` of every per-SLR resource; records go to a JSON
-    database in ``work_dir``. The greedy allocation is committed first, so tuning never ends worse."""
+    database in ``work_dir``. The greedy allocation is committed first, so tuning never ends worse.
+    ``max_channels``: the most ports a weight is striped over (default: the allocation
+    policy's, ``tvm_spatial.allocation(channels=N)``, else the codegen's cap)."""
+    from .policy import current_policy
+
+    if max_channels is None:
+        max_channels = current_policy().channels or None
     work = design_work(design)
     device = get_device(design.device)
     workload = design_workload(design)
     target = _target(device.key)
-    baseline = allocate_for_codegen(work, device, budget=budget)
+    baseline = allocate_for_codegen(work, device, budget=budget, max_channels=max_channels)
     centre, rows = baseline.codegen_table(), baseline.config.block
     database = ms.database.JSONDatabase(work_dir=work_dir, module_equality="structural")
 
     # the baseline record: the greedy allocation's decisions, exactly
     sch = tvm.s_tir.Schedule(workload, seed=seed + 1)
-    ArraySpace(work, device, dict(centre), exact=True, budget=budget, rows=rows)(sch)
+    ArraySpace(work, device, dict(centre), exact=True, budget=budget, rows=rows, max_channels=max_channels)(sch)
     base_est, error = score(work, device, table_of(sch.mod), budget, cuts=cuts_of(sch.mod), rows=rows_of(sch.mod))
     if error is not None:  # cannot happen for the allocation itself; refuse loudly if it does
         raise AssertionError(f"the allocation does not fit: {error}")
@@ -556,24 +567,42 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
     database.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, entry, [base_secs], target, ms.arg_info.ArgInfo.from_prim_func(workload["main"])))
 
-    space = ArraySpace(work, device, dict(centre), budget=budget, rows=rows)
+    space = ArraySpace(work, device, dict(centre), budget=budget, rows=rows, max_channels=max_channels)
     runner = ModelRunner(work, device, space, budget, progress)
     runner.best, runner.centre_key = base_secs, (base_secs, base_est.total.dsp)
-    ms.tir_integration.tune_tir(
-        workload, target, work_dir, max_trials,
-        max_trials_per_task=max_trials, num_trials_per_iter=trials_per_iter,
-        builder=ArrayBuilder(), runner=runner, database=database, cost_model="random",
-        measure_callbacks=[ms.measure_callback.AddToDatabase()],
-        task_scheduler="round-robin",
-        space=ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[], mutator_probs={}),
-        strategy=ms.search_strategy.ReplayFunc(), seed=seed, num_tuning_cores=1,
-    )
+    with _unnamed_log_handlers_detached():
+        ms.tir_integration.tune_tir(
+            workload, target, work_dir, max_trials,
+            max_trials_per_task=max_trials, num_trials_per_iter=trials_per_iter,
+            builder=ArrayBuilder(), runner=runner, database=database, cost_model="random",
+            measure_callbacks=[ms.measure_callback.AddToDatabase()],
+            task_scheduler="round-robin",
+            space=ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[], mutator_probs={}),
+            strategy=ms.search_strategy.ReplayFunc(), seed=seed, num_tuning_cores=1,
+        )
     best, best_cuts, best_rows = _best_decisions(database, workload)
     best_est, _ = score(work, device, best, budget, cuts=best_cuts, rows=best_rows)
     arrays = {n: v for n, v in best.items() if isinstance(v, tuple)}
     lanes = {n: v for n, v in best.items() if isinstance(v, int)}
     return TuneResult(database, workload, base_secs, best_est.seconds(best_est.prefill_cycles), arrays,
                       runner.trials, runner.failed, lanes, best_cuts, work.cuts(), best_rows)
+
+
+@contextlib.contextmanager
+def _unnamed_log_handlers_detached():
+    """Meta-schedule's logger without its unnamed handlers while tuning. Why: TVM 0.27's
+    ``meta_schedule.logging.create_loggers`` lists that logger's handlers by name and
+    formats each name, so an unnamed one (pytest's log capture, a user's own) makes a
+    second tuning run in the process fail with an AttributeError."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 def _best_decisions(database, workload):
