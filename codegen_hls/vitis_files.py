@@ -353,8 +353,9 @@ def readme(design: Design, device: Device, placement: Placement) -> str:
         w.line()
         w.line(
             "A weight striped over several ports (`<weight>_s<c>`, one HBM bank each) takes, in "
-            "each port's file, its stripe of the `[K, N]` weight, tile after tile: of every tile "
-            "of `C x g` columns, the `g` columns from `c x g` of each of the `K` rows, zeros past column `N` "
+            "each port's file, its stripe of the `[K, N]` weight, tile after tile: of every "
+            "tile of `C x g` columns, the `g` columns from `c x g` of each of the `K` rows, "
+            "zeros past column `N` "
             "(`codegen_hls.design.Port.from_argument` writes it; `C`, `g`, `N` per port: "
             + "; ".join(f"`{p.name}`: C={p.stripe[1]}, g={p.stripe[2]}, N={p.stripe[3]}" for p in striped[:4])
             + ("; ..." if len(striped) > 4 else "") + ")."

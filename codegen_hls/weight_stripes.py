@@ -35,7 +35,8 @@ MIN_STRIPE_COLUMNS = 8
 def stripes_fit(array: "MacArray", m: int, n: int, channels: int) -> bool:
     """Whether ``channels`` stripes fit the column tile ``array`` works through on an
     ``m x n`` output: they divide its width, ``MIN_STRIPE_COLUMNS`` or more each. The
-    codegen (:func:`weight_stripes`) and the allocation (``tvm_spatial.estimate.allocation.realizable_channels``) both ask this."""
+    codegen (:func:`weight_stripes`) and the allocation
+    (``tvm_spatial.estimate.allocation.realizable_channels``) both ask this."""
     tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
     return tile.cols % channels == 0 and tile.cols // channels >= MIN_STRIPE_COLUMNS
 

@@ -210,12 +210,13 @@ def _same_literal_in_every_repeat(mod: tvm.IRModule, bindings, run: Run, k: int,
     func = mod[first.op]
     if not (isinstance(func, relax.Function) and uses_fold_into_literals(func, func.params[a])):
         return False
-    want = value.value.numpy()
-    return all(
-        (lambda other: is_scalar_constant(other) and str(other.ty.dtype) == str(value.ty.dtype)
-         and other.value.numpy().tobytes() == want.tobytes())(bindings[run.index(r, k)].value.args[a])
-        for r in range(1, run.count)
-    )
+    return all(_same_scalar(value, bindings[run.index(r, k)].value.args[a]) for r in range(1, run.count))
+
+
+def _same_scalar(a, b) -> bool:
+    """Two 0-d constants of one type and one value (bit for bit)."""
+    return (is_scalar_constant(b) and str(a.ty.dtype) == str(b.ty.dtype)
+            and a.value.numpy().tobytes() == b.value.numpy().tobytes())
 
 
 def outline_layers(mod: tvm.IRModule) -> tvm.IRModule:
