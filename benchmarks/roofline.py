@@ -20,6 +20,7 @@ Usage: python benchmarks/roofline.py [--onnx gpt2_small.onnx] [--device u280] [-
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def main() -> None:
     from tvm_spatial.errors import ResourceBudgetError
     from tvm_spatial.estimate import allocate, allocate_for_codegen, design_from_onnx, design_work
 
-    console = Console()
+    # piped to a file, rich would wrap the 11 columns at 80 characters and cut the figures
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.onnx) if args.onnx else None
         if path is None:
