@@ -47,10 +47,11 @@ def test_w4a8_counts_macs_and_half_the_weight_bytes(designs):
         assert (mm.batch, mm.m, mm.n, mm.k) == (ref.batch, ref.m, ref.n, ref.k)  # outputs, not bytes
         assert mm.macs == ref.macs and mm.packed == 2 and ref.packed == 1
         assert (mm.a_dtype, mm.b_dtype) == ("int8", "int4") and costs.mac_class("int8", "int4") == "int4xint8"
-        # the weight port holds K x N/2 bytes
+        # the weight, through one port or striped over several, is K x N/2 bytes
         ports = {pt.name: pt for k in designs["w4a8"].kernels for pt in k.ports}
         proc = next(q for k in designs["w4a8"].kernels for q in k.processes if q.name == p.name)
-        assert tuple(ports[proc.weight_port].shape) == (mm.k, mm.n // 2)
+        for name in proc.weight_stripes or (proc.weight_port,):
+            assert tuple(ports[name].arg_shape) == (mm.k, mm.n // 2) and ports[name].dtype == "int8"
     e8 = tvm_spatial.estimate(designs["w8a8"])
     e4 = tvm_spatial.estimate(designs["w4a8"])
     weights8 = sum(p.matmul.k * p.matmul.n for p in w8.values())  # one byte per int8 weight

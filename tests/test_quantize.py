@@ -110,7 +110,8 @@ def test_w4a8_weights_are_packed_and_use_dsp_packing(rng):
     ex = build_spatial(q)
     kernel = tvm_spatial.design_of(ex).kernels[0]
     weight_ports = [p for p in kernel.ports if p.direction == "in" and p.dtype == "int8"]
-    assert [p.shape for p in weight_ports] == [(k, n // 2)]  # two 4-bit weights per byte
+    # two 4-bit weights per byte (whole, or in the stripes the allocation read it through)
+    assert weight_ports and {p.arg_shape for p in weight_ports} == {(k, n // 2)}
     plan = packing_plan(k)
     src = kernel.source
     assert "ap_int<4>" in src

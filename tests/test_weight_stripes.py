@@ -284,3 +284,36 @@ def test_channels_cap_the_stripes_the_allocation_takes():
     with pytest.raises(tvm_spatial.UsageError, match="channels"):
         with tvm_spatial.allocation(channels=-1):
             pass
+
+
+def test_a_packed_w4a8_weight_is_striped_in_packed_columns():
+    """A W4A8 weight (two 4-bit weights per byte, ``[K, N/2]``) stripes over its packed
+    columns: the build with stripes equals TVM's llvm build and, bit for bit, the build
+    without; the model reads the stripes' channels back."""
+    rng = np.random.default_rng(11)
+    x = relax.Var("x", relax.TensorType([16, 64], "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = relax.const((rng.standard_normal((64, 256)) * 0.2).astype("float32"))
+            out = bb.emit_output(relax.op.matmul(x, w))
+        bb.emit_func_output(out)
+    inputs = [rng.standard_normal((16, 64)).astype("float32")]
+    quantized = tvm_spatial.quantize(bb.get(), "w4a8", [{"x": inputs[0]}])
+    with tvm_spatial.allocation("default"):
+        name = tvm_spatial.design_of(relax.build(quantized, target="vitis_spatial")).kernels[0].processes[0].name
+    with tvm_spatial.allocation(arrays={name: (2, 32, 4)}):
+        ex, got = build_and_compare(quantized, inputs)
+    with tvm_spatial.allocation(arrays={name: (2, 32)}):
+        plain = relax.build(quantized, target="vitis_spatial")
+    from helpers import run_vm
+
+    assert all(np.array_equal(a, b) for a, b in zip(got, run_vm(plain, inputs)))
+    (kernel,) = tvm_spatial.design_of(ex).kernels
+    proc = next(p for p in kernel.processes if p.name == name)
+    assert proc.packed == 2 and len(proc.weight_stripes) == 4
+    stripes = [p for p in kernel.ports if p.name in proc.weight_stripes]
+    # a tile of 64 packed columns (the array's 32, twice) over 4 stripes of 16 bytes each
+    assert {p.dtype for p in stripes} == {"int8"} and {p.arg_shape for p in stripes} == {(64, 128)}
+    assert {p.shape[-1] for p in stripes} == {proc.tile[1] // 4}
+    assert realized_config(tvm_spatial.design_of(ex)).of(name, True).channels == 4

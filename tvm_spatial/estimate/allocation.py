@@ -126,12 +126,13 @@ def _half_step(size: int) -> int:
 
 def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
     """The channels the codegen realizes for a process's weight
-    (``codegen_hls.weight_stripes``): for a matmul whose weight is off-chip and unpacked, ``par.channels``
-    if they divide the width of the tile its realized array works in, else the largest
+    (``codegen_hls.weight_stripes``): for a matmul whose weight is off-chip, ``par.channels``
+    if they divide the width of the tile its realized array works in (a packed W4A8
+    weight's: in packed columns, two weights per byte), else the largest
     power of two below that does; 1 for any other process (its ports are read through one
     channel each)."""
     mm = p.matmul
-    if par.channels <= 1 or mm is None or not mm.b_offchip or mm.packed > 1 or mm.batch != 1:
+    if par.channels <= 1 or mm is None or not mm.b_offchip or mm.batch != 1:
         return 1
     from codegen_hls.library import MacArray
     from codegen_hls.weight_stripes import stripes_fit
@@ -139,9 +140,11 @@ def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
     if block and p.separable and block < mm.m:  # its stages see one block of rows
         mm = replace(mm, m=block)
     rows, cols = realizable_array(mm, par.rows, par.cols)
-    array = MacArray(rows, cols, costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)].latency)
+    latency = costs.MAC_COSTS["int8" if mm.packed > 1 else costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
+    # a packed weight's array and stripes are over its packed columns (see realizable_array)
+    array = MacArray(rows, cols // mm.packed, latency)
     channels = par.channels
-    while channels > 1 and not stripes_fit(array, mm.m, mm.n, channels):
+    while channels > 1 and not stripes_fit(array, mm.m, mm.n // mm.packed, channels):
         channels //= 2
     return channels
 
