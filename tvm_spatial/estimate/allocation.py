@@ -95,14 +95,20 @@ def _fits(use: Resources, cap: dict) -> bool:
     return all(use.get(r) <= cap[r] for r in RESOURCES)
 
 
-def realizable_array(mm, rows: int, cols: int) -> tuple[int, int]:
-    """The MAC array the codegen realizes for a requested one (``codegen_hls.library.MacArray``)."""
+def _array_as_coded(mm, rows: int, cols: int):
+    """(the ``codegen_hls.library.MacArray`` of ``rows x cols`` outputs as the codegen builds
+    it, the output width it tiles): over packed columns for a packed W4A8 weight, two
+    outputs each, with int8's accumulate latency (see Matmul.packed)."""
     from codegen_hls.library import MacArray
 
-    latency = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
-    if mm.packed > 1:  # the codegen's array is over packed columns (see Matmul.packed)
-        latency = costs.MAC_COSTS["int8"].latency
-    real = MacArray(rows, max(1, cols // mm.packed), latency).tile(mm.m, mm.n // mm.packed)[1]
+    latency = costs.MAC_COSTS["int8" if mm.packed > 1 else costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
+    return MacArray(rows, max(1, cols // mm.packed), latency), mm.n // mm.packed
+
+
+def realizable_array(mm, rows: int, cols: int) -> tuple[int, int]:
+    """The MAC array the codegen realizes for a requested one (``codegen_hls.library.MacArray``)."""
+    array, width = _array_as_coded(mm, rows, cols)
+    real = array.tile(mm.m, width)[1]
     return real.rows, real.cols * mm.packed
 
 
@@ -134,17 +140,14 @@ def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
     mm = p.matmul
     if par.channels <= 1 or mm is None or not mm.b_offchip or mm.batch != 1:
         return 1
-    from codegen_hls.library import MacArray
     from codegen_hls.weight_stripes import stripes_fit
 
     if block and p.separable and block < mm.m:  # its stages see one block of rows
         mm = replace(mm, m=block)
-    rows, cols = realizable_array(mm, par.rows, par.cols)
-    latency = costs.MAC_COSTS["int8" if mm.packed > 1 else costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
-    # a packed weight's array and stripes are over its packed columns (see realizable_array)
-    array = MacArray(rows, cols // mm.packed, latency)
+    # a packed weight's array and stripes are over its packed columns
+    array, width = _array_as_coded(mm, *realizable_array(mm, par.rows, par.cols))
     channels = par.channels
-    while channels > 1 and not stripes_fit(array, mm.m, mm.n // mm.packed, channels):
+    while channels > 1 and not stripes_fit(array, mm.m, width, channels):
         channels //= 2
     return channels
 
