@@ -130,7 +130,11 @@ def test_policy_default_and_overrides():
     # a placement survives the trip through RunCodegen's JSON options and reaches the layout
     placed = AllocationPolicy.from_json(AllocationPolicy(placement=((name, 2),), slrs=3).to_json())
     assert placed.placement == ((name, 2),)
-    assert choose_layout(funcs, "u280", host_ops, placed).placement == {name: 2}
+    layout = choose_layout(funcs, "u280", host_ops, placed)
+    # a placement asked for is kept as asked (no SLR cuts searched), the rest split by work
+    asked = plan_design(funcs, "u280", host_ops, slrs=3, placement={name: 2})
+    assert layout.placement == {p.name: p.slr for k in asked.kernels for p in k.processes}
+    assert layout.placement[name] == 2
     with tvm_spatial.allocation("default", arrays={name: (4, 8)}) as current:
         assert tvm_spatial.tuning.current_policy() is current
     assert tvm_spatial.tuning.current_policy().mode == "model"
@@ -150,7 +154,8 @@ def test_device_comes_from_the_target_tag():
     assert units(narrow) < units(wide)
     for key in ("u250", "u55c"):
         layout = choose_layout(funcs, key, host_ops, AllocationPolicy())
-        design = build_design(funcs, key, host_ops, arrays=layout.arrays, slrs=layout.slrs, rows=layout.rows)
+        design = build_design(funcs, key, host_ops, arrays=layout.arrays, slrs=layout.slrs,
+                              placement=layout.placement, rows=layout.rows)
         est = tvm_spatial.estimate(design)
         assert est.device.key == key and est.max_slr_utilization[0] <= 0.85 + 1e-9
 
@@ -243,7 +248,8 @@ def test_slrs_fit_first_takes_the_fewest_slrs_that_cost_no_speed():
               .estimate.prefill_cycles for n in range(1, dev.slrs + 1)}
     layout = choose_layout(funcs, "u280", host_ops, AllocationPolicy())
     assert layout.slrs == min(n for n, c in cycles.items() if c <= min(cycles.values()) * (1 + SLR_SLACK))
-    design = build_design(funcs, "u280", host_ops, arrays=layout.arrays, slrs=layout.slrs, rows=layout.rows)
+    design = build_design(funcs, "u280", host_ops, arrays=layout.arrays, slrs=layout.slrs,
+                          placement=layout.placement, rows=layout.rows)
     assert {p.slr for k in design.kernels for p in k.processes} == set(range(layout.slrs))
     assert len(design.vitis_kernels()) == (layout.slrs if layout.slrs > 1 else 1)
     assert tvm_spatial.estimate(design).max_slr_utilization[0] <= 0.85 + 1e-9

@@ -136,13 +136,13 @@ def test_every_weight_has_its_own_port_and_bundle(built):
 
 
 def test_processes_are_spread_over_the_slrs(built):
-    """Over as many SLRs as the allocation chose (fewest that cost no speed: test_allocation),
-    from SLR0 on, in contiguous regions of balanced work."""
+    """Over several SLRs (the fewest that cost no speed: test_allocation), in contiguous
+    segments in SLR order along the dataflow, cut where the model's allocation is fastest
+    (test_placement), each segment its own Vitis kernel."""
     _, ex, *_ = built
     design = tvm_spatial.design_of(ex)
-    processes = layer_kernel(design).processes
-    slrs = [p.slr for p in processes]
+    kernel = layer_kernel(design)
+    slrs = [p.slr for p in kernel.processes]
     assert slrs == sorted(slrs), "SLR regions are contiguous along the dataflow"
-    assert set(slrs) == set(range(len(set(slrs)))) and len(set(slrs)) <= tvm_spatial.get_device(design.device).slrs
-    work = [sum(p.work for p in processes if p.slr == s) for s in sorted(set(slrs))]
-    assert max(work) <= 2 * min(work), work
+    assert 1 < len(set(slrs)) <= tvm_spatial.get_device(design.device).slrs
+    assert [seg.slr for seg in kernel.segments] == sorted(set(slrs))

@@ -55,6 +55,12 @@ class Allocation:
     def factors(self) -> dict[str, Parallelism]:
         return dict(self.config.parallelism)
 
+    @property
+    def placement(self) -> dict[str, int]:
+        """Process name -> the SLR it was allocated on (what ``build_design(placement=...)``
+        takes to print the design this allocation estimates)."""
+        return {p.name: p.slr for p in self.estimate.processes}
+
     def matmul_tilings(self) -> dict[str, tuple[int, ...]]:
         """Process name -> (rows, cols) of each matmul's MAC array, and its weight's channels
         when more than one: what the codegen realizes (``codegen_hls.library.MacArray``) and
@@ -256,15 +262,20 @@ class _Chain:
 
 def _allocate_block(work: DesignWork, device: Device, block: int | None, budget: float, clock: float,
                     max_channels: int | None = None, max_lanes: int | None = None, realize=None,
-                    realize_lanes=None, realize_channels=None):
+                    realize_lanes=None, realize_channels=None, memo: dict | None = None):
     caps = [{r: device.slr(i).get(r) * budget for r in RESOURCES} for i in range(device.slrs)]
     use = _stream_use(work, device, block)
+    # (process, its parallelism) -> [(next parallelism, its estimate)]; shared through
+    # ``memo`` by allocations of the same processes on other SLRs (see allocate)
+    steps: dict = {} if memo is None else memo.setdefault(block, {})
     pars: dict[str, Parallelism] = {}
     ests = {}
     for p in work.processes:
         par = Parallelism(rows=1, cols=1) if p.matmul is not None else Parallelism()
-        est = process_estimate(p, par, device, clock, block)
-        pars[p.name], ests[p.name] = par, est
+        if (p.name, None) not in steps:
+            steps[p.name, None] = process_estimate(p, par, device, clock, block)
+        pars[p.name], ests[p.name] = par, steps[p.name, None]
+        est = ests[p.name]
         slr = min(p.slr, device.slrs - 1)
         use[slr] = use[slr] + est.resources
     for i, u in enumerate(use):
@@ -287,17 +298,27 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
     n_blocks = math.ceil(max(1, work.tokens) / max(1, min(block or work.tokens, max(1, work.tokens))))
     chain = _Chain(work, ests, n_blocks)
 
+    def grown(name):
+        """The steps a process can take from where it is, with their estimates: they depend
+        on nothing else, so each is worked out once however often the heap asks."""
+        key = (name, pars[name])
+        if key not in steps:
+            p, out = by_name[name], []
+            for cand in _grow(p, pars[name], ests[name], channels, max_lanes, realize, realize_lanes, block):
+                if realize_channels is not None:  # the channels its (new) array can take
+                    cand = replace(cand, channels=realize_channels(p, cand, block))
+                    if cand == pars[name]:
+                        continue
+                out.append((cand, process_estimate(p, cand, device, clock, block)))
+            steps[key] = out
+        return steps[key]
+
     def moves(name):
         """(merit, candidate, estimate, new SLR use) of each step that fits, best first."""
         p = by_name[name]
         slr = min(p.slr, device.slrs - 1)
         out = []
-        for cand in _grow(p, pars[name], ests[name], channels, max_lanes, realize, realize_lanes, block):
-            if realize_channels is not None:  # the channels its (new) array can take
-                cand = replace(cand, channels=realize_channels(p, cand, block))
-                if cand == pars[name]:
-                    continue
-            est = process_estimate(p, cand, device, clock, block)
+        for cand, est in grown(name):
             saved = chain.saved(name, est.block_cycles)
             if saved <= 0:
                 continue
@@ -351,7 +372,7 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
 def allocate(
     work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET, blocks=None,
     clock_mhz: float | None = None, max_channels: int | None = None, max_lanes: int | None = None,
-    realize=None, realize_lanes=None, realize_channels=None,
+    realize=None, realize_lanes=None, realize_channels=None, memo: dict | None = None,
 ) -> Allocation:
     """Choose every process's parallelism (and the token block) for the fastest prefill
     within ``budget`` of each SLR resource. Raises :class:`ResourceBudgetError` if even the
@@ -360,7 +381,12 @@ def allocate(
     ``blocks``, ``max_channels``, ``max_lanes``, ``realize`` (``(matmul, rows, cols) ->
     (rows, cols)`` actually built) and ``realize_lanes`` (``(process, lanes) -> lanes``
     actually built) restrict the choice to what a code generator realizes:
-    :func:`allocate_for_codegen` is the allocation ``relax.build`` applies."""
+    :func:`allocate_for_codegen` is the allocation ``relax.build`` applies.
+
+    ``memo``: a dict shared by allocations of the same processes (same design, device and
+    limits) that differ only in the SLR each process is on -- what a process can grow to
+    and its estimate there do not depend on its SLR (``placement.search_placement`` makes
+    hundreds of such allocations)."""
     clock = clock_mhz or device.clock_mhz
     tokens = max(1, work.tokens)
     if blocks is None:
@@ -370,7 +396,7 @@ def allocate(
     for block in blocks:
         try:
             pars = _allocate_block(work, device, block, budget, clock, max_channels, max_lanes, realize,
-                                   realize_lanes, realize_channels)
+                                   realize_lanes, realize_channels, memo)
         except ResourceBudgetError as err:  # say the nearest miss (e.g. with the smallest blocks)
             if failure is None or err.needed / err.available < failure.needed / failure.available:
                 failure = err
@@ -422,18 +448,19 @@ def codegen_blocks(tokens: int) -> tuple:
 
 
 def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET,
-                         blocks=None, max_channels: int | None = None) -> Allocation:
+                         blocks=None, max_channels: int | None = None, memo: dict | None = None) -> Allocation:
     """The allocation ``relax.build(..., "vitis_spatial")`` applies: :func:`allocate`
     restricted to what the codegen realizes (``CODEGEN_LIMITS``, arrays as
     :func:`realizable_array`, weights striped as :func:`realizable_channels`), so the
     estimate of the built design equals this one.
     Blocks: ``blocks`` if given, else the design's own if it was built with token blocks
     (its loop nests are those of one block), else any of :func:`codegen_blocks`;
-    ``max_channels``: fewer ports per weight than ``CODEGEN_MAX_CHANNELS``."""
+    ``max_channels``: fewer ports per weight than ``CODEGEN_MAX_CHANNELS``; ``memo``: as
+    :func:`allocate`'s."""
     blocks = blocks or ((work.block,) if work.block else codegen_blocks(work.tokens))
     limits = dict(CODEGEN_LIMITS, max_channels=min(max_channels or CODEGEN_MAX_CHANNELS, CODEGEN_MAX_CHANNELS))
     return allocate(work, device, budget=budget, realize=realizable_array, realize_lanes=realizable_lanes,
-                    realize_channels=realizable_channels, blocks=blocks, **limits)
+                    realize_channels=realizable_channels, blocks=blocks, memo=memo, **limits)
 
 
 def realized_config(design) -> ModelConfig:

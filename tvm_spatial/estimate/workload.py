@@ -94,6 +94,7 @@ class StreamWork:
     elements: int
     slr: int
     producer: str = ""  # the process writing it (its SLR is the stream's)
+    consumer: str = ""  # the process reading it (on another SLR: an AXI-stream link)
     per_block: bool = False  # a what-if (DesignWork.streaming): as deep as one token block of it
 
 
@@ -407,7 +408,7 @@ def design_work(design) -> DesignWork:
         for s in kernel.streams:
             # a transfer of ``width`` elements per FIFO word; depth in transfers
             streams.append(StreamWork(s.name, dtype_bits(s.dtype) * s.width, s.depth, s.elements,
-                                      slr_of.get(s.producer, 0), s.producer))
+                                      slr_of.get(s.producer, 0), s.producer, s.consumer))
     linears = [p.matmul.m for p in processes if p.matmul is not None and p.matmul.b_offchip]
     tokens = max(linears, default=1)
     procs = []

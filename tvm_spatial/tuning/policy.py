@@ -39,6 +39,12 @@ scarce super long lines, and a design split for no speed gain pays for it in rou
 timing. The other modes (library arrays, explicit arrays, tuned records) keep the
 processes spread over every SLR, as they were tuned or written for.
 
+Then the SLR cuts, by the model: on the SLRs fit first chose, each kernel's chain of
+processes is cut where the allocation is fastest, not where the work balances
+(:mod:`tvm_spatial.estimate.placement`; GPT2-small, fp32: 151.2 -> 109.2 ms). Not when the
+SLRs or a placement are given (``allocation(slrs=N)``, ``allocation(placement=...)``):
+those are kept as asked, the rest split by work.
+
 A design that does not fit the card even at the smallest arrays (GPT2-small in fp32 with
 every layer unrolled: its held K and V, streams and buffers need 324 URAM on SLR0 of the
 272 allowed; with one layer reused it fits, and "auto" takes that) is still built for emulation with whole tensors, the library's default arrays and a
@@ -168,7 +174,8 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
 class Layout:
     """What the codegen is told: each matmul's MAC array and every other process's lanes
     (None: the library's), how many SLRs the processes are spread over (None: all), and
-    the SLR of processes placed otherwise than the work-balanced split (tuned cuts)."""
+    the SLR of processes the codegen must not place by its work-balanced split (the
+    model's cuts, tuned cuts, or a user's placement)."""
 
     arrays: dict | None
     slrs: int | None
@@ -211,6 +218,24 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
                    placement=dict(layout.placement))
 
 
+def tuning_allocation(funcs, device: str, host_ops, policy: AllocationPolicy):
+    """The model's allocation of the design tuning plans (``tuner.plan_module``), within
+    ``policy``'s SLRs, budget and channels whatever its mode (None: nothing fits)."""
+    try:
+        return allocate_planned(funcs, device, host_ops, policy.slrs or None, dict(policy.placement) or None,
+                                policy.budget, channels=policy.channels or None)
+    except ResourceBudgetError:
+        return None
+
+
+def tuning_placement(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict:
+    """Process name -> SLR of the design tuning plans: its allocation's placement, the
+    policy's own on top. A tuning record's SLR cuts are moves from there, so a build looks
+    its records up on this plan."""
+    alloc = tuning_allocation(funcs, device, host_ops, policy)
+    return {**(alloc.placement if alloc else {}), **dict(policy.placement)}
+
+
 def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tuple[Layout, str | None]:
     """:func:`choose_layout`, uncached: (the layout, the over-budget warning to give, if any)."""
     from codegen_hls.kernel import plan_design
@@ -232,17 +257,18 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
     if database is not None:
         from .tuner import tuned_layout
 
-        tuned = tuned_layout(database, plan_design(funcs, device, host_ops, slrs=forced))
+        default = tuning_placement(funcs, device, host_ops, policy)
+        tuned = tuned_layout(database, plan_design(funcs, device, host_ops, slrs=forced, placement=default))
         if tuned is not None:
             table, placement, tuned_rows = tuned
-            return Layout({**table, **overrides}, forced, {**placement, **placed}, rows or tuned_rows), None
+            return Layout({**table, **overrides}, forced, {**default, **placement, **placed}, rows or tuned_rows), None
     if policy.mode != "model":
         return Layout(overrides, forced, placed, rows), None
     fitted, failure = {}, None
     for count in [forced] if forced else range(1, dev.slrs + 1):
         try:
-            fitted[count] = allocate_planned(funcs, device, host_ops, count, placed, policy.budget, rows,
-                                             policy.channels or None)
+            fitted[count] = _allocate_split(funcs, device, host_ops, count, placed, policy.budget, rows,
+                                            policy.channels or None)
         except ResourceBudgetError as err:
             failure = err  # the last (most SLRs) failure names the tightest resource
     if not fitted:
@@ -252,10 +278,14 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
         return Layout(overrides or None, forced, placed, rows), (
             f"vitis_spatial: the design does not fit, so the allocation is not applied "
             f"(the library's default arrays are used): {failure}")
-    fastest = min(a.estimate.prefill_cycles for a in fitted.values())
-    count = min(n for n, a in fitted.items() if a.estimate.prefill_cycles <= fastest * (1 + SLR_SLACK))
-    return Layout({**fitted[count].codegen_table(), **overrides}, count, placed, fitted[count].config.block,
-                  fitted[count].estimate), None
+    fastest = min(a.estimate.prefill_cycles for a, _ in fitted.values())
+    count = min(n for n, (a, _) in fitted.items() if a.estimate.prefill_cycles <= fastest * (1 + SLR_SLACK))
+    chosen, work = fitted[count]
+    if not placed and not forced:  # the model moves the SLR cuts, on as many SLRs as fit first chose
+        chosen = _with_searched_placement(chosen, work, funcs, device, host_ops, count, policy.budget,
+                                          policy.channels or None)
+    return Layout({**chosen.codegen_table(), **overrides}, count, {**chosen.placement, **placed}, chosen.config.block,
+                  chosen.estimate), None
 
 
 def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None):
@@ -284,7 +314,9 @@ def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None
         from .tuner import tuned_layout
 
         for part in (reused, unrolled):
-            planned = plan_design(regions[id(part)], device, host_operators(part), slrs=policy.slrs or None)
+            funcs, host_ops = regions[id(part)], host_operators(part)
+            planned = plan_design(funcs, device, host_ops, slrs=policy.slrs or None,
+                                  placement=tuning_placement(funcs, device, host_ops, policy))
             if tuned_layout(database, planned) is not None:
                 return part
     if policy.mode != "model" or policy.arrays or policy.lanes or policy.placement:
@@ -304,14 +336,60 @@ BLOCKS_PLANNED = 2  # token blocks planned and allocated in their blocks (the be
 
 
 def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None,
-                     budget: float = DEFAULT_BUDGET, rows: int | None = None, channels: int | None = None):
+                     budget: float = DEFAULT_BUDGET, rows: int | None = None, channels: int | None = None,
+                     search: bool = True):
     """The allocation for a build, on the plan the build will print: the token blocks are
     ranked on the whole-tensor plan (or the block is ``rows``), then the design is planned
     in the best ``BLOCKS_PLANNED`` of them -- a blocked stage's loop nests are not quite a
     slice of the whole one's (a 16-token epilogue becomes two 8-token ones) -- and
     allocated again for them; the faster wins, so the built design's estimate equals this
     allocation's. (With weights striped over channels, blocks of 16 and 32 came within a
-    few per cent on GPT2-small's whole plan, and the first was 8 % slower in its blocks.)"""
+    few per cent on GPT2-small's whole plan, and the first was 8 % slower in its blocks.)
+    Then, unless ``slrs`` or ``placement`` is given or ``search`` is off, the SLR cuts of
+    every kernel are chosen with the model (:mod:`tvm_spatial.estimate.placement`) and the
+    design is planned and allocated again on them; ``Allocation.placement`` says where each
+    process went."""
+    alloc, work = _allocate_split(funcs, device, host_ops, slrs, placement, budget, rows, channels)
+    if slrs or placement or not search:
+        return alloc
+    return _with_searched_placement(alloc, work, funcs, device, host_ops, slrs, budget, channels)
+
+
+def _with_searched_placement(alloc, work, funcs, device: str, host_ops, slrs, budget, channels):
+    """``alloc`` (made on the planned ``work``) with its SLR cuts chosen by the model: the
+    design planned and allocated again on the placement :func:`search_placement` finds,
+    if that is faster."""
+    from codegen_hls.kernel import plan_design
+
+    from ..devices import get_device
+    from ..estimate import allocate_for_codegen, design_work
+    from ..estimate.placement import search_placement
+
+    dev = get_device(device)
+    count = slrs or dev.slrs
+    if count < 2:
+        return alloc
+    block = alloc.config.block
+    memo: dict = {}  # the candidates are the same processes on other SLRs
+
+    def prefill(candidate):
+        return allocate_for_codegen(candidate, dev, budget=budget, blocks=(block,), max_channels=channels,
+                                    memo=memo).estimate.prefill_cycles
+
+    chosen = search_placement(work, count, prefill)
+    if chosen == {p.name: p.slr for p in work.processes}:
+        return alloc
+    placed = design_work(plan_design(funcs, device, host_ops, slrs=slrs, placement=chosen, rows=block))
+    try:
+        moved = allocate_for_codegen(placed, dev, budget=budget, blocks=(block,), max_channels=channels)
+    except ResourceBudgetError:
+        return alloc
+    return moved if moved.estimate.prefill_cycles < alloc.estimate.prefill_cycles else alloc
+
+
+def _allocate_split(funcs, device: str, host_ops, slrs, placement, budget, rows, channels):
+    """:func:`allocate_planned` on the work-balanced SLR split (or ``placement``): (the
+    allocation, the planned work it was made on)."""
     from codegen_hls.kernel import plan_design
 
     from ..devices import get_device
@@ -321,10 +399,10 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
     dev = get_device(device)
     work = design_work(plan_design(funcs, device, host_ops, slrs=slrs, placement=placement))
     if rows and rows >= work.tokens:  # asked for blocks as long as the sequence: whole tensors
-        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,), max_channels=channels)
+        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,), max_channels=channels), work
     if rows:
-        blocked = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement, rows=rows)
-        return allocate_for_codegen(design_work(blocked), dev, budget=budget, max_channels=channels)
+        blocked = design_work(plan_design(funcs, device, host_ops, slrs=slrs, placement=placement, rows=rows))
+        return allocate_for_codegen(blocked, dev, budget=budget, max_channels=channels), blocked
     # rank the blocks on the whole-tensor plan, then plan the best two in their blocks: the
     # whole plan's nests only approximate a blocked one's, and two blocks can be close
     ranked, failure = [], None
@@ -339,17 +417,18 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
     best = None
     for candidate in ranked[:BLOCKS_PLANNED]:
         if candidate.config.block is None:
-            found = candidate
+            found, planned = candidate, work
         else:
-            blocked = plan_design(funcs, device, host_ops, slrs=slrs, placement=placement, rows=candidate.config.block)
+            planned = design_work(plan_design(funcs, device, host_ops, slrs=slrs, placement=placement,
+                                              rows=candidate.config.block))
             try:
-                found = allocate_for_codegen(design_work(blocked), dev, budget=budget, max_channels=channels)
+                found = allocate_for_codegen(planned, dev, budget=budget, max_channels=channels)
             except ResourceBudgetError:
                 continue  # the blocked plan splits the SLRs a little otherwise, and no longer fits
-        if best is None or found.estimate.prefill_cycles < best.estimate.prefill_cycles:
-            best = found
+        if best is None or found.estimate.prefill_cycles < best[0].estimate.prefill_cycles:
+            best = found, planned
     if best is None:  # none of them fits in its blocks: whole tensors do
-        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,), max_channels=channels)
+        return allocate_for_codegen(work, dev, budget=budget, blocks=(None,), max_channels=channels), work
     return best
 
 

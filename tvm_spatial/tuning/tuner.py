@@ -13,9 +13,10 @@ How it maps onto meta-schedule:
   (``tvm_spatial.estimate.allocation.realizable_array``) picks rows and cols, or over the
   lanes it realizes (``realizable_lanes``), which are annotated on the process's sblock.
   A kernel spread over several SLRs also has an sblock whose annotations are its SLR cuts
-  (where in its chain of processes the next SLR begins): the default split balances the
-  chain's work, and moving a cut (then re-running the greedy allocation on the new
-  placement) is the other kind of move. One more sblock records the token block the
+  (where in its chain of processes the next SLR begins): the default split is the
+  build's (``tvm_spatial.estimate.placement``: where the greedy allocation is fastest),
+  and moving a cut (then re-running the greedy allocation on the new placement) is the
+  other kind of move. One more sblock records the token block the
   row-wise processes stream in: the greedy allocation's, fixed while tuning (the plan's
   loop nests are those of that block). The distribution is centred on the best design
   found so far (first: the model's greedy allocation), so ``ReplayFunc`` performs a local
@@ -323,8 +324,6 @@ class ArraySpace:
     def _greedy_table(self, cuts: dict) -> dict | None:
         """The greedy allocation's arrays and lanes with the processes placed by ``cuts``
         (None: even the smallest design does not fit that placement)."""
-        from ..errors import ResourceBudgetError
-
         return self._greedy_allocation(cuts)[0]
 
     def _greedy_allocation(self, cuts: dict) -> tuple[dict | None, float]:
@@ -532,7 +531,7 @@ class TuneResult:
     failed: int
     best_lanes: dict = field(default_factory=dict)  # process name -> lanes of the others
     best_cuts: dict = field(default_factory=dict)  # kernel -> its SLR cuts (kernels over several SLRs)
-    baseline_cuts: dict = field(default_factory=dict)  # the work-balanced split's
+    baseline_cuts: dict = field(default_factory=dict)  # the plan's (the build's split)
     rows: int | None = None  # tokens per block of the row-wise processes (the greedy allocation's)
 
 
@@ -653,12 +652,17 @@ def plan_module(mod: tvm.IRModule, device: str = "u280"):
     from relax_passes import host_operators, offloaded_regions
 
     from ..pipeline import check_static_shapes
-    from .policy import allocate_planned, current_policy, partition_for_build
+    from .policy import current_policy, partition_for_build, tuning_allocation
 
     check_static_shapes(mod)
     # the partition relax.build would choose without tuned records (layers reused or not)
-    part = partition_for_build(mod, get_device(device).key, replace(current_policy(), use_database=False))
+    policy = replace(current_policy(), use_database=False)
+    part = partition_for_build(mod, get_device(device).key, policy)
     funcs = offloaded_regions(part)
     key, host_ops = get_device(device).key, host_operators(part)
-    rows = allocate_planned(funcs, key, host_ops).config.block
-    return part, plan_design(funcs, key, host_ops, rows=rows)
+    alloc = tuning_allocation(funcs, key, host_ops, policy)
+    if alloc is None:  # nothing fits: the work-balanced split, whole tensors (tuning will say it does not fit)
+        return part, plan_design(funcs, key, host_ops, slrs=policy.slrs or None)
+    placement = {**alloc.placement, **dict(policy.placement)}
+    return part, plan_design(funcs, key, host_ops, slrs=policy.slrs or None, rows=alloc.config.block,
+                             placement=placement)
