@@ -52,6 +52,14 @@ def test_split_labels_reads_cuts_as_where_the_next_slr_begins():
     assert split_labels((3, 3), 5) == (0, 0, 0, 2, 2)  # SLR1 empty
 
 
+def test_crossings_count_the_slr_boundaries_each_stream_passes():
+    work = _chain_work({"k0": 3}, 3)  # p0 on SLR0, p1 on SLR1, p2 on SLR2
+    assert [p.slr for p in work.processes] == [0, 1, 2]
+    assert crossings(work) == 2
+    assert crossings(work.with_placement({"k0_p1": 0})) == 2  # one stream from SLR0 to SLR2
+    assert crossings(work.with_placement({"k0_p0": 2, "k0_p1": 2})) == 0
+
+
 def _chain_work(chains: dict[str, int], slrs: int) -> DesignWork:
     """Kernels of ``chains[kernel]`` processes, each chain split evenly over ``slrs``, a
     stream between neighbours."""
@@ -202,6 +210,6 @@ def test_build_takes_the_searched_cuts_and_its_estimate():
     assert est.max_slr_utilization[0] <= 0.85 + 1e-9
     assert {p.name: p.slr for p in est.processes} == layout.placement
     work = design_work(design)
-    assert crossings(work) == sum(1 for k in design.kernels for s in k.streams
-                                  if layout.placement[s.producer] != layout.placement[s.consumer])
+    assert crossings(work) == sum(abs(layout.placement[s.producer] - layout.placement[s.consumer])
+                                  for k in design.kernels for s in k.streams)
     assert get_device("u280").slrs >= layout.slrs

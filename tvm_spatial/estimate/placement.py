@@ -16,8 +16,8 @@ linear moves to SLR2, away from the layers' busiest SLR.
 A split is only taken for a gain of at least ``MIN_GAIN``: every stream that crosses a
 cut is an AXI-stream link between two kernels over the scarce super long lines, which the
 model does not price, so a move that wins nearly nothing is not worth its wires. Among
-equally fast splits the one with fewer crossing streams wins, then the one nearest the
-work-balanced split.
+equally fast splits the one whose streams cross fewer SLR boundaries wins (a stream from
+SLR0 to SLR2 crosses two), then the one nearest the work-balanced split.
 """
 
 from __future__ import annotations
@@ -53,10 +53,11 @@ def chain_splits(length: int, slrs: int):
 
 
 def crossings(work: DesignWork) -> int:
-    """Streams whose producer and consumer are on different SLRs (each an AXI-stream link)."""
+    """SLR boundaries crossed by streams: a stream between SLR0 and SLR2 is an AXI-stream
+    link over the super long lines of both boundaries, so it counts twice."""
     slr = {p.name: p.slr for p in work.processes}
-    return sum(1 for s in work.streams
-               if s.producer in slr and s.consumer in slr and slr[s.producer] != slr[s.consumer])
+    return sum(abs(slr[s.producer] - slr[s.consumer]) for s in work.streams
+               if s.producer in slr and s.consumer in slr)
 
 
 def search_placement(work: DesignWork, slrs: int, score: Callable[[DesignWork], float]) -> dict[str, int]:
