@@ -17,7 +17,7 @@ import tvm_spatial
 from codegen_hls.kernel import build_design, plan_design
 from codegen_hls.library import DEFAULT_MATMUL_TILING, MacArray
 from tvm_spatial.devices import get_device
-from tvm_spatial.estimate import allocate_for_codegen, costs, design_work, estimate_work, realized_config
+from tvm_spatial.estimate import costs, design_work, estimate_work, realized_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -237,15 +237,15 @@ def test_a_build_allocates_each_partition_once(monkeypatch):
 
 
 def test_slrs_fit_first_takes_the_fewest_slrs_that_cost_no_speed():
-    """The rule, checked from the model directly: allocate the plan on 1, 2 and 3 SLRs; the
-    policy must take the fewest whose prefill is within SLR_SLACK of the fastest, and the
-    built design must use exactly that many SLRs within budget."""
-    from tvm_spatial.tuning.policy import SLR_SLACK, AllocationPolicy, choose_layout
+    """The rule: allocate the plan on 1, 2 and 3 SLRs (each with its SLR cuts searched by
+    the model, as the build does); the policy must take the fewest whose prefill is within
+    SLR_SLACK of the fastest, and the built design must use exactly that many SLRs within
+    budget."""
+    from tvm_spatial.tuning.policy import SLR_SLACK, AllocationPolicy, allocate_planned, choose_layout
 
     funcs, host_ops = _offloaded("gpt2_tiny")
     dev = get_device("u280")
-    cycles = {n: allocate_for_codegen(design_work(plan_design(funcs, "u280", host_ops, slrs=n)), dev)
-              .estimate.prefill_cycles for n in range(1, dev.slrs + 1)}
+    cycles = {n: allocate_planned(funcs, "u280", host_ops, n).estimate.prefill_cycles for n in range(1, dev.slrs + 1)}
     layout = choose_layout(funcs, "u280", host_ops, AllocationPolicy())
     assert layout.slrs == min(n for n, c in cycles.items() if c <= min(cycles.values()) * (1 + SLR_SLACK))
     design = build_design(funcs, "u280", host_ops, arrays=layout.arrays, slrs=layout.slrs,

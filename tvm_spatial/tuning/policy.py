@@ -39,11 +39,11 @@ scarce super long lines, and a design split for no speed gain pays for it in rou
 timing. The other modes (library arrays, explicit arrays, tuned records) keep the
 processes spread over every SLR, as they were tuned or written for.
 
-Then the SLR cuts, by the model: on the SLRs fit first chose, each kernel's chain of
-processes is cut where the allocation is fastest, not where the work balances
-(:mod:`tvm_spatial.estimate.placement`; GPT2-small, fp32: 151.2 -> 109.2 ms). Not when the
-SLRs or a placement are given (``allocation(slrs=N)``, ``allocation(placement=...)``):
-those are kept as asked, the rest split by work.
+The SLR cuts are the model's: on each count of SLRs, each kernel's chain of processes is
+cut where the allocation is fastest, not where the work balances
+(:mod:`tvm_spatial.estimate.placement`; GPT2-small, fp32: 151.2 -> 109.2 ms), and fit first
+compares those. Not when the SLRs or a placement are given (``allocation(slrs=N)``,
+``allocation(placement=...)``): those are kept as asked, the rest split by work.
 
 A design that does not fit the card even at the smallest arrays (GPT2-small in fp32 with
 every layer unrolled: its held K and V, streams and buffers need 324 URAM on SLR0 of the
@@ -221,9 +221,9 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
 def tuning_allocation(funcs, device: str, host_ops, policy: AllocationPolicy):
     """The model's allocation of the design tuning plans (``tuner.plan_module``), within
     ``policy``'s SLRs, budget and channels whatever its mode (None: nothing fits)."""
-    try:
+    try:  # SLRs asked for are kept as asked, as the build keeps them (_choose_layout)
         return allocate_planned(funcs, device, host_ops, policy.slrs or None, dict(policy.placement) or None,
-                                policy.budget, channels=policy.channels or None)
+                                policy.budget, channels=policy.channels or None, search=not policy.slrs)
     except ResourceBudgetError:
         return None
 
@@ -267,8 +267,10 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
     fitted, failure = {}, None
     for count in [forced] if forced else range(1, dev.slrs + 1):
         try:
-            fitted[count] = _allocate_split(funcs, device, host_ops, count, placed, policy.budget, rows,
-                                            policy.channels or None)
+            # the SLR cuts searched on each count before fit first compares them (BERT-base:
+            # 114.0 / 110.6 ms on 2 / 3 SLRs work-balanced; 110.9 / 91.2 ms searched)
+            fitted[count] = allocate_planned(funcs, device, host_ops, count, placed or None, policy.budget, rows,
+                                             policy.channels or None, search=not forced)
         except ResourceBudgetError as err:
             failure = err  # the last (most SLRs) failure names the tightest resource
     if not fitted:
@@ -278,12 +280,9 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
         return Layout(overrides or None, forced, placed, rows), (
             f"vitis_spatial: the design does not fit, so the allocation is not applied "
             f"(the library's default arrays are used): {failure}")
-    fastest = min(a.estimate.prefill_cycles for a, _ in fitted.values())
-    count = min(n for n, (a, _) in fitted.items() if a.estimate.prefill_cycles <= fastest * (1 + SLR_SLACK))
-    chosen, work = fitted[count]
-    if not placed and not forced:  # the model moves the SLR cuts, on as many SLRs as fit first chose
-        chosen = _with_searched_placement(chosen, work, funcs, device, host_ops, count, policy.budget,
-                                          policy.channels or None)
+    fastest = min(a.estimate.prefill_cycles for a in fitted.values())
+    count = min(n for n, a in fitted.items() if a.estimate.prefill_cycles <= fastest * (1 + SLR_SLACK))
+    chosen = fitted[count]
     return Layout({**chosen.codegen_table(), **overrides}, count, {**chosen.placement, **placed}, chosen.config.block,
                   chosen.estimate), None
 
@@ -345,12 +344,12 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
     allocated again for them; the faster wins, so the built design's estimate equals this
     allocation's. (With weights striped over channels, blocks of 16 and 32 came within a
     few per cent on GPT2-small's whole plan, and the first was 8 % slower in its blocks.)
-    Then, unless ``slrs`` or ``placement`` is given or ``search`` is off, the SLR cuts of
-    every kernel are chosen with the model (:mod:`tvm_spatial.estimate.placement`) and the
-    design is planned and allocated again on them; ``Allocation.placement`` says where each
-    process went."""
+    Then, unless ``placement`` is given or ``search`` is off, the SLR cuts of every kernel
+    (over ``slrs`` SLRs, default all) are chosen with the model
+    (:mod:`tvm_spatial.estimate.placement`) and the design is planned and allocated again
+    on them; ``Allocation.placement`` says where each process went."""
     alloc, work = _allocate_split(funcs, device, host_ops, slrs, placement, budget, rows, channels)
-    if slrs or placement or not search:
+    if placement or not search:
         return alloc
     return _with_searched_placement(alloc, work, funcs, device, host_ops, slrs, budget, channels)
 
