@@ -346,22 +346,21 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
     few per cent on GPT2-small's whole plan, and the first was 8 % slower in its blocks.)
     Then, unless ``placement`` is given or ``search`` is off, the SLR cuts of every kernel
     (over ``slrs`` SLRs, default all) are chosen with the model
-    (:mod:`tvm_spatial.estimate.placement`) and the design is planned and allocated again
-    on them; ``Allocation.placement`` says where each process went."""
+    (:mod:`tvm_spatial.estimate.placement`); ``Allocation.placement`` says where each
+    process went, for the codegen to print."""
     alloc, work = _allocate_split(funcs, device, host_ops, slrs, placement, budget, rows, channels)
     if placement or not search:
         return alloc
-    return _with_searched_placement(alloc, work, funcs, device, host_ops, slrs, budget, channels)
+    return _with_searched_placement(alloc, work, device, slrs, budget, channels)
 
 
-def _with_searched_placement(alloc, work, funcs, device: str, host_ops, slrs, budget, channels):
-    """``alloc`` (made on the planned ``work``) with its SLR cuts chosen by the model: the
-    design planned and allocated again on the placement :func:`search_placement` finds,
-    if that is faster."""
-    from codegen_hls.kernel import plan_design
-
+def _with_searched_placement(alloc, work, device: str, slrs, budget, channels):
+    """``alloc`` (made on the planned ``work``) with its SLR cuts chosen by the model, if
+    :func:`search_placement` finds a faster placement. No new plan is needed: a plan on
+    another placement differs only in each process's SLR, which ``work.with_placement``
+    sets (``tests/test_placement.py`` builds the design and compares its estimate)."""
     from ..devices import get_device
-    from ..estimate import allocate_for_codegen, design_work
+    from ..estimate import allocate_for_codegen
     from ..estimate.placement import search_placement
 
     dev = get_device(device)
@@ -371,18 +370,13 @@ def _with_searched_placement(alloc, work, funcs, device: str, host_ops, slrs, bu
     block = alloc.config.block
     memo: dict = {}  # the candidates are the same processes on other SLRs
 
-    def prefill(candidate):
-        return allocate_for_codegen(candidate, dev, budget=budget, blocks=(block,), max_channels=channels,
-                                    memo=memo).estimate.prefill_cycles
+    def allocated(candidate):
+        return allocate_for_codegen(candidate, dev, budget=budget, blocks=(block,), max_channels=channels, memo=memo)
 
-    chosen = search_placement(work, count, prefill)
+    chosen = search_placement(work, count, lambda candidate: allocated(candidate).estimate.prefill_cycles)
     if chosen == {p.name: p.slr for p in work.processes}:
         return alloc
-    placed = design_work(plan_design(funcs, device, host_ops, slrs=slrs, placement=chosen, rows=block))
-    try:
-        moved = allocate_for_codegen(placed, dev, budget=budget, blocks=(block,), max_channels=channels)
-    except ResourceBudgetError:
-        return alloc
+    moved = allocated(work.with_placement(chosen))
     return moved if moved.estimate.prefill_cycles < alloc.estimate.prefill_cycles else alloc
 
 
