@@ -218,28 +218,27 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
                    placement=dict(layout.placement))
 
 
-def tuning_allocation(funcs, device: str, host_ops, policy: AllocationPolicy):
-    """The model's allocation of the design tuning plans (``tuner.plan_module``), within
-    ``policy``'s SLRs, budget and channels whatever its mode (None: nothing fits)."""
-    try:  # SLRs asked for are kept as asked, as the build keeps them (_choose_layout)
-        return allocate_planned(funcs, device, host_ops, policy.slrs or None, dict(policy.placement) or None,
-                                policy.budget, channels=policy.channels or None, search=not policy.slrs)
+def tuning_plan(funcs, device: str, host_ops, policy: AllocationPolicy, *, blocked: bool = False):
+    """The design tuning tunes (``tuner.plan_module``), which a build under a tuning
+    database looks its records up on: the SLR cuts of the model's allocation within
+    ``policy``'s SLRs, budget and channels whatever its mode (SLRs asked for kept as
+    asked, as the build keeps them), the policy's placement on top; in that allocation's
+    token blocks if ``blocked`` (a record's workload does not depend on them). If nothing
+    fits: the work-balanced split, whole tensors."""
+    from codegen_hls.kernel import plan_design
+
+    try:
+        alloc = allocate_planned(funcs, device, host_ops, policy.slrs or None, dict(policy.placement) or None,
+                                 policy.budget, channels=policy.channels or None, search=not policy.slrs)
     except ResourceBudgetError:
-        return None
-
-
-def tuning_placement(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict:
-    """Process name -> SLR of the design tuning plans: its allocation's placement, the
-    policy's own on top. A tuning record's SLR cuts are moves from there, so a build looks
-    its records up on this plan."""
-    alloc = tuning_allocation(funcs, device, host_ops, policy)
-    return {**(alloc.placement if alloc else {}), **dict(policy.placement)}
+        alloc = None
+    placement = {**(alloc.placement if alloc else {}), **dict(policy.placement)}
+    rows = alloc.config.block if blocked and alloc else None
+    return plan_design(funcs, device, host_ops, slrs=policy.slrs or None, placement=placement, rows=rows)
 
 
 def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tuple[Layout, str | None]:
     """:func:`choose_layout`, uncached: (the layout, the over-budget warning to give, if any)."""
-    from codegen_hls.kernel import plan_design
-
     from ..devices import get_device
 
     dev = get_device(device)
@@ -257,10 +256,11 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
     if database is not None:
         from .tuner import tuned_layout
 
-        default = tuning_placement(funcs, device, host_ops, policy)
-        tuned = tuned_layout(database, plan_design(funcs, device, host_ops, slrs=forced, placement=default))
+        planned = tuning_plan(funcs, device, host_ops, policy)
+        tuned = tuned_layout(database, planned)
         if tuned is not None:
             table, placement, tuned_rows = tuned
+            default = {p.name: p.slr for kernel in planned.kernels for p in kernel.processes}
             return Layout({**table, **overrides}, forced, {**default, **placement, **placed}, rows or tuned_rows), None
     if policy.mode != "model":
         return Layout(overrides, forced, placed, rows), None
@@ -308,15 +308,10 @@ def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None
     regions = {id(part): offloaded_regions(part) for part in (reused, unrolled)}
     database = _current_database() if policy.use_database else None
     if database is not None:  # the one that was tuned (tuning tunes what auto chose)
-        from codegen_hls.kernel import plan_design
-
         from .tuner import tuned_layout
 
         for part in (reused, unrolled):
-            funcs, host_ops = regions[id(part)], host_operators(part)
-            planned = plan_design(funcs, device, host_ops, slrs=policy.slrs or None,
-                                  placement=tuning_placement(funcs, device, host_ops, policy))
-            if tuned_layout(database, planned) is not None:
+            if tuned_layout(database, tuning_plan(regions[id(part)], device, host_operators(part), policy)) is not None:
                 return part
     if policy.mode != "model" or policy.arrays or policy.lanes or policy.placement:
         return unrolled

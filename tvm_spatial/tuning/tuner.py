@@ -648,21 +648,14 @@ def plan_module(mod: tvm.IRModule, device: str = "u280"):
     :func:`tune_design` tunes, without printing or compiling anything -- spread over every
     SLR, in the token blocks the greedy allocation chooses (so its loop nests are those
     the build prints)."""
-    from codegen_hls.kernel import plan_design
     from relax_passes import host_operators, offloaded_regions
 
     from ..pipeline import check_static_shapes
-    from .policy import current_policy, partition_for_build, tuning_allocation
+    from .policy import current_policy, partition_for_build, tuning_plan
 
     check_static_shapes(mod)
     # the partition relax.build would choose without tuned records (layers reused or not)
     policy = replace(current_policy(), use_database=False)
-    part = partition_for_build(mod, get_device(device).key, policy)
-    funcs = offloaded_regions(part)
-    key, host_ops = get_device(device).key, host_operators(part)
-    alloc = tuning_allocation(funcs, key, host_ops, policy)
-    if alloc is None:  # nothing fits: the work-balanced split, whole tensors (tuning will say it does not fit)
-        return part, plan_design(funcs, key, host_ops, slrs=policy.slrs or None)
-    placement = {**alloc.placement, **dict(policy.placement)}
-    return part, plan_design(funcs, key, host_ops, slrs=policy.slrs or None, rows=alloc.config.block,
-                             placement=placement)
+    key = get_device(device).key
+    part = partition_for_build(mod, key, policy)
+    return part, tuning_plan(offloaded_regions(part), key, host_operators(part), policy, blocked=True)
