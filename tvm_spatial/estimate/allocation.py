@@ -272,10 +272,8 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
     ests = {}
     for p in work.processes:
         par = Parallelism(rows=1, cols=1) if p.matmul is not None else Parallelism()
-        if (p.name, None) not in steps:
-            steps[p.name, None] = process_estimate(p, par, device, clock, block)
-        pars[p.name], ests[p.name] = par, steps[p.name, None]
-        est = ests[p.name]
+        est = process_estimate(p, par, device, clock, block)
+        pars[p.name], ests[p.name] = par, est
         slr = min(p.slr, device.slrs - 1)
         use[slr] = use[slr] + est.resources
     for i, u in enumerate(use):
