@@ -25,7 +25,9 @@ rule). The composite's parameters are always ``(cache, layer, new_row, position,
 
 Hazard-free by construction: each (cache, layer) slice is touched by one process only,
 which reads the slice (its ``take``) before it writes the one row; layers are distinct
-constants, checked here.
+constants, checked here. Every layer's update of one cache calls one composite (the
+layer is its argument), so ``layer_reuse`` can outline a decode step's layers: the reused
+layer's one update process then serves each layer in its own call, one after another.
 """
 
 from __future__ import annotations
@@ -250,11 +252,15 @@ def kv_inplace(mod: tvm.IRModule) -> tvm.IRModule:
     bb = relax.BlockBuilder(mod)
     for u in updates:
         cache = func.params[u.param]
+        shared: dict = {}  # one composite per form: layer reuse then sees every layer's update as the same call
         for number, layer in enumerate(u.layers):
             position_first = layer.equal.args[0].same_as(position)
-            composite = _kv_update_function(cache.ty, layer.new_row.ty, position.ty, layer.slots.ty,
-                                            layer.mask_shape, position_first)
-            gv = bb.add_func(composite, f"fused_kv_update_{cache.name}_{number}")
+            form = (str(layer.new_row.ty), str(layer.slots.ty), layer.mask_shape, position_first)
+            if form not in shared:
+                composite = _kv_update_function(cache.ty, layer.new_row.ty, position.ty, layer.slots.ty,
+                                                layer.mask_shape, position_first)
+                shared[form] = bb.add_func(composite, f"fused_kv_update_{cache.name}_{len(shared)}")
+            gv = shared[form]
             replace[layer.var] = relax.Call(
                 gv, [cache, relax.const(number, "int64"), layer.new_row, position, layer.slots])
     outputs = {u.output: func.params[u.param] for u in updates}

@@ -17,8 +17,10 @@ either *carried* (repeat ``r`` reads what repeat ``r - 1`` computed at one posit
 input of ``main``, or a value computed before the run, such as an attention mask).
 Tensor constants (weights, biases, masks) become parameters: each call passes its own;
 so does a 0-d constant that differs between repeats (a quantized layer's activation
-scale), while one with the same value in every repeat that its operator folds into a
-literal (a GELU's 0.5) stays in the layer. Hence this runs before
+scale, or the layer index a decode step's in-place cache update writes at: ``kv_inplace``
+gives every layer's update of one cache the same composite, so the cache is a shared
+input and the index an argument of each call), while one with the same value in every
+repeat that its operator folds into a literal (a GELU's 0.5) stays in the layer. Hence this runs before
 ``scalar_constants.bind_scalar_constants``, which would otherwise give every quantized
 layer's operators functions of their own.
 The run covering the most bindings wins; on a tie, the shorter repeat.
@@ -32,7 +34,6 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from .kv_inplace import COMPOSITE as KV_COMPOSITE
 from .scalar_constants import is_scalar_constant, uses_fold_into_literals
 
 CALLS_ATTR = "vitis_spatial.calls"  # on a region: how many times one inference calls it
@@ -223,8 +224,6 @@ def outline_layers(mod: tvm.IRModule) -> tvm.IRModule:
     """``main`` with its longest run of identical layers outlined (unchanged if none)."""
     main = mod["main"]
     body = main.body
-    if any(f.attrs and f.attrs.get("Composite") == KV_COMPOSITE for f in mod.functions.values()):
-        return mod  # a decode step's in-place cache rows stay per layer (kv_inplace)
     if len(body.blocks) != 1 or not isinstance(body.blocks[0], relax.DataflowBlock):
         return mod
     if any(not isinstance(b, relax.VarBinding) for b in body.blocks[0].bindings):
@@ -251,7 +250,10 @@ def outline_layers(mod: tvm.IRModule) -> tvm.IRModule:
                    if isinstance(arg, tvm.ir.GenericConst) and (k, a) not in inlined]
     carried = sorted(plan.carried.items())
     ins = [v for _, v in carried] + list(plan.shared)
-    in_params = [relax.Var(f"x{i}", v.ty) for i, v in enumerate(ins)]
+    # an input of main keeps its name: it names the kernel's port (a decode step's
+    # ``past_key`` is found by it: tvm_spatial.estimate.workload)
+    main_inputs = {p for p in main.params}
+    in_params = [relax.Var(v.name if v in main_inputs else f"x{i}", v.ty) for i, v in enumerate(ins)]
     const_params = [relax.Var(f"w{i}", bindings[run.index(0, k)].value.args[a].ty)
                     for i, (k, a) in enumerate(const_slots)]
     with bb.function(LAYER_FUNCTION, in_params + const_params, {CALLS_ATTR: run.count}, private=True):

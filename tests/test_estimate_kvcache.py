@@ -23,9 +23,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 DECODE = FIXTURES / "gpt2_tiny_decode.onnx"
 
 
-@pytest.fixture(scope="module")
-def decode_design():
-    return design_from_onnx(DECODE)
+@pytest.fixture(scope="module", params=["unroll", "reuse"])
+def decode_design(request):
+    """The decode design with every layer's processes of its own, and with one layer's
+    hardware called once per layer (relax_passes.layer_reuse)."""
+    with tvm_spatial.allocation(layers=request.param):
+        design = design_from_onnx(DECODE)
+    assert max(k.calls for k in design.kernels) == (_cache_shape()[0] if request.param == "reuse" else 1)
+    return design
 
 
 def _cache_shape():
@@ -79,7 +84,8 @@ def test_decode_reads_an_offchip_cache_over_hbm(decode_design):
     assert off.decode_bytes - on.decode_bytes == pytest.approx(reads + appends, abs=len(work.processes))
     assert off.decode_cycles >= on.decode_cycles
     scores = [p for p in off.processes if p.op == "attention_scores"]
-    assert len(scores) == layers and all(p.decode_bytes >= heads * ctx * head_dim * 4 for p in scores)
+    assert sum(p.calls for p in scores) == layers  # one per layer, or one called per layer
+    assert all(p.decode_bytes >= heads * ctx * head_dim * 4 for p in scores)
 
 
 def test_each_in_place_update_writes_one_row_of_its_layer(decode_design):
@@ -88,11 +94,13 @@ def test_each_in_place_update_writes_one_row_of_its_layer(decode_design):
     layers, _, heads, ctx, head_dim = _cache_shape()
     work = design_work(decode_design)
     updates = [p for p in work.processes if p.op == "kv_update"]
-    assert len(updates) == 2 * layers
-    assert sorted(p.cache_traffic for p in updates) == sorted(((l, heads * head_dim),) for l in range(layers)
-                                                                for _ in ("K", "V"))
+    assert sum(p.calls for p in updates) == 2 * layers
+    # a reused layer's update serves its layers in turn, one row per call
+    served = [(layer + call, elements) for p in updates for layer, elements in p.cache_traffic
+              for call in range(p.calls)]
+    assert sorted(served) == sorted((l, heads * head_dim) for l in range(layers) for _ in ("K", "V"))
     est = tvm_spatial.estimate(decode_design)
-    rows = sum(p.decode_bytes for p in est.processes if p.op == "kv_update")
+    rows = sum(p.decode_bytes * p.calls for p in est.processes if p.op == "kv_update")
     assert rows < 2 * layers * heads * ctx * head_dim * 4 / 4  # far from a whole-cache copy
 
 

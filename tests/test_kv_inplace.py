@@ -179,9 +179,34 @@ def test_kernel_writes_the_cache_only_one_row_per_layer(design):
 
 
 def test_decode_step_equals_onnxruntime_and_the_llvm_build_and_aliases_its_cache(decode_ex):
+    _check_decode_step(decode_ex)
+
+
+@pytest.fixture(scope="module")
+def decode_reuse_ex():
+    with tvm_spatial.allocation(layers="reuse"):
+        return relax.build(tvm_spatial.frontend.from_onnx(DECODE), target="vitis_spatial")
+
+
+def test_reused_layer_updates_its_own_layer_of_the_cache_per_call(decode_reuse_ex):
+    """With one layer's hardware called once per layer (relax_passes.layer_reuse), K and V
+    each have one update process and one cache port; which layer it writes is an argument
+    of the call (the kv_update's ``layer``), and the step still equals onnxruntime and the
+    llvm build, every layer's row written in place."""
+    layers = _cache_shape()[0]
+    design = tvm_spatial.design_of(decode_reuse_ex)
+    (layer_kernel,) = [k for k in design.kernels if k.calls == layers]
+    cache = [p for p in layer_kernel.ports if p.name.startswith(CACHE)]
+    assert sorted(p.name for p in cache) == sorted(CACHE) and {p.direction for p in cache} == {"inout"}
+    assert [p.op for p in layer_kernel.processes].count("kv_update") == 2
+    assert not any(p.name.startswith(CACHE) for k in design.kernels if k is not layer_kernel for p in k.ports)
+    _check_decode_step(decode_reuse_ex)
+
+
+def _check_decode_step(ex):
     data, names, inputs = _inputs()
     want = [data[f"out:decode:{n}"] for n in ("logits", "present_key", "present_value")]
-    vm = relax.VirtualMachine(decode_ex, tvm.cpu())["main"]
+    vm = relax.VirtualMachine(ex, tvm.cpu())["main"]
     args = {n: tvm.runtime.tensor(v) for n, v in inputs.items()}
     got = vm(*[args[n] for n in names])
     ref_vm = relax.VirtualMachine(relax.build(tvm_spatial.frontend.from_onnx(DECODE), target="llvm"), tvm.cpu())

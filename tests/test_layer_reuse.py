@@ -15,7 +15,7 @@ from tvm import relax
 
 import tvm_spatial
 from relax_passes import partition_for_vitis_spatial
-from relax_passes.layer_reuse import CALLS_ATTR, reuses_layers
+from relax_passes.layer_reuse import CALLS_ATTR, LAYER_FUNCTION, reuses_layers
 from tvm_spatial.estimate import design_from_module, design_work, estimate_work, realized_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -203,10 +203,25 @@ def test_reused_fixture_matches_onnxruntime(name):
     assert max(k.calls for k in tvm_spatial.design_of(ex).kernels) == 2
 
 
-def test_decode_step_keeps_its_layers():
-    """A decode step's KV cache rows are written in place per layer: not outlined."""
+def test_decode_step_reuses_its_layers_with_the_cache_layer_as_an_argument():
+    """A decode step's in-place cache updates are one function per cache, so its layers
+    are outlined too: each call passes its own layer index (K's and V's) and the cache
+    itself under the name of main's input (it names the kernel's port). The step's
+    results are checked in tests/test_kv_inplace.py."""
     mod = tvm_spatial.frontend.from_onnx(FIXTURES / "gpt2_tiny_decode.onnx")
-    assert not reuses_layers(partition_for_vitis_spatial(mod, layers="reuse"))
+    part = partition_for_vitis_spatial(mod, layers="reuse")
+    assert reuses_layers(part)
+    layer_gv = part.get_global_var(LAYER_FUNCTION)
+    assert {"past_key", "past_value"} <= {p.name for p in part[layer_gv].params}
+    indices = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(layer_gv):
+            indices.append([int(a.value.numpy()) for a in expr.args if isinstance(a, tvm.ir.GenericConst)
+                            and a.ty.ndim == 0 and str(a.ty.dtype) == "int64"])
+
+    relax.analysis.post_order_visit(part["main"].body, visit)
+    assert indices == [[0, 0], [1, 1]]  # the two layers' K and V rows
 
 
 @pytest.fixture(scope="module")

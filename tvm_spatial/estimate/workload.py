@@ -290,34 +290,43 @@ def _cache_ports(design) -> tuple[tuple[int, ...] | None, str, set[str], set[str
 
 
 def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: dict[str, str]):
-    """Give the attention of cache layer ``l`` (the ``l``-th scores and context processes,
-    in program order) its read of K / V, and each process writing an updated cache its
-    appended rows: a row per layer for one that writes the whole cache (``appenders[name]``
-    empty), one row of its own layer for an in-place ``kv_update`` (the ``l``-th of those
-    on its cache, ``appenders[name]`` naming the cache); one :class:`KVCacheWork` per layer,
-    on the SLR of its scores, off-chip since the design keeps it behind a port."""
+    """Give the attention of each cache layer (the scores and context processes, in program
+    order) its read of K / V, and each process writing an updated cache its appended rows:
+    a row per layer for one that writes the whole cache (``appenders[name]`` empty), one
+    row of its own layer for an in-place ``kv_update`` (``appenders[name]`` naming the
+    cache); one :class:`KVCacheWork` per layer, on the SLR of its scores, off-chip since the
+    design keeps it behind a port. A process of a reused layer (``calls`` > 1) serves
+    ``calls`` layers in turn, one per call: its traffic is one layer's, and is recorded
+    under the first of them (every layer of a built design's cache is off-chip alike)."""
     layers, _, heads, context, head_dim = shape
-    scores = [i for i, p in enumerate(processes) if p.op == "attention_scores"]
-    contexts = [i for i, p in enumerate(processes) if p.op == "attention_context"]
     out = list(processes)
-    for ids in (scores, contexts):
-        for layer, i in enumerate(ids[:layers]):
-            out[i] = replace(out[i], cache_traffic=((layer, heads * context * head_dim),), cache_dtype=dtype)
+    first_layer: dict[int, int] = {}  # process index -> the first cache layer it serves
+    for op in ("attention_scores", "attention_context"):
+        layer = 0
+        for i, p in enumerate(processes):
+            if p.op == op and layer < layers:
+                first_layer[i] = layer
+                out[i] = replace(out[i], cache_traffic=((layer, heads * context * head_dim),), cache_dtype=dtype)
+                layer += max(1, p.calls)
     rows: dict[str, int] = {}  # in-place updates seen per cache: the next one's layer
     for i, p in enumerate(out):
         cache = appenders.get(p.name)
         if cache is None:
             continue
-        if cache:  # kv_update: one row of its layer
+        if cache:  # kv_update: one row of its layer (per call)
             layer = rows.get(cache, 0)
-            rows[cache] = layer + 1
+            rows[cache] = layer + max(1, p.calls)
             traffic = ((min(layer, layers - 1), heads * head_dim),)
         else:  # one updated cache (K or V): a row per layer
             traffic = tuple((layer, heads * head_dim) for layer in range(layers))
         out[i] = replace(p, cache_traffic=traffic, cache_dtype=dtype)
+    slr_of_layer = {}
+    for i, layer in first_layer.items():
+        if processes[i].op == "attention_scores":
+            for served in range(layer, min(layers, layer + max(1, processes[i].calls))):
+                slr_of_layer[served] = processes[i].slr
     caches = tuple(
-        KVCacheWork(layer, processes[scores[layer]].slr if layer < len(scores) else 0, heads, context, head_dim,
-                    dtype, in_design="offchip")
+        KVCacheWork(layer, slr_of_layer.get(layer, 0), heads, context, head_dim, dtype, in_design="offchip")
         for layer in range(layers)
     )
     return out, caches
