@@ -59,6 +59,7 @@ MATMUL_OPS = ("linear", "attention_scores", "attention_context", "matmul")
 SHALLOW_STREAM_DEPTH = 2
 # Elements per stream transfer at most: a packet of 16 keeps up with 16 lanes (512 bits of fp32).
 STREAM_PACKET = 16
+STRIPE_BUNDLE = "wstripe"  # the m_axi bundles weight stripes share (_KernelWriter.stripe_weights)
 
 
 def port_width(shape) -> int:
@@ -444,8 +445,8 @@ class _KernelWriter:
 
     def stripe_weights(self) -> None:
         """A matmul whose array reads its weight through several channels gets one port
-        (and bundle, hence memory bank) per stripe in place of the weight's port
-        (``codegen_hls.weight_stripes``; ``Port.stripe`` says which columns)."""
+        per stripe in place of the weight's port (``codegen_hls.weight_stripes``;
+        ``Port.stripe`` says which columns); :meth:`bundle_stripes` names their bundles."""
         for proc in self.procs:
             for stage in proc.stages:
                 array = self.stage_hardware(proc, stage)
@@ -458,12 +459,39 @@ class _KernelWriter:
                 (_, m, n, _), _ = matmul_info(self.prim(stage.prim_name))
                 tile, _ = array.tile(m, n)
                 shape = stripe_shape(whole.shape[0], n, tile.cols, array.channels)
-                stripes = [replace(whole, name=self.namer.fresh(f"{name}_s{c}"), bundle=f"{whole.bundle}_s{c}",
-                                   shape=shape, stripe=(c, array.channels, shape[-1], n))
+                stripes = [replace(whole, name=self.namer.fresh(f"{name}_s{c}"), shape=shape,
+                                   stripe=(c, array.channels, shape[-1], n))
                            for c in range(array.channels)]
                 self.ports[at:at + 1] = stripes
                 self.stripes[key] = stripes
                 break
+
+    def bundle_stripes(self, records: tuple[Process, ...]) -> None:
+        """The m_axi bundles of the weight stripes, once the processes have their SLRs:
+        on each SLR (one Vitis kernel per SLR segment), the stripes of its weights in
+        program order take ``wstripe0``, ``wstripe1``... in turn, wrapping at the card's
+        memory channels. While a kernel's stripes are no more than the channels each has an
+        AXI master (and bank) of its own, as every other port does; past that, the stripes
+        of several weights share one master and its bank (``vitis_files.place``) instead
+        of adding masters the card has no channels for: in a decode design (up to 32
+        stripes per weight) the linears read their weights one after another, each over
+        every channel. The model counts the masters the same way
+        (``tvm_spatial.estimate.model.shared_stripe_credit``)."""
+        slr_of = {p.name: p.slr for p in records}
+        banks = max(1, self.device.offchip.channels)
+        start: dict[int, int] = {}  # SLR -> its next bundle
+        bundle_of = {}
+        for proc in self.procs:
+            for key, stripes in self.stripes.items():
+                if key[1] != id(proc):
+                    continue
+                slr = slr_of[proc.name]
+                first = start.get(slr, 0)
+                for c, port in enumerate(stripes):
+                    bundle_of[port.name] = f"{STRIPE_BUNDLE}{(first + c) % banks}"
+                start[slr] = (first + len(stripes)) % banks
+        self.ports = [replace(p, bundle=bundle_of.get(p.name, p.bundle)) for p in self.ports]
+        self.stripes = {k: [replace(p, bundle=bundle_of[p.name]) for p in v] for k, v in self.stripes.items()}
 
     def skip_depths(self, programs: dict[str, list]) -> dict[str, int]:
         """Depths for throughput, beyond deadlock freedom: a stream into a blocked process
@@ -963,6 +991,7 @@ class _KernelWriter:
         for proc in self.procs:
             calls.append((proc, self.print_process(w, proc)))
         records = self.records([args for _, args in calls])
+        self.bundle_stripes(records)
         segments = self.segments(records)
         w.line()
         if not segments:
@@ -1300,6 +1329,7 @@ def plan_design(funcs, device: str, host_ops=(), slrs: int | None = None, placem
         writer.plan()
         ops = tuple(p.op for p in writer.procs if p.op != "copy")
         records = writer.records()
+        writer.bundle_stripes(records)
         kernels.append(Kernel(writer.name, "", tuple(writer.ports), ops, records, tuple(writer.streams),
                               writer.segments(records), calls=calls_of(func)))
     _check_placement(kernels, placement)

@@ -50,7 +50,9 @@ def place(design: Design, device: Device) -> Placement:
     there are banks they do not already use: their point is to be read at once.
 
     Except for the ports of a *written* argument (a KV cache that each layer's process
-    updates in place through its own ``inout`` port): they all share one bank. The host
+    updates in place through its own ``inout`` port): they all share one bank; and so do
+    the ports of one m_axi bundle of a Vitis kernel (weight stripes past the card's
+    channels share bundles: ``codegen_hls.kernel``), an interface reaching one bank. The host
     passes one buffer object to all of them -- the tensor they update together must be
     one piece of memory, or one port's rows would never reach the others, nor the
     caller -- and XRT accepts one buffer for several arguments only when they are
@@ -61,22 +63,49 @@ def place(design: Design, device: Device) -> Placement:
     bank_of: dict[tuple[str, str], str] = {}
     slr_of: dict[str, int] = {}
     for k_index, kernel in enumerate(design.kernels):
-        region = buffers(kernel)
-        traffic = [sum(port_traffic(kernel, port) for _, port in buffer.ports) for buffer in region]
+        groups = _bank_groups(buffers(kernel))
+        traffic = [sum(port_traffic(kernel, port) for _, port in group) for group in groups]
         load = [0] * len(banks)
         used: dict[int, set[int]] = {}  # argument -> the banks its ports are on
-        for i in sorted(range(len(region)), key=lambda i: (-traffic[i], i)):
-            port = region[i].port
-            taken = used.setdefault(port.arg, set()) if port.arg >= 0 else set()
+        for i in sorted(range(len(groups)), key=lambda i: (-traffic[i], i)):
+            args = sorted({port.arg for _, port in groups[i] if port.arg >= 0})
+            taken = set().union(*(used.get(a, set()) for a in args))
             free = [b for b in range(len(banks)) if b not in taken] or range(len(banks))
             bank = min(free, key=lambda b: (load[b], b))
             load[bank] += traffic[i]
-            taken.add(bank)
-            for vk_name, member in region[i].ports:
+            for a in args:
+                used.setdefault(a, set()).add(bank)
+            for vk_name, member in groups[i]:
                 bank_of[(vk_name, member.name)] = banks[bank]
         for vk in kernel.vitis_kernels():
             slr_of[vk.name] = k_index % device.slrs if vk.slr is None else vk.slr
     return Placement(banks=bank_of, slrs=slr_of)
+
+
+def _bank_groups(region) -> list[list[tuple[str, Port]]]:
+    """The ports that must share a bank, in buffer order: those of one buffer (a written
+    argument's), and those of one m_axi bundle of one Vitis kernel (weight stripes that
+    share an AXI master, ``codegen_hls.kernel``: an interface reaches one bank)."""
+    group_of: dict = {}  # key -> group index
+    groups: list[list[tuple[str, Port]]] = []
+    for buffer in region:
+        keys = [("buffer", id(buffer))] + [("bundle", vk, port.bundle) for vk, port in buffer.ports]
+        found = sorted({group_of[k] for k in keys if k in group_of})
+        if found:  # merge every group these ports join into the first of them
+            target = found[0]
+            for other in found[1:]:
+                groups[target].extend(groups[other])
+                for k, g in list(group_of.items()):
+                    if g == other:
+                        group_of[k] = target
+                groups[other] = []
+        else:
+            target = len(groups)
+            groups.append([])
+        groups[target].extend(buffer.ports)
+        for k in keys:
+            group_of[k] = target
+    return [g for g in groups if g]
 
 
 def port_traffic(kernel, port: Port) -> int:

@@ -317,3 +317,78 @@ def test_a_packed_w4a8_weight_is_striped_in_packed_columns():
     assert {p.dtype for p in stripes} == {"int8"} and {p.arg_shape for p in stripes} == {(64, 128)}
     assert {p.shape[-1] for p in stripes} == {proc.tile[1] // 4}
     assert realized_config(tvm_spatial.design_of(ex)).of(name, True).channels == 4
+
+
+# -- stripes past the card's channels share bundles ---------------------------------------
+
+
+def four_linears(seed: int = 5):
+    """One token through four chained linears of 256 columns (a decode step's shape):
+    (module, inputs)."""
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 64], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = x
+            for k, n in ((64, 256), (256, 256), (256, 256), (256, 256)):
+                w = relax.const((rng.standard_normal((k, n)) / np.sqrt(k)).astype("float32"))
+                h = bb.emit(relax.op.matmul(h, w))
+            out = bb.emit_output(h)
+        bb.emit_func_output(out)
+    return bb.get(), [rng.standard_normal((1, 64)).astype("float32")]
+
+
+@pytest.fixture(scope="module")
+def wide_stripes():
+    """Each of the four weights over 32 ports, all on one SLR: 128 stripes, 32 channels."""
+    mod, inputs = four_linears()
+    names = [f"k0_linear_p{i}_linear" for i in range(4)]
+    with tvm_spatial.allocation(slrs=1, arrays={n: (1, 32, 32) for n in names}):
+        ex, _ = build_and_compare(mod, inputs)  # the emulation equals llvm
+    return tvm_spatial.design_of(ex), names
+
+
+def _pragma_bundles(source: str) -> dict[str, str]:
+    """Port -> bundle, as the printed m_axi pragmas declare them."""
+    return dict(re.findall(r"#pragma HLS INTERFACE m_axi port=(\w+) offset=slave bundle=(\w+)", source))
+
+
+def test_stripes_past_the_channels_share_bundles_and_banks(wide_stripes):
+    """The kernel declares one m_axi bundle per channel for its 128 stripes, not one per
+    stripe; a weight's own stripes are on distinct bundles and banks; every port of a
+    bundle is on one bank (an AXI master reaches one); the xclbin's interface has one
+    master per bundle."""
+    design, names = wide_stripes
+    (kernel,) = design.kernels
+    procs = {p.name: p for p in kernel.processes}
+    assert [len(procs[n].weight_stripes) for n in names] == [32] * 4
+    bundle_of = _pragma_bundles(kernel.source)
+    stripe_ports = [s for n in names for s in procs[n].weight_stripes]
+    channels = get_device("u280").offchip.channels
+    assert len({bundle_of[s] for s in stripe_ports}) == channels == 32
+    cfg = project_files(design)["connectivity.cfg"][0].decode()
+    bank_of = dict(re.findall(r"sp=\w+\.(\w+):(HBM\[\d+\])", cfg))
+    for n in names:
+        stripes = procs[n].weight_stripes
+        assert len({bundle_of[s] for s in stripes}) == len({bank_of[s] for s in stripes}) == 32
+    by_bundle: dict[str, set] = {}
+    for port, bundle in bundle_of.items():
+        by_bundle.setdefault(bundle, set()).add(bank_of[port])
+    assert all(len(banks) == 1 for banks in by_bundle.values()), by_bundle
+    masters = re.findall(rb'name="M_AXI_(\w+)"', metadata_xclbin(design))
+    assert len(set(masters)) == len(set(bundle_of.values()))
+
+
+def test_model_counts_one_adapter_per_bundle(wide_stripes, monkeypatch):
+    """The estimate's LUT for m_axi adapters follows the bundles the kernel declares
+    (counted from its pragmas), not its 128 stripe ports."""
+    from tvm_spatial.estimate import costs
+
+    design, _ = wide_stripes
+    work, dev = design_work(design), get_device("u280")
+    before = estimate_work(work, dev, realized_config(design)).slr_use[0].lut
+    monkeypatch.setattr(costs, "PORT_LUT", costs.PORT_LUT + 1000)
+    after = estimate_work(work, dev, realized_config(design)).slr_use[0].lut
+    (kernel,) = design.kernels
+    assert (after - before) / 1000 == pytest.approx(len(set(_pragma_bundles(kernel.source).values())))

@@ -36,7 +36,8 @@ from dataclasses import dataclass, replace
 from ..devices import RESOURCES, Device
 from ..errors import ResourceBudgetError
 from . import costs
-from .model import Estimate, ModelConfig, Parallelism, Resources, estimate_work, process_estimate
+from .model import (Estimate, ModelConfig, Parallelism, Resources, estimate_work, process_estimate,
+                    shared_stripe_credit, weight_stripes)
 from .workload import DesignWork
 
 DEFAULT_BUDGET = 0.85
@@ -270,12 +271,27 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
     steps: dict = {} if memo is None else memo.setdefault(block, {})
     pars: dict[str, Parallelism] = {}
     ests = {}
+    stripes: dict[tuple[str, int], int] = {}  # (kernel, SLR) -> weight stripes (model.shared_stripe_credit)
     for p in work.processes:
         par = Parallelism(rows=1, cols=1) if p.matmul is not None else Parallelism()
         est = process_estimate(p, par, device, clock, block)
         pars[p.name], ests[p.name] = par, est
         slr = min(p.slr, device.slrs - 1)
         use[slr] = use[slr] + est.resources
+        stripes[(p.kernel, slr)] = stripes.get((p.kernel, slr), 0) + weight_stripes(p, par)
+
+    def stepped_use(p, slr: int, cand: Parallelism, est) -> Resources:
+        """The SLR's use after process ``p`` takes ``cand``: its own resources, and what its
+        kernel's weight stripes share as they change in number."""
+        before = stripes[(p.kernel, slr)]
+        after = before - weight_stripes(p, pars[p.name]) + weight_stripes(p, cand)
+        credit = shared_stripe_credit(after, device) + Resources(
+            *(-shared_stripe_credit(before, device).get(r) for r in RESOURCES))
+        return use[slr] + est.resources + Resources(*(-ests[p.name].resources.get(r) for r in RESOURCES)) + credit
+
+    def take(p, slr: int, cand: Parallelism, est, new_use: Resources) -> None:
+        stripes[(p.kernel, slr)] += weight_stripes(p, cand) - weight_stripes(p, pars[p.name])
+        use[slr], pars[p.name], ests[p.name] = new_use, cand, est
     for i, u in enumerate(use):
         for r in RESOURCES:
             if u.get(r) > caps[i][r]:
@@ -320,7 +336,7 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
             saved = chain.saved(name, est.block_cycles)
             if saved <= 0:
                 continue
-            new_use = use[slr] + est.resources + Resources(*(-ests[name].resources.get(r) for r in RESOURCES))
+            new_use = stepped_use(p, slr, cand, est)
             if not _fits(new_use, caps[slr]):
                 continue
             # the price of a step: the largest share of an SLR budget it takes
@@ -343,9 +359,7 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
             heapq.heappush(heap, (-found[0][0], name))
             continue
         _, cand, est, new_use = found[0]
-        slr = min(by_name[name].slr, device.slrs - 1)
-        use[slr] = new_use
-        pars[name], ests[name] = cand, est
+        take(by_name[name], min(by_name[name].slr, device.slrs - 1), cand, est, new_use)
         chain.update(name, est.block_cycles)
         again = moves(name)
         if again:
@@ -360,10 +374,10 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
             if realize_channels is not None and realize_channels(p, cand, block) != cand.channels:
                 break
             est = process_estimate(p, cand, device, clock, block)
-            new_use = use[slr] + est.resources + Resources(*(-ests[name].resources.get(r) for r in RESOURCES))
+            new_use = stepped_use(p, slr, cand, est)
             if not _fits(new_use, caps[slr]) or est.block_cycles > ests[name].block_cycles:
                 break
-            use[slr], pars[name], ests[name] = new_use, cand, est
+            take(p, slr, cand, est, new_use)
     return pars
 
 
@@ -423,6 +437,10 @@ def allocate(
 # 36.5 % of the memory roofline against 19.4 %) but were measured to slow the emulation
 # from 1.47 to 2.39 s per run, and give the layer 4x the AXI masters, whose SLR
 # crossings the model does not count.
+# Why 32 in a decode design (one token: the linears run one after another, each bound by
+# its weight's bytes): each reads its weight over every channel of the card in turn. The
+# stripes of all its weights then share the card's 32 bundles and banks (codegen_hls.kernel
+# stripe_weights), so the layer has 32 weight masters, not 4 x 32.
 # Why a cap on lanes: past 64 fp32 lanes (a 2048-bit datapath, 64 memory banks per
 # buffer) the unrolled loops and partitions grow HLS effort and routing, while the streams
 # between processes carry at most 16 elements per cycle (codegen_hls.kernel.STREAM_PACKET). Why a floor on blocks: every
@@ -431,6 +449,7 @@ def allocate(
 CODEGEN_MAX_LANES = 64
 CODEGEN_MIN_ROWS = 8
 CODEGEN_MAX_CHANNELS = 8
+CODEGEN_DECODE_MAX_CHANNELS = 32
 CODEGEN_LIMITS = dict(max_channels=CODEGEN_MAX_CHANNELS, max_lanes=CODEGEN_MAX_LANES)
 
 
@@ -445,6 +464,12 @@ def codegen_blocks(tokens: int) -> tuple:
     return tuple(out)
 
 
+def codegen_max_channels(work: DesignWork) -> int:
+    """Most ports the codegen stripes a weight over: ``CODEGEN_DECODE_MAX_CHANNELS`` in a
+    decode design (its linears see one token), else ``CODEGEN_MAX_CHANNELS``."""
+    return CODEGEN_DECODE_MAX_CHANNELS if work.tokens <= 1 else CODEGEN_MAX_CHANNELS
+
+
 def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DEFAULT_BUDGET,
                          blocks=None, max_channels: int | None = None, memo: dict | None = None) -> Allocation:
     """The allocation ``relax.build(..., "vitis_spatial")`` applies: :func:`allocate`
@@ -453,10 +478,11 @@ def allocate_for_codegen(work: DesignWork, device: Device, *, budget: float = DE
     estimate of the built design equals this one.
     Blocks: ``blocks`` if given, else the design's own if it was built with token blocks
     (its loop nests are those of one block), else any of :func:`codegen_blocks`;
-    ``max_channels``: fewer ports per weight than ``CODEGEN_MAX_CHANNELS``; ``memo``: as
+    ``max_channels``: fewer ports per weight than :func:`codegen_max_channels`; ``memo``: as
     :func:`allocate`'s."""
     blocks = blocks or ((work.block,) if work.block else codegen_blocks(work.tokens))
-    limits = dict(CODEGEN_LIMITS, max_channels=min(max_channels or CODEGEN_MAX_CHANNELS, CODEGEN_MAX_CHANNELS))
+    cap = codegen_max_channels(work)
+    limits = dict(CODEGEN_LIMITS, max_channels=min(max_channels or cap, cap))
     return allocate(work, device, budget=budget, realize=realizable_array, realize_lanes=realizable_lanes,
                     realize_channels=realizable_channels, blocks=blocks, memo=memo, **limits)
 

@@ -260,6 +260,21 @@ def _bank_memory(depth: int, width: int, banks: int, uram_threshold: int) -> tup
     return float(banks * bram), 0.0
 
 
+def weight_stripes(p: ProcessWork, par: Parallelism) -> int:
+    """The m_axi ports a process reads its weight through as stripes (0: one port of its
+    own, unstriped): what shares the bundles of its kernel (:func:`shared_stripe_credit`)."""
+    return par.channels if p.matmul is not None and p.matmul.b_offchip and par.channels > 1 else 0
+
+
+def shared_stripe_credit(stripes: int, device: Device) -> Resources:
+    """What a Vitis kernel saves when its weight stripes outnumber the card's memory
+    channels: they wrap around the bundles ``wstripe0``... and share their AXI masters
+    (``codegen_hls.kernel``), while :func:`process_estimate` counts an adapter per stripe.
+    Per kernel and SLR (each SLR segment is a Vitis kernel of its own)."""
+    shared = max(0, stripes - device.offchip.channels)
+    return Resources(0, -costs.PORT_BRAM18 * shared, 0, -costs.PORT_LUT * shared, -costs.PORT_FF * shared)
+
+
 def _channel_bytes_per_cycle(device: Device, clock_mhz: float) -> float:
     mem = device.offchip
     per_channel = mem.bandwidth_gbs * 1e9 / mem.channels / (clock_mhz * 1e6)
@@ -420,8 +435,13 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
     blk = tokens if config.block is None else max(1, min(config.block, tokens))
     n_blocks = math.ceil(tokens / blk)
     slr_use = [Resources() for _ in range(device.slrs)]
-    for p in procs:
-        slr_use[min(p.slr, device.slrs - 1)] += p.resources
+    stripes: dict[tuple[str, int], int] = {}
+    for p, w in zip(procs, work.processes):
+        slr = min(p.slr, device.slrs - 1)
+        slr_use[slr] += p.resources
+        stripes[(w.kernel, slr)] = stripes.get((w.kernel, slr), 0) + weight_stripes(w, p.parallelism)
+    for (_, slr), count in stripes.items():
+        slr_use[slr] += shared_stripe_credit(count, device)
     for s in work.streams:
         if s.depth * s.bits <= costs.REGISTER_ARRAY_BITS * 2:
             r = Resources(0, 0, 0, costs.STREAM_LUT_PER_32BIT * math.ceil(s.bits / 32) * math.ceil(s.depth / 32) + 20, 40)

@@ -378,7 +378,8 @@ def design_work(design) -> DesignWork:
                 weight_port = next(
                     (n for n in proc.inputs if n in ports and math.prod(ports[n].shape) == matmul.k * matmul.n), None
                 )
-            used_ports = tuple(n for n in (*proc.inputs, *proc.outputs) if n in ports)
+            # a striped weight once: the model adds its stripes' ports from its channels
+            used_ports = tuple(n for n in (*proc.inputs, *proc.outputs) if n in ports and n not in proc.weight_stripes[1:])
             # the KV cache's traffic is the attention's and the appenders' (kvcache.py), wherever it lives
             if any(n in cache_out for n in proc.outputs):
                 appenders[proc.name] = ""

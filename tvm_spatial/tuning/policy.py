@@ -18,7 +18,7 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
   :mod:`tvm_spatial.tuning`): the best tuned arrays and lanes of this design, if it was tuned;
 * ``with tvm_spatial.allocation(slrs=2):`` spread the processes over exactly 2 SLRs;
 * ``with tvm_spatial.allocation(channels=1):`` no weight read through more than one port
-  (default: up to 8 stripes, ``codegen_hls.weight_stripes``; one keeps the emulation at its
+  (default: up to 8 stripes, 32 in a decode design, ``codegen_hls.weight_stripes``; one keeps the emulation at its
   fastest, a stripe loop per port being a short loop on the host); tuning under it
   (``tuner.tune_design``) keeps to it too;
 * ``with tvm_spatial.allocation(rows=16):`` stream the row-wise processes in blocks of 16
@@ -93,7 +93,7 @@ class AllocationPolicy:
     placement: tuple = field(default=())  # ((process name, SLR), ...) overrides
     rows: int = 0  # tokens per block of the row-wise processes; 0: the allocation's choice
     layers: str = "auto"  # one of LAYER_CHOICES
-    channels: int = 0  # most ports a weight is striped over; 0: CODEGEN_MAX_CHANNELS
+    channels: int = 0  # most ports a weight is striped over; 0: the codegen's (codegen_max_channels)
 
     def to_json(self) -> str:
         return json.dumps({"mode": self.mode, "budget": self.budget, "use_database": self.use_database,
@@ -152,7 +152,7 @@ def allocation(mode: str = "model", *, budget: float = DEFAULT_BUDGET, arrays: d
     if not isinstance(rows, int) or rows < 0:
         raise UsageError(f"allocation rows {rows!r} must be a count of tokens per block (0: the model's choice)")
     if not isinstance(channels, int) or channels < 0:
-        raise UsageError(f"allocation channels {channels!r} must be a count of ports per weight (0: up to 8)")
+        raise UsageError(f"allocation channels {channels!r} must be a count of ports per weight (0: up to 8, 32 in a decode design)")
     for n, slr in (placement or {}).items():
         if not isinstance(slr, int) or slr < 0:
             raise UsageError(f"placement of {n} must be an SLR index, not {slr!r}")
