@@ -469,8 +469,8 @@ class _KernelWriter:
     def bundle_stripes(self, records: tuple[Process, ...]) -> None:
         """The m_axi bundles of the weight stripes, once the processes have their SLRs:
         on each SLR (one Vitis kernel per SLR segment), the stripes of its weights in
-        program order take ``wstripe0``, ``wstripe1``... in turn, wrapping at the card's
-        memory channels. While a kernel's stripes are no more than the channels each has an
+        program order take ``wstripe<i>``, ``wstripe<i+1>``... in turn, wrapping at the
+        card's memory channels. While a kernel's stripes are no more than the channels each has an
         AXI master (and bank) of its own, as every other port does; past that, the stripes
         of several weights share one master and its bank (``vitis_files.place``) instead
         of adding masters the card has no channels for: in a decode design (up to 32
@@ -479,17 +479,18 @@ class _KernelWriter:
         (``tvm_spatial.estimate.model.shared_stripe_credit``)."""
         slr_of = {p.name: p.slr for p in records}
         banks = max(1, self.device.offchip.channels)
-        start: dict[int, int] = {}  # SLR -> its next bundle
+        ordered = [(slr_of[proc.name], stripes) for proc in self.procs
+                   for key, stripes in self.stripes.items() if key[1] == id(proc)]
+        # each SLR continues where the SLRs before it stopped: while the region's stripes are
+        # no more than the channels every bundle name is the region's own
+        start: dict[int, int] = {}
+        for slr in sorted({slr for slr, _ in ordered}):
+            start[slr] = sum(len(stripes) for s, stripes in ordered if s < slr) % banks
         bundle_of = {}
-        for proc in self.procs:
-            for key, stripes in self.stripes.items():
-                if key[1] != id(proc):
-                    continue
-                slr = slr_of[proc.name]
-                first = start.get(slr, 0)
-                for c, port in enumerate(stripes):
-                    bundle_of[port.name] = f"{STRIPE_BUNDLE}{(first + c) % banks}"
-                start[slr] = (first + len(stripes)) % banks
+        for slr, stripes in ordered:
+            for c, port in enumerate(stripes):
+                bundle_of[port.name] = f"{STRIPE_BUNDLE}{(start[slr] + c) % banks}"
+            start[slr] = (start[slr] + len(stripes)) % banks
         self.ports = [replace(p, bundle=bundle_of.get(p.name, p.bundle)) for p in self.ports]
         self.stripes = {k: [replace(p, bundle=bundle_of[p.name]) for p in v] for k, v in self.stripes.items()}
 
