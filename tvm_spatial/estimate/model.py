@@ -316,9 +316,12 @@ def process_estimate(
         wbytes = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
         compute_block = prefill / n_blocks
         mem_block = (wbytes + (p.port_bytes + cache_bytes) / n_blocks) / bw
-        # decode: one token; the array serves k in parallel along its rows
+        # decode: one token; the array serves k in parallel along its rows, each row's
+        # accumulators updated once per column tile (the recurrence stalls as in prefill)
         if mm.b_offchip:
-            d_compute = mm.batch * math.ceil(mm.k / rows) * math.ceil(mm.n / cols) + p.stream_io / tokens
+            tiles = math.ceil(mm.n / cols)
+            d_compute = (mm.batch * math.ceil(mm.k / rows) * tiles * mac.latency / min(mac.latency, tiles)
+                         + p.stream_io / tokens)
             d_bytes = wbytes + p.port_bytes / tokens
         else:  # attention: one query row against the KV cache of ``tokens`` positions
             d_macs = mm.batch * mm.n * mm.k
