@@ -21,6 +21,11 @@ view chains are checked on index arrays) before rewriting it. The legalization
 
 with each scale a multiply or a divide, as the graph had it.
 
+``kv_heads``: K and V are head-major, ``[1.., heads, Tk, D]`` (``k[h, j, e]`` in place of
+``k[j, h*D + e]``): a decode step's K and V, which leave the in-place cache update
+(``relax_passes.kv_inplace``) as the cache holds them. The queries and the output stay
+token-major.
+
 ``causal``: a promise, checked on the constant mask by the fusion pass, that the mask
 hides every later key from each query by at most ``HARD_MASK`` (those probabilities are
 exactly 0). The TIR is the same; the codegen then computes query block ``b`` as soon as
@@ -37,7 +42,7 @@ from tvm.ir import _ffi_api as _ir_api
 ATTENTION = "relax.vitis_spatial.attention"
 # attributes: heads; for each of q, k and the scores (s) an optional constant scale,
 # multiplied or divided ("<x>_scale", "<x>_divide"); the softmax's NaN guard; the output's
-# rank; "causal" (see the module docstring)
+# rank; "causal" and "kv_heads" (see the module docstring)
 _SCALED = ("q", "k", "s")
 
 
@@ -49,6 +54,12 @@ def _static(dim) -> int | None:
 def token_major(shape) -> bool:
     """``[1, ..., 1, tokens, hidden]``: the layout the operator reads and writes."""
     return len(shape) >= 2 and all(_static(d) == 1 for d in shape[:-2])
+
+
+def head_major(shape, heads: int, width) -> bool:
+    """``[1.., heads, tokens, width]``: the layout of K and V with ``kv_heads``."""
+    return (len(shape) >= 3 and all(_static(d) == 1 for d in shape[:-3]) and _static(shape[-3]) == heads
+            and _same(shape[-1], width))
 
 
 def _same(a, b) -> bool:
@@ -70,13 +81,20 @@ def _check(call: relax.Call) -> tuple[list, str]:
     dtype = str(args[0].ty.dtype)
     if any(str(a.ty.dtype) != dtype for a in args) or not dtype.startswith("float"):
         raise ValueError(f"{ATTENTION} takes float tensors of one type, got {[str(a.ty.dtype) for a in args]}")
-    if (not all(token_major(s) for s in (q, k, v)) or _static(q[-1]) is None
+    heads = int(attrs["heads"])
+    if not token_major(q) or _static(q[-1]) is None:
+        raise ValueError(f"{ATTENTION}: q must be [1.., tokens, hidden]; got {q}")
+    if heads < 1 or _static(q[-1]) % heads:
+        raise ValueError(f"{ATTENTION}: {heads} heads do not divide hidden size {q[-1]}")
+    if int(attrs.get("kv_heads", 0)):
+        width = _static(q[-1]) // heads
+        if not (head_major(k, heads, width) and head_major(v, heads, width) and _same(k[-2], v[-2])):
+            raise ValueError(f"{ATTENTION}: with kv_heads, k and v must be [1.., {heads}, tokens, {width}] of "
+                             f"one length; got {k}, {v}")
+    elif (not all(token_major(s) for s in (k, v))
             or not _same(q[-1], k[-1]) or not _same(q[-1], v[-1]) or not _same(k[-2], v[-2])):
         raise ValueError(f"{ATTENTION}: q, k, v must be [1.., tokens, hidden] with one hidden size, k and v "
                          f"one length; got {q}, {k}, {v}")
-    heads = int(attrs["heads"])
-    if heads < 1 or _static(q[-1]) % heads:
-        raise ValueError(f"{ATTENTION}: {heads} heads do not divide hidden size {q[-1]}")
     if len(args) == 4:
         full = [heads, q[-2], k[-2]]
         mask = shapes[3]
@@ -109,13 +127,18 @@ def _attention_te(q: te.Tensor, k: te.Tensor, v: te.Tensor, *rest, attrs=None):
     tq, hidden, tk = int(q.shape[-2]), int(q.shape[-1]), int(k.shape[-2])
     heads = int(attrs["heads"])
     width = hidden // heads
-    lead = lambda t: (0,) * (len(t.shape) - 2)  # noqa: E731 -- the leading unit axes
+    lead = lambda t, n=2: (0,) * (len(t.shape) - n)  # noqa: E731 -- the leading unit axes
+    if int(attrs.get("kv_heads", 0)):  # head-major K and V: [1.., heads, tokens, width]
+        key = lambda h, j, e: k[(*lead(k, 3), h, j, e)]  # noqa: E731
+        value = lambda h, j, d: v[(*lead(v, 3), h, j, d)]  # noqa: E731
+    else:
+        key = lambda h, j, e: k[(*lead(k), j, h * width + e)]  # noqa: E731
+        value = lambda h, j, d: v[(*lead(v), j, h * width + d)]  # noqa: E731
     e = te.reduce_axis((0, width), "e")
     scores = te.compute(
         (heads, tq, tk),
         lambda h, i, j: te.sum(
-            _scale(attrs, "q", q[(*lead(q), i, h * width + e)], dtype)
-            * _scale(attrs, "k", k[(*lead(k), j, h * width + e)], dtype),
+            _scale(attrs, "q", q[(*lead(q), i, h * width + e)], dtype) * _scale(attrs, "k", key(h, j, e), dtype),
             axis=e,
         ),
         name="attention_scores",
@@ -150,7 +173,8 @@ def _attention_te(q: te.Tensor, k: te.Tensor, v: te.Tensor, *rest, attrs=None):
     out_shape = [1] * (int(attrs["out_rank"]) - 2) + [tq, hidden]
     return te.compute(
         out_shape,
-        lambda *idx: te.sum(probs[idx[-1] // width, idx[-2], jc] * v[(*lead(v), jc, idx[-1])], axis=jc),
+        lambda *idx: te.sum(probs[idx[-1] // width, idx[-2], jc] * value(idx[-1] // width, jc, idx[-1] % width),
+                            axis=jc),
         name="attention",
     )
 
@@ -192,9 +216,10 @@ def register_ops() -> None:
 
 
 def attention(q, k, v, mask=None, *, heads: int, out_rank: int = 2, scales: dict | None = None,
-              guard: float | None = None, causal: bool = False) -> relax.Call:
+              guard: float | None = None, causal: bool = False, kv_heads: bool = False) -> relax.Call:
     """The output is ``[1.., Tq, hidden]`` of rank ``out_rank``; ``scales``: {"q" | "k" | "s": (factor, divide)} as the graph applies them;
-    ``guard``: the value the graph puts where softmax gives NaN (None: no guard)."""
+    ``guard``: the value the graph puts where softmax gives NaN (None: no guard); ``kv_heads``:
+    K and V are head-major (module docstring)."""
     register_ops()
     attrs = {"heads": int(heads), "out_rank": int(out_rank)}
     for which, (factor, divide) in sorted((scales or {}).items()):
@@ -206,6 +231,8 @@ def attention(q, k, v, mask=None, *, heads: int, out_rank: int = 2, scales: dict
         attrs["guard"], attrs["guard_value"] = 1, float(guard)
     if causal:
         attrs["causal"] = 1
+    if kv_heads:
+        attrs["kv_heads"] = 1
     args = [q, k, v] + ([mask] if mask is not None else [])
     return relax.Call(tvm.ir.Op.get(ATTENTION), args, tvm.ir.make_node("ir.DictAttrs", **attrs))
 

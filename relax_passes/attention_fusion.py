@@ -7,14 +7,17 @@ What is matched, starting from each ``matmul(P, V')`` (the context matmul):
   broadcasts), the scores ``matmul(Q', K')`` with optional constant scalar scalings of
   each operand and of the product;
 * ``Q'``, ``K'``, ``V'`` are chains of reshapes and transposes of token-major tensors
-  ``[1.., tokens, hidden]``, and the context's only user chain of them ends in one.
+  ``[1.., tokens, hidden]``, and the context's only user chain of them ends in one; or
+  ``K'`` and ``V'`` both of head-major ones ``[1.., heads, tokens, dim]`` (a decode step's
+  K and V as its in-place cache update returns them: the operator's ``kv_heads``).
 
 Why the index check: exporters spell the head split and merge differently (GPT2 exports
 K transposed through a reshape to ``[heads, tokens, dim]`` and back). Rather than listing
 spellings, each view chain is replayed on an index array (numpy), and the rewrite happens
 only when ``Q'[h, i, e]`` is element ``(i, h*D + e)`` of its source, ``K'[h, e, j]`` is
 ``(j, h*D + e)`` (``V'[h, j, d]`` likewise) and the output's ``(i, h*D + d)`` is the
-context's ``[h, i, d]``. A constant mask that hides every later key (GPT2's causal mask)
+context's ``[h, i, d]`` (head-major: ``K'[h, e, j]`` is ``[h, j, e]`` of its source, ``V'``
+is its source). A constant mask that hides every later key (GPT2's causal mask)
 marks the operator ``causal``. Anything else (quantized attention, a KV cache concatenation, a
 layout the operator does not read) is left as it was.
 """
@@ -25,7 +28,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from codegen_hls.attention_kernel import attention, token_major
+from codegen_hls.attention_kernel import attention, head_major, token_major
 
 _VIEWS = frozenset({"relax.reshape", "relax.permute_dims"})
 
@@ -89,23 +92,43 @@ class _Graph:
                 return call.args[1], (_scalar(call.args[0]), False)
         return expr, None
 
-    def source(self, expr, layout) -> relax.Expr | None:
-        """The farthest token-major tensor that the view chain ending in ``expr`` reads, with
-        ``layout(index of expr) `` holding: index arrays replayed through the chain."""
+    def _farthest(self, expr, fits) -> relax.Expr | None:
+        """The farthest tensor up the view chain ending in ``expr`` (the chain may be empty)
+        for which ``fits(shape, index, chain)`` holds, ``index`` being its element numbers
+        replayed through the chain to ``expr``'s shape."""
         chain, found, node = [], None, expr
         while True:
             shape = _shape(node)
-            if shape is not None and token_major(shape) and chain:
+            if shape is not None:
                 index = np.arange(int(np.prod(shape))).reshape(shape)
                 for call in reversed(chain):
                     index = _apply_view(index, call)
-                if layout(index, shape[-1]):
+                if fits(shape, index, chain):
                     found = node
             call = self.call(node, *_VIEWS)
             if call is None:
                 return found
             chain.append(call)
             node = call.args[0]
+
+    def source(self, expr, layout) -> relax.Expr | None:
+        """The farthest token-major tensor that the view chain ending in ``expr`` reads, with
+        ``layout(index of expr, hidden)`` holding."""
+        return self._farthest(expr, lambda shape, index, chain: bool(chain) and token_major(shape)
+                              and layout(index, shape[-1]))
+
+    def head_source(self, expr, heads: int, width: int, transposed: bool) -> relax.Expr | None:
+        """The farthest head-major tensor ``[1.., heads, tokens, width]`` that the view chain
+        ending in ``expr`` reads as ``[h, j, e]`` (``transposed``: ``expr`` is ``[h, e, j]``
+        of it)."""
+        def fits(shape, index, _chain) -> bool:
+            if not head_major(shape, heads, width) or token_major(shape):
+                return False
+            want = np.arange(index.size).reshape(heads, shape[-2], width)
+            want = want.transpose(0, 2, 1) if transposed else want
+            return np.array_equal(index.reshape(want.shape), want)
+
+        return self._farthest(expr, fits)
 
     def merged(self, context) -> relax.Var | None:
         """The end of the context's view chain where it is token-major again."""
@@ -191,6 +214,10 @@ def _match(graph: _Graph, context_var):
     q = graph.source(q_view, _head_layout(heads, width, False))
     k = graph.source(k_view, _head_layout(heads, width, True))
     v = graph.source(v_view, _head_layout(heads, width, False))
+    kv_heads = k is None and v is None
+    if kv_heads:  # a decode step's K and V, head-major as its cache holds them
+        k = graph.head_source(k_view, heads, width, transposed=True)
+        v = graph.head_source(v_view, heads, width, transposed=False)
     out = graph.merged(context_var)
     if q is None or k is None or v is None or out is None:
         return None
@@ -200,7 +227,7 @@ def _match(graph: _Graph, context_var):
     scales = {w: s for w, s in (("q", q_scale), ("k", k_scale), ("s", s_scale)) if s is not None}
     try:
         call = attention(q, k, v, mask, heads=heads, out_rank=len(_shape(out)), scales=scales, guard=guard,
-                         causal=_causal(mask))
+                         causal=_causal(mask), kv_heads=kv_heads)
         relax.BlockBuilder().normalize(call)  # its type checks: a mask that does not broadcast fails here
     except (ValueError, tvm.error.TVMError):
         return None

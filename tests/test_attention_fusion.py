@@ -57,6 +57,58 @@ def test_the_operator_matches_numpy(mask_shape):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_head_major_k_and_v_match_numpy():
+    """``kv_heads``: K and V arrive ``[1, heads, Tk, D]`` (a decode step's cache slices),
+    the queries and the output token-major; the same numbers as token-major K and V."""
+    tq, tk, heads, width = 2, 5, 3, 4
+    hidden = heads * width
+    q = relax.Var("q", relax.TensorType([1, tq, hidden], "float32"))
+    k, v = (relax.Var(n, relax.TensorType([1, heads, tk, width], "float32")) for n in "kv")
+    m = relax.Var("m", relax.TensorType([1, 1, 1, tk], "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [q, k, v, m]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(attention(q, k, v, m, heads=heads, kv_heads=True, scales={"s": (2.0, True)})))
+        bb.emit_func_output(out)
+    a = RNG.standard_normal((1, tq, hidden)).astype("float32")
+    kh, vh = (RNG.standard_normal((1, heads, tk, width)).astype("float32") for _ in "kv")
+    mask = RNG.standard_normal((1, 1, 1, tk)).astype("float32")
+    got = _llvm(bb.get(), a, kh, vh, mask)
+    token_major = lambda x: x[0].transpose(1, 0, 2).reshape(tk, hidden)  # noqa: E731 -- [Tk, heads * D]
+    want = _numpy_attention(a[0], token_major(kh), token_major(vh), mask[0], heads, s_div=2.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    bad = relax.Var("k", relax.TensorType([1, heads + 1, tk, width], "float32"))
+    with pytest.raises(Exception, match="kv_heads"):
+        relax.BlockBuilder().normalize(attention(q, bad, v, heads=heads, kv_heads=True))
+
+
+def test_decode_attention_over_the_cache_slices_becomes_one_operator():
+    """A decode step's attention reads K and V as its in-place cache updates return them
+    (head-major): one operator per layer, with ``kv_heads``, and the rewritten module gives
+    what TVM's own build of the original gives."""
+    from relax_passes.kv_inplace import kv_inplace
+
+    data = np.load(Path(__file__).parent / "fixtures" / "gpt2_tiny_generate.npz")
+    names = [k.split(":", 2)[2] for k in data.files if k.startswith("in:decode:")]
+    path = Path(__file__).parent / "fixtures" / "gpt2_tiny_decode.onnx"
+    mod = kv_inplace(relax.transform.FoldConstant()(relax.transform.Normalize()(from_onnx(path))))
+    fused = fuse_attention(mod)
+    calls = []
+    relax.analysis.post_order_visit(
+        fused["main"], lambda e: calls.append(e) if isinstance(e, relax.Call) and getattr(e.op, "name", "") == ATTENTION else None)
+    assert len(calls) == 2 and all(int(c.attrs.get("kv_heads", 0)) == 1 for c in calls)
+    ops = []
+    relax.analysis.post_order_visit(fused["main"], lambda e: ops.append(e) if isinstance(e, relax.Call) else None)
+    # no softmax, no per-head matmul (QK^T, AV) left: only the linear layers' matmuls
+    assert not any(getattr(e.op, "name", "") == "relax.nn.softmax" for e in ops)
+    assert not any(getattr(e.op, "name", "") == "relax.matmul" and e.args[0].ty.ndim == 4 for e in ops)
+    args = [data[f"in:decode:{n}"] for n in names]
+    # the kv_update composite writes the cache in place: each build gets fresh copies
+    got = _llvm(fused, *[a.copy() for a in args])
+    np.testing.assert_allclose(got, _llvm(mod, *[a.copy() for a in args]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, data["out:decode:logits"], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("case, shapes, heads, error", [
     ("heads do not divide the hidden size", ([1, 4, 6], [1, 4, 6], [1, 4, 6], None), 4, "do not divide"),
     ("k and v of different lengths", ([1, 4, 8], [1, 4, 8], [1, 5, 8], None), 2, "one length"),

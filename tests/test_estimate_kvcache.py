@@ -83,25 +83,33 @@ def test_decode_reads_an_offchip_cache_over_hbm(decode_design):
     appends = layers * 2 * heads * head_dim * 4
     assert off.decode_bytes - on.decode_bytes == pytest.approx(reads + appends, abs=len(work.processes))
     assert off.decode_cycles >= on.decode_cycles
-    scores = [p for p in off.processes if p.op == "attention_scores"]
-    assert sum(p.calls for p in scores) == layers  # one per layer, or one called per layer
-    assert all(p.decode_bytes >= heads * ctx * head_dim * 4 for p in scores)
+    # the in-place updates move it: each reads its layer's K (or V) through the cache port
+    updates = [p for p in off.processes if p.op == "kv_update"]
+    assert sum(p.calls for p in updates) == 2 * layers  # one per layer, or one called per layer
+    assert all(p.decode_bytes >= heads * ctx * head_dim * 4 for p in updates)
 
 
-def test_each_in_place_update_writes_one_row_of_its_layer(decode_design):
-    """Per token the cache traffic of the updates is one row (heads x head_dim) per layer
-    for K and one for V -- not the whole cache -- each on its own layer."""
+def test_each_in_place_update_reads_its_slice_and_writes_one_row(decode_design):
+    """Per token an update moves its own layer's K (or V) slice (heads x context x
+    head_dim, which its ``take`` reads to stream on to the attention) and one row of it
+    (heads x head_dim) -- not the whole cache -- each on its own layer; the attention reads
+    the slice from that stream, not from the cache."""
     layers, _, heads, ctx, head_dim = _cache_shape()
     work = design_work(decode_design)
     updates = [p for p in work.processes if p.op == "kv_update"]
     assert sum(p.calls for p in updates) == 2 * layers
-    # a reused layer's update serves its layers in turn, one row per call
+    # a reused layer's update serves its layers in turn, one slice and one row per call
     served = [(layer + call, elements) for p in updates for layer, elements in p.cache_traffic
               for call in range(p.calls)]
-    assert sorted(served) == sorted((l, heads * head_dim) for l in range(layers) for _ in ("K", "V"))
+    want = [(l, e) for l in range(layers) for _ in ("K", "V") for e in (heads * ctx * head_dim, heads * head_dim)]
+    assert sorted(served) == sorted(want)
+    readers = [p for p in work.processes if p.op.startswith("attention")]
+    assert readers and all(p.cache_traffic and all(e == 0 for _, e in p.cache_traffic) for p in readers)
     est = tvm_spatial.estimate(decode_design)
-    rows = sum(p.decode_bytes * p.calls for p in est.processes if p.op == "kv_update")
-    assert rows < 2 * layers * heads * ctx * head_dim * 4 / 4  # far from a whole-cache copy
+    moved = sum(p.decode_bytes * p.calls for p in est.processes if p.op == "kv_update")
+    other_ports = sum(p.port_bytes * p.calls for p in updates)  # position, the slot numbers
+    # fp32 slices and rows, K and V of every layer: far from a whole-cache copy per layer
+    assert moved - other_ports == pytest.approx(2 * layers * heads * (ctx + 1) * head_dim * 4, abs=len(updates))
 
 
 def test_quantized_cache_is_int8(decode_design):
@@ -140,9 +148,10 @@ def test_the_decode_design_at_a_long_context_moves_its_cache_to_hbm(decode_desig
     layers, _, heads, ctx, head_dim = _cache_shape()
     long_ctx = 65536
     scale = long_ctx // ctx
+    slice_elements = heads * ctx * head_dim  # a layer's K (or V): what grows with the context
     procs = tuple(
-        dataclasses.replace(p, cache_traffic=tuple((l, e * scale) for l, e in p.cache_traffic))
-        if p.op.startswith("attention") and p.cache_traffic else p
+        dataclasses.replace(p, cache_traffic=tuple((l, e * scale if e == slice_elements else e)
+                                                   for l, e in p.cache_traffic))
         for p in work.processes
     )
     kv = tuple(dataclasses.replace(k, context=long_ctx) for k in work.kv_cache)

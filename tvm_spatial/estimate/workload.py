@@ -290,39 +290,51 @@ def _cache_ports(design) -> tuple[tuple[int, ...] | None, str, set[str], set[str
 
 
 def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: dict[str, str]):
-    """Give the attention of each cache layer (the scores and context processes, in program
-    order) its read of K / V, and each process writing an updated cache its appended rows:
-    a row per layer for one that writes the whole cache (``appenders[name]`` empty), one
-    row of its own layer for an in-place ``kv_update`` (``appenders[name]`` naming the
-    cache); one :class:`KVCacheWork` per layer, on the SLR of its scores, off-chip since the
-    design keeps it behind a port. A process of a reused layer (``calls`` > 1) serves
-    ``calls`` layers in turn, one per call: its traffic is one layer's, and is recorded
-    under the first of them (every layer of a built design's cache is off-chip alike)."""
+    """The KV cache's traffic per token, on the processes that move it through a port.
+
+    An in-place ``kv_update`` (``appenders[name]`` naming its cache) reads its layer's K
+    (or V) slice through the cache port -- the ``take`` whose result it streams on to the
+    attention -- and writes one row of it; the attention (the scores and context
+    processes, or the fused attention, which reads both) then moves no cache bytes, but is
+    marked as reading the cache (zero elements), not as a prefill design decoding. Without
+    in-place updates (a process that writes the whole cache, ``appenders[name]`` empty: a
+    row per layer) the attention reads its layer's K and V. The readers and updates of one
+    cache serve its layers in program order; a process of a reused layer (``calls`` > 1)
+    serves ``calls`` layers in turn, one per call: its traffic is one layer's, recorded
+    under the first of them (every layer of a built design's cache is off-chip alike).
+    One :class:`KVCacheWork` per layer, on the SLR of its attention, off-chip since the
+    design keeps it behind a port."""
     layers, _, heads, context, head_dim = shape
+    slice_elements, row_elements = heads * context * head_dim, heads * head_dim
+    in_place = any(appenders.values())
     out = list(processes)
     first_layer: dict[int, int] = {}  # process index -> the first cache layer it serves
-    for op in ("attention_scores", "attention_context"):
+    traffic: dict[int, list] = {}
+    for reads in ("attention_scores", "attention_context"):  # K, then V; a fused attention reads both
         layer = 0
         for i, p in enumerate(processes):
-            if p.op == op and layer < layers:
+            if p.op in (reads, "attention") and layer < layers:
                 first_layer[i] = layer
-                out[i] = replace(out[i], cache_traffic=((layer, heads * context * head_dim),), cache_dtype=dtype)
+                traffic.setdefault(i, []).append((layer, 0 if in_place else slice_elements))
                 layer += max(1, p.calls)
+    for i, reads in traffic.items():
+        out[i] = replace(out[i], cache_traffic=tuple(reads), cache_dtype=dtype)
     rows: dict[str, int] = {}  # in-place updates seen per cache: the next one's layer
     for i, p in enumerate(out):
         cache = appenders.get(p.name)
         if cache is None:
             continue
-        if cache:  # kv_update: one row of its layer (per call)
+        if cache:  # kv_update: its layer's slice read, one row written (per call)
             layer = rows.get(cache, 0)
             rows[cache] = layer + max(1, p.calls)
-            traffic = ((min(layer, layers - 1), heads * head_dim),)
+            layer = min(layer, layers - 1)
+            moved = ((layer, slice_elements), (layer, row_elements))
         else:  # one updated cache (K or V): a row per layer
-            traffic = tuple((layer, heads * head_dim) for layer in range(layers))
-        out[i] = replace(p, cache_traffic=traffic, cache_dtype=dtype)
+            moved = tuple((layer, row_elements) for layer in range(layers))
+        out[i] = replace(p, cache_traffic=moved, cache_dtype=dtype)
     slr_of_layer = {}
     for i, layer in first_layer.items():
-        if processes[i].op == "attention_scores":
+        if processes[i].op in ("attention_scores", "attention"):
             for served in range(layer, min(layers, layer + max(1, processes[i].calls))):
                 slr_of_layer[served] = processes[i].slr
     caches = tuple(
