@@ -213,3 +213,30 @@ def test_build_takes_the_searched_cuts_and_its_estimate():
     assert crossings(work) == sum(abs(layout.placement[s.producer] - layout.placement[s.consumer])
                                   for k in design.kernels for s in k.streams)
     assert get_device("u280").slrs >= layout.slrs
+
+
+def test_a_split_that_fits_is_searched_for_when_the_balanced_one_does_not():
+    """The GPT2 fixture with its layers reused, in 4 % of each SLR: on three SLRs the
+    work-balanced split is over budget, yet another split fits. The build searches for it
+    instead of giving up (and building the library's arrays with a warning); the design
+    built from that layout is within the budget on every SLR."""
+    import warnings
+
+    from relax_passes import host_operators, partition_for_vitis_spatial
+    from tvm_spatial.tuning.policy import AllocationPolicy, allocate_planned, choose_layout
+
+    budget = 0.04
+    mod = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(FIXTURES / "gpt2_tiny.onnx"), layers="reuse")
+    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    host_ops = host_operators(mod)
+    with pytest.raises(ResourceBudgetError):  # the premise: balanced, it does not fit
+        allocate_planned(funcs, "u280", host_ops, 3, budget=budget, search=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DesignOverBudgetWarning
+        layout = choose_layout(funcs, "u280", host_ops, AllocationPolicy(budget=budget))
+    assert layout.estimate is not None and layout.slrs == 3
+    design = build_design(funcs, "u280", host_ops, arrays=layout.arrays, slrs=layout.slrs,
+                          placement=layout.placement, rows=layout.rows)
+    est = tvm_spatial.estimate(design)
+    assert est.max_slr_utilization[0] <= budget + 1e-9
+    assert est.prefill_cycles == pytest.approx(layout.estimate.prefill_cycles)

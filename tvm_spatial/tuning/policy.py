@@ -342,11 +342,47 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
     Then, unless ``placement`` is given or ``search`` is off, the SLR cuts of every kernel
     (over ``slrs`` SLRs, default all) are chosen with the model
     (:mod:`tvm_spatial.estimate.placement`); ``Allocation.placement`` says where each
-    process went, for the codegen to print."""
-    alloc, work = _allocate_split(funcs, device, host_ops, slrs, placement, budget, rows, channels)
+    process went, for the codegen to print. When the work-balanced split does not fit,
+    the same search looks for one that does before the count of SLRs is given up."""
+    try:
+        alloc, work = _allocate_split(funcs, device, host_ops, slrs, placement, budget, rows, channels)
+    except ResourceBudgetError:
+        # the work-balanced split is over budget: another split of the same SLRs may not be
+        rescued = None if placement or not search else _fitting_split(funcs, device, host_ops, slrs, budget, channels)
+        if rescued is None:
+            raise
+        alloc, work = _allocate_split(funcs, device, host_ops, slrs, rescued, budget, rows, channels)
     if placement or not search:
         return alloc
     return _with_searched_placement(alloc, work, device, slrs, budget, channels)
+
+
+def _fitting_split(funcs, device: str, host_ops, slrs, budget, channels) -> dict | None:
+    """Process name -> SLR of a split whose allocation fits, searched with the model
+    (:func:`search_placement`) from the work-balanced split that does not; None when none
+    is found (or on one SLR). Only a build that would otherwise not fit pays for it."""
+    from codegen_hls.kernel import plan_design
+
+    from ..devices import get_device
+    from ..estimate import allocate_for_codegen, design_work
+    from ..estimate.placement import search_placement
+
+    dev = get_device(device)
+    count = slrs or dev.slrs
+    if count < 2:
+        return None
+    work = design_work(plan_design(funcs, device, host_ops, slrs=slrs))
+    memo: dict = {}
+
+    def score(candidate):
+        return allocate_for_codegen(candidate, dev, budget=budget, max_channels=channels, memo=memo).estimate.prefill_cycles
+
+    chosen = search_placement(work, count, score)
+    try:
+        score(work.with_placement(chosen))
+    except ResourceBudgetError:
+        return None
+    return chosen
 
 
 def _with_searched_placement(alloc, work, device: str, slrs, budget, channels):
