@@ -273,6 +273,13 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
                                              policy.channels or None, search=not forced)
         except ResourceBudgetError as err:
             failure = err  # the last (most SLRs) failure names the tightest resource
+    if not fitted and not forced and not placed:  # no balanced split fits: search for one that does
+        for count in range(2, dev.slrs + 1):
+            try:
+                fitted[count] = allocate_planned(funcs, device, host_ops, count, None, policy.budget, rows,
+                                                 policy.channels or None, rescue=True)
+            except ResourceBudgetError:
+                pass
     if not fitted:
         if policy.strict:
             raise failure
@@ -331,7 +338,7 @@ BLOCKS_PLANNED = 2  # token blocks planned and allocated in their blocks (the be
 
 def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, placement=None,
                      budget: float = DEFAULT_BUDGET, rows: int | None = None, channels: int | None = None,
-                     search: bool = True):
+                     search: bool = True, rescue: bool = False):
     """The allocation for a build, on the plan the build will print: the token blocks are
     ranked on the whole-tensor plan (or the block is ``rows``), then the design is planned
     in the best ``BLOCKS_PLANNED`` of them -- a blocked stage's loop nests are not quite a
@@ -342,13 +349,14 @@ def allocate_planned(funcs, device: str, host_ops=(), slrs: int | None = None, p
     Then, unless ``placement`` is given or ``search`` is off, the SLR cuts of every kernel
     (over ``slrs`` SLRs, default all) are chosen with the model
     (:mod:`tvm_spatial.estimate.placement`); ``Allocation.placement`` says where each
-    process went, for the codegen to print. When the work-balanced split does not fit,
-    the same search looks for one that does before the count of SLRs is given up."""
+    process went, for the codegen to print. With ``rescue``, when the work-balanced split
+    does not fit, the same search looks for one that does before giving up (the layout
+    asks for it only when no count of SLRs fits balanced: it costs a search)."""
     try:
         alloc, work = _allocate_split(funcs, device, host_ops, slrs, placement, budget, rows, channels)
     except ResourceBudgetError:
         # the work-balanced split is over budget: another split of the same SLRs may not be
-        rescued = None if placement or not search else _fitting_split(funcs, device, host_ops, slrs, budget, channels)
+        rescued = None if placement or not rescue else _fitting_split(funcs, device, host_ops, slrs, budget, channels)
         if rescued is None:
             raise
         alloc, work = _allocate_split(funcs, device, host_ops, slrs, rescued, budget, rows, channels)
