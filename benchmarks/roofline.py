@@ -104,6 +104,7 @@ def main() -> None:
     # the acceptance: the prefill design as built in prefill, the decode design in decode,
     # every resource of both within 85 %
     built = {precision: est for precision, kind, est in rows if kind == "as built"}
+    last = decode = None  # the rows the notes below read (absent if they did not fit)
     for precision, kind, est in rows:
         frac, slr, res = est.max_slr_utilization
         verdict = ""
@@ -126,19 +127,22 @@ def main() -> None:
         if precision == "fp32" and kind == "decode design":
             decode = est
     console.print(table)
-    fill = last.prefill_fill_cycles / last.prefill_cycles
-    console.print(
-        f"w4a8: pipeline fill is {fill:.0%} of prefill ({len(last.processes)} processes in one chain); "
-        f"prefill bottleneck {last.bottleneck} ({last.process(last.bottleneck).parallelism}); "
-        f"decode: processes run one after another, each reads its weights over its own channels "
-        f"(slowest {last.decode_bottleneck}, {last.process(last.decode_bottleneck).decode_bound}-bound)."
-    )
-    slowest = sorted(decode.processes, key=lambda p: -p.decode_cycles * p.calls)[:3]
-    console.print(
-        "fp32 decode design: " + ", ".join(
-            f"{p.name} {p.decode_cycles * p.calls / decode.decode_cycles:.0%} ({p.parallelism}, {p.decode_bound}-bound)"
-            for p in slowest) + " of a token; KV cache " + (decode.kv_cache[0].where if decode.kv_cache else "none") + "."
-    )
+    if last is not None:
+        fill = last.prefill_fill_cycles / last.prefill_cycles
+        console.print(
+            f"w4a8: pipeline fill is {fill:.0%} of prefill ({len(last.processes)} processes in one chain); "
+            f"prefill bottleneck {last.bottleneck} ({last.process(last.bottleneck).parallelism}); "
+            f"decode: processes run one after another, each reads its weights over its own channels "
+            f"(slowest {last.decode_bottleneck}, {last.process(last.decode_bottleneck).decode_bound}-bound)."
+        )
+    if decode is not None:
+        slowest = sorted(decode.processes, key=lambda p: -p.decode_cycles * p.calls)[:3]
+        console.print(
+            "fp32 decode design: " + ", ".join(
+                f"{p.name} {p.decode_cycles * p.calls / decode.decode_cycles:.0%} ({p.parallelism}, "
+                f"{p.decode_bound}-bound)" for p in slowest)
+            + " of a token; KV cache " + (decode.kv_cache[0].where if decode.kv_cache else "none") + "."
+        )
 
 
 def _quantized_design(path: Path, scheme: str, device: str, seq: int):

@@ -285,9 +285,8 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
         kernel's weight stripes share as they change in number."""
         before = stripes[(p.kernel, slr)]
         after = before - weight_stripes(p, pars[p.name]) + weight_stripes(p, cand)
-        credit = shared_stripe_credit(after, device) + Resources(
-            *(-shared_stripe_credit(before, device).get(r) for r in RESOURCES))
-        return use[slr] + est.resources + Resources(*(-ests[p.name].resources.get(r) for r in RESOURCES)) + credit
+        credit = shared_stripe_credit(after, device) - shared_stripe_credit(before, device)
+        return use[slr] + est.resources - ests[p.name].resources + credit
 
     def take(p, slr: int, cand: Parallelism, est, new_use: Resources) -> None:
         stripes[(p.kernel, slr)] += weight_stripes(p, cand) - weight_stripes(p, pars[p.name])

@@ -98,6 +98,9 @@ class Resources:
     def __add__(self, other: "Resources") -> "Resources":
         return Resources(*(getattr(self, r) + getattr(other, r) for r in RESOURCES))
 
+    def __sub__(self, other: "Resources") -> "Resources":
+        return Resources(*(getattr(self, r) - getattr(other, r) for r in RESOURCES))
+
     def get(self, resource: str) -> float:
         return getattr(self, resource)
 
