@@ -132,7 +132,7 @@ def main() -> None:
         console.print(
             f"w4a8: pipeline fill is {fill:.0%} of prefill ({len(last.processes)} processes in one chain); "
             f"prefill bottleneck {last.bottleneck} ({last.process(last.bottleneck).parallelism}); "
-            f"decode: processes run one after another, each reads its weights over its own channels "
+            f"decode: a token takes each region's longest chain of processes, each reading its weights over its own channels "
             f"(slowest {last.decode_bottleneck}, {last.process(last.decode_bottleneck).decode_bound}-bound)."
         )
     if decode is not None:

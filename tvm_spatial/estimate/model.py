@@ -22,8 +22,10 @@ The architecture it models (Chen et al., TRETS'24, Sec. 4; Allo's GPT2 design):
   attention, which must see every key first (``ProcessWork.barrier``), cut the chain into
   segments that run one after the other. ``block=None``: every process buffers whole tensors, so processes run one
   after another;
-* **decode** (one new token, context ``seq``): processes run one after another (each needs
-  the previous one's whole vector); each is compute- or memory-bound:
+* **decode** (one new token, context ``seq``): a process starts when the processes whose
+  streams it reads have finished (each needs its producer's whole vector), so a region
+  takes its longest chain of processes (:func:`decode_path`; the K and V cache updates
+  run side by side); each is compute- or memory-bound:
   ``max(MACs / (rows*cols), bytes / bandwidth)``; the attention reads the KV cache;
 * rooflines: DSP-bound = all MACs at the whole device's DSP rate for their data type;
   bandwidth-bound = the unavoidable off-chip bytes (weights once, KV cache) at the card's
@@ -428,6 +430,34 @@ def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int,
     return total, fill
 
 
+def decode_path(cycles: dict[str, float], streams) -> float:
+    """One decoded token through a region: its longest chain of processes, ``cycles`` per
+    process (name -> decode cycles), linked by the ``streams`` between them.
+
+    Why not the sum: a dataflow region starts each process when its streams deliver, so
+    processes on no common chain -- the K and V cache updates of a decode step, each on
+    its own buffer and bank -- run side by side. A region whose processes no stream links
+    (a workload by size, without a design) is taken as one chain, as printed: the sum."""
+    preds: dict[str, list[str]] = {name: [] for name in cycles}
+    linked = False
+    for s in streams:
+        if s.producer in cycles and s.consumer in cycles and s.producer != s.consumer:
+            preds[s.consumer].append(s.producer)
+            linked = True
+    if not linked:
+        return sum(cycles.values())
+    done: dict[str, float] = {}
+
+    def finish(name: str, seen: frozenset = frozenset()) -> float:
+        if name not in done:
+            if name in seen:
+                raise ValueError(f"the streams into process {name} form a cycle")
+            done[name] = cycles[name] + max((finish(p, seen | {name}) for p in preds[name]), default=0.0)
+        return done[name]
+
+    return max(finish(name) for name in cycles)
+
+
 def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelConfig()) -> Estimate:
     """The model. Pure: (design work, device, config) -> Estimate."""
     clock = config.clock_mhz or device.clock_mhz
@@ -486,7 +516,11 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
         latency += calls * max(lat, moved / (peak_bytes * costs.HBM_EFFICIENCY))
         fill += calls * fil
     prefill_bytes = sum(p.prefill_bytes * w.calls for p, w in zip(procs, work.processes))
-    decode = sum(p.decode_cycles * w.calls for p, w in zip(procs, work.processes))
+    decode = 0.0
+    for kernel in dict.fromkeys(w.kernel for w in work.processes):
+        mine = {w.name: p.decode_cycles for p, w in zip(procs, work.processes) if w.kernel == kernel}
+        calls = next(w.calls for w in work.processes if w.kernel == kernel)
+        decode += calls * decode_path(mine, work.streams)
     decode_bytes = sum(p.decode_bytes * w.calls for p, w in zip(procs, work.processes))
 
     # rooflines: the whole card's DSPs on the MACs; weights read once, KV cache per token
