@@ -48,6 +48,14 @@ class Read:
 
 
 @dataclass(frozen=True)
+class ReadEach:
+    """``count`` iterations of one loop that reads a transfer of each stream (in lockstep)."""
+
+    streams: tuple[str, ...]
+    count: int
+
+
+@dataclass(frozen=True)
 class Write:
     streams: tuple[str, ...]
     count: int
@@ -74,10 +82,10 @@ def _run(kernel: str, programs: dict[str, list], cap: dict[str, int], grow: bool
     reader = {}
     for name, ops in programs.items():
         for op in ops:
-            for s in (op.streams if isinstance(op, Write) else (op.stream,)):
+            for s in _streams(op):
                 if s not in cap:
                     raise CodegenError(f"{kernel}: process {name} uses stream {s}, which has no depth")
-                if isinstance(op, Read):
+                if not isinstance(op, Write):
                     reader[s] = name
     pc = {name: 0 for name in programs}
     left = {name: ops[0].count if ops else 0 for name, ops in programs.items()}
@@ -89,6 +97,8 @@ def _run(kernel: str, programs: dict[str, list], cap: dict[str, int], grow: bool
     def waiting_on(name, stream) -> int:
         """How many elements ``name`` reads from ``stream`` right now (0: not reading it)."""
         op = current(name) if name is not None else None
+        if isinstance(op, ReadEach) and stream in op.streams:  # as fast as the others deliver
+            return min([left[name]] + [fill[s] for s in op.streams if s != stream])
         return left[name] if isinstance(op, Read) and op.stream == stream else 0
 
     def room(stream) -> int:
@@ -101,6 +111,10 @@ def _run(kernel: str, programs: dict[str, list], cap: dict[str, int], grow: bool
         if isinstance(op, Read):
             moved = min(left[name], fill[op.stream])
             fill[op.stream] -= moved
+        elif isinstance(op, ReadEach):
+            moved = min([left[name]] + [fill[s] for s in op.streams])
+            for s in op.streams:
+                fill[s] -= moved
         else:
             moved = min([left[name]] + [room(s) for s in op.streams])
             for s in op.streams:
@@ -131,15 +145,18 @@ def _run(kernel: str, programs: dict[str, list], cap: dict[str, int], grow: bool
             if isinstance(op, Write):
                 for s in op.streams:
                     if room(s) < left[name]:
-                        root = isinstance(current(reader.get(s)), Read) if reader.get(s) else False
+                        root = isinstance(current(reader.get(s)), (Read, ReadEach)) if reader.get(s) else False
                         (needs if root else behind).append((left[name] - room(s), s))
         needs = needs or behind
         if not grow or not needs:
             waits = ", ".join(
-                f"{name} {'reads' if isinstance(current(name), Read) else 'writes'} "
-                f"{current(name).stream if isinstance(current(name), Read) else '/'.join(current(name).streams)}"
+                f"{name} {'writes' if isinstance(current(name), Write) else 'reads'} {'/'.join(_streams(current(name)))}"
                 for name in blocked
             )
             raise Deadlock(kernel, waits, tuple(stream for _, stream in sorted(needs)))
         need, stream = min(needs)
         cap[stream] += need
+
+
+def _streams(op) -> tuple[str, ...]:
+    return (op.stream,) if isinstance(op, Read) else op.streams

@@ -45,7 +45,7 @@ from .c_types import PACKET, c_type, needs_ap_types, stream_element
 from .code_writer import CodeWriter
 from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
-from .fifo_depths import Read, Write, size_fifos
+from .fifo_depths import Read, ReadEach, Write, size_fifos
 from .kv_update import cache_slot
 from .library import MacArray, matmul_info, prepare_for_hls
 from .weight_stripes import stripe_shape, weight_stripes
@@ -588,7 +588,13 @@ class _KernelWriter:
             outs = [(slot, tuple(self.output_streams(slot, proc))) for slot in proc.outputs]
             ops = []
             if not proc.rows:
-                ops += [read(stream, slot.elements) for slot, stream in ins]
+                together = self.read_together(proc)
+                for slot, stream in ins:
+                    if together and slot is together[0]:  # one loop, a transfer of each per cycle
+                        ops.append(ReadEach(tuple(self.stream_of[(id(t), id(proc))] for t in together),
+                                            slot.elements // self.width_of[stream]))
+                    elif not any(slot is t for t in together):
+                        ops.append(read(stream, slot.elements))
                 ops += [write(streams, slot.elements) for slot, streams in outs if streams]
             else:
                 held = [(slot, stream) for slot, stream in ins if id(slot) not in proc.block_slot]
@@ -808,6 +814,47 @@ class _KernelWriter:
         self.declare(w, into.cname, into.dtype, into.shape, self.width_of[stream])
         self.read_packets(w, stream, into.shape, _indexed(into.cname))
 
+    def read_together(self, proc: Proc) -> list[Slot]:
+        """The inputs an attention reads in one copy loop, a packet of each per cycle: its K
+        and V, held whole, when two different processes write them (a decode step's cache
+        updates, which run side by side: ``estimate.model.decode_path``). Read one after the
+        other, the attention's copy took twice as long. Not when one process writes both
+        (a prefill's split writes K, then V): it would wait on V while K fills its FIFO.
+        Empty for every other process, and for a blocked one (``print_blocked_process``)."""
+        if proc.rows or proc.op != "attention" or len(proc.inputs) < 3:
+            return []
+        pair = proc.inputs[1:3]
+        keys = [(id(s), id(proc)) for s in pair]
+        if not all(k in self.stream_of for k in keys):
+            return []
+        streams = [self.stream_of[k] for k in keys]
+        producers = {next(st.producer for st in self.streams if st.name == name) for name in streams}
+        same = pair[0].shape == pair[1].shape and pair[0].dtype == pair[1].dtype
+        if not same or len(producers) != 2 or self.width_of[streams[0]] != self.width_of[streams[1]]:
+            return []
+        return list(pair)
+
+    def read_streams_together(self, w: CodeWriter, local: Namer, proc: Proc, slots: list[Slot]) -> None:
+        """Declare each slot's buffer and fill them all from their streams in one loop, a
+        transfer of each per cycle (:meth:`read_together`: one shape, one packet width)."""
+        streams = [self.stream_of[(id(s), id(proc))] for s in slots]
+        for slot, stream in zip(slots, streams):
+            slot.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
+            self.declare(w, slot.cname, slot.dtype, slot.shape, self.width_of[stream])
+        width = self.width_of[streams[0]]
+        shape = slots[0].shape
+        rank = len(shape or (1,))
+        if width == 1:
+            idx = [f"i{k}" for k in range(rank)]
+            _loop_nest(w, shape, [f"{_indexed(s.cname)(idx)} = {st}.read();" for s, st in zip(slots, streams)])
+            return
+        element = stream_element(self.stream_dtype[streams[0]], width)
+        packets, idx = _packets(shape, width)
+        body = [f"const {element} p{k} = {st}.read();" for k, st in enumerate(streams)]
+        body += [f"for (int e = 0; e < {width}; ++e) {{", "#pragma HLS UNROLL"]
+        body += [f"  {_indexed(s.cname)(idx)} = p{k}.data[e];" for k, s in enumerate(slots)]
+        _loop_nest(w, packets, body + ["}"])
+
     @staticmethod
     def declare(w: CodeWriter, name: str, dtype: str, shape, width: int) -> None:
         """A process's static buffer; one a stream fills or empties ``width`` elements at a time
@@ -951,11 +998,14 @@ class _KernelWriter:
         local = Namer()
         w.line()
         with w.block(signature):
+            together = self.read_together(proc)
             for slot in proc.inputs:
                 key = (id(slot), id(proc))
                 if key in self.port_of:
                     slot.cname = self.port_of[key]
-                else:
+                elif together and slot is together[0]:
+                    self.read_streams_together(w, local, proc, together)
+                elif not any(slot is t for t in together):
                     self.read_stream(w, local, slot, slot.hint, self.stream_of[key])
             for stage in proc.stages:
                 for slot in stage.args:
@@ -1085,8 +1135,9 @@ class _KernelWriter:
     def copy_cycles(self, proc: Proc) -> int:
         """Iterations of the copy loops ``print_process`` / ``print_blocked_process`` put
         around its stages (pipelined, one stream transfer or port packet each), over one call."""
+        together = self.read_together(proc)  # one loop for these: counted once
         reads = sum(s.elements // self.width_of[self.stream_of[(id(s), id(proc))]] for s in proc.inputs
-                    if (id(s), id(proc)) in self.stream_of)
+                    if (id(s), id(proc)) in self.stream_of and not any(s is t for t in together[1:]))
         reads += sum(port_copy_cycles(s.shape) for s in proc.inputs
                      if (id(s), id(proc)) in self.port_of and id(s) in proc.block_slot)
         writes = 0

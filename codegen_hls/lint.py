@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from tvm_spatial.errors import LintError
 
 from .c_types import c_type, stream_element
-from .fifo_depths import Read, Write, deadlock
+from .fifo_depths import Read, ReadEach, Write, deadlock
 from .design import Design, Kernel
 from .host_code import buffers
 
@@ -364,8 +364,8 @@ def _merge(ops: list) -> list:
         last = out[-1] if out else None
         if isinstance(op, Read) and isinstance(last, Read) and last.stream == op.stream:
             out[-1] = Read(op.stream, last.count + op.count)
-        elif isinstance(op, Write) and isinstance(last, Write) and last.streams == op.streams:
-            out[-1] = Write(op.streams, last.count + op.count)
+        elif type(op) in (Write, ReadEach) and type(last) is type(op) and last.streams == op.streams:
+            out[-1] = type(op)(op.streams, last.count + op.count)
         else:
             out.append(op)
     return out
@@ -380,14 +380,33 @@ def _repeat(body: list, trips: int) -> list:
     body = _merge(body)
     if len(body) == 1:
         op = body[0]
-        return [Read(op.stream, op.count * trips) if isinstance(op, Read) else Write(op.streams, op.count * trips)]
+        return [Read(op.stream, op.count * trips) if isinstance(op, Read) else type(op)(op.streams, op.count * trips)]
     if all(isinstance(op, Write) and op.count == 1 for op in body):
         names = tuple(n for op in body for n in op.streams)
         if len(set(names)) == len(names):
             return [Write(names, trips)]
+    if all(isinstance(op, Read) and op.count == 1 for op in body):  # a transfer of each per iteration
+        names = tuple(op.stream for op in body)
+        if len(set(names)) == len(names):
+            return [ReadEach(names, trips)]
     if len(body) * trips > _MAX_OPS:
         raise _Unordered()
     return body * trips
+
+
+def _bound(program: list, binding: dict) -> list:
+    """A callee's stream operations on the caller's streams (``binding``: parameter ->
+    the stream passed); operations on streams it was not passed are dropped."""
+    ops: list = []
+    for op in program:
+        if isinstance(op, Read):
+            if op.stream in binding:
+                ops.append(Read(binding[op.stream], op.count))
+            continue
+        names = tuple(binding[n] for n in op.streams if n in binding)
+        if names:
+            ops.append((ReadEach if isinstance(op, ReadEach) else Write)(names, op.count))
+    return ops
 
 
 def _stream_element(text: str) -> str:
@@ -678,13 +697,7 @@ class _Linter:
                 inner = self._program(callee, active)
                 if inner is None:
                     raise _Unordered()
-                for op in inner:
-                    if isinstance(op, Read) and op.stream in binding:
-                        ops.append(Read(binding[op.stream], op.count))
-                    elif isinstance(op, Write):
-                        names = tuple(binding[n] for n in op.streams if n in binding)
-                        if names:
-                            ops.append(Write(names, op.count))
+                ops += _bound(inner, binding)
                 i = close + 1
                 continue
             i += 1
@@ -699,18 +712,9 @@ class _Linter:
             program = self._program(callee)
             if program is None:
                 return  # the order of some process's stream operations is not static
-            ops = []
-            for op in program:
-                if isinstance(op, Read):
-                    if op.stream in binding:
-                        ops.append(Read(binding[op.stream], op.count))
-                else:
-                    names = tuple(binding[n] for n in op.streams if n in binding)
-                    if names:
-                        ops.append(Write(names, op.count))
-            programs[f"{callee.name}#{index}"] = ops
+            programs[f"{callee.name}#{index}"] = _bound(program, binding)
         used = {op.stream for ops in programs.values() for op in ops if isinstance(op, Read)}
-        used |= {n for ops in programs.values() for op in ops if isinstance(op, Write) for n in op.streams}
+        used |= {n for ops in programs.values() for op in ops if not isinstance(op, Read) for n in op.streams}
         caps = {name: depths.get(name, (DEFAULT_STREAM_DEPTH, 0))[0] for name in used}
         stuck = deadlock(programs, caps)
         if stuck is not None:
