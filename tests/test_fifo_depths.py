@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tvm_spatial
-from codegen_hls.fifo_depths import Deadlock, Read, Write, deadlock, size_fifos
+from codegen_hls.fifo_depths import Deadlock, Read, ReadEach, Write, deadlock, size_fifos
 from codegen_hls.lint import lint_source
 from tvm_spatial.estimate import design_from_onnx
 
@@ -85,3 +85,42 @@ def test_built_designs_pass_the_text_check_and_a_shallower_stream_fails_it(gpt2_
     assert [f.rule for f in findings] == ["stream-depth"], findings
     assert f"stream '{query.name}' has depth {query.depth // 2}" in findings[0].message
     assert "deadlocks" in findings[0].message
+
+
+def test_lockstep_reads_of_two_writers_need_no_depth():
+    """Two processes each writing a stream that one loop reads a transfer of each per
+    cycle (a decode attention's K and V): they hand over side by side at the shallow depth."""
+    programs = {"k": [Write(("a",), 64)], "v": [Write(("b",), 64)], "attention": [ReadEach(("a", "b"), 64)]}
+    assert size_fifos("r", programs, {"a": 2, "b": 2}) == {"a": 2, "b": 2}
+
+
+def test_lockstep_reads_of_one_writer_of_both_need_the_first_whole():
+    """One process writing all of ``a`` before ``b``, read in lockstep: ``a`` must hold
+    everything (why the codegen reads a prefill's K and V, which its split writes one after
+    the other, in turn instead); at any less the region deadlocks, the reader named."""
+    programs = {"split": [Write(("a",), 64), Write(("b",), 64)], "attention": [ReadEach(("a", "b"), 64)]}
+    assert size_fifos("r", programs, {"a": 2, "b": 2}) == {"a": 64, "b": 2}
+    stuck = deadlock(programs, {"a": 63, "b": 2})
+    assert stuck is not None and "attention reads a/b" in stuck.waits and stuck.full == ("a",)
+
+
+def test_decode_attention_reads_k_and_v_in_one_loop():
+    """In the decode fixture's attention, K and V (from the two cache updates) arrive in one
+    pipelined loop, a packet of each per iteration; the lint, reading the program off the
+    text, agrees that the region finishes at the printed depths."""
+    with tvm_spatial.allocation(layers="reuse"):
+        design = design_from_onnx(FIXTURES / "gpt2_tiny_decode.onnx")
+    (kernel,) = [k for k in design.kernels if any(p.op == "attention" for p in k.processes)]
+    (attention,) = [p for p in kernel.processes if p.op == "attention"]
+    updates = [p.name for p in kernel.processes if p.op == "kv_update"]
+    fed = [s for s in kernel.streams if s.consumer == attention.name and s.producer in updates]
+    assert len(fed) == 2 and fed[0].width == fed[1].width
+    body = kernel.source[kernel.source.index(f"void {attention.name}("):]
+    body = body[: body.index("\n}\n")]
+    reads = [re.search(rf"= {s.name}\.read\(\);", body) for s in fed]
+    assert all(reads)
+    between = body[min(r.start() for r in reads): max(r.start() for r in reads)]
+    assert "for (" not in between and "}" not in between  # one loop body holds both reads
+    # its copy loops: K and V counted once, q's and the output's as before
+    assert attention.stream_io < 2 * fed[0].elements // fed[0].width + 1
+    assert lint_source(kernel.name, kernel.source, kernel) == []
