@@ -52,15 +52,19 @@ def main(description: str, fixture: str, kind: str) -> None:
 
         # 1. Load the model: ONNX -> Relax
         import tvm_spatial
-        from tvm_spatial.tuning.tuner import plan_module, tune_design
+        from tvm_spatial.tuning.tuner import block_plans, plan_module, tune_design
 
         path = _model_path(args, fixture, kind, Path(tmp))
         mod = tvm_spatial.frontend.from_onnx(path)
 
-        # 2. Extract the workload: the spatial design's processes (nothing compiled)
-        _, plan = plan_module(mod, args.device)
+        # 2. Extract the workload: the spatial design's processes (nothing compiled), in
+        # the build's token block and in each smaller one tuning tries
+        part, plan = plan_module(mod, args.device)
+        others = block_plans(part, plan, args.device)
         matmuls = sum(1 for k in plan.kernels for p in k.processes if p.matmul)
-        console.print(f"{path.name}: {matmuls} matmul processes to tune on {args.device}")
+        blocks = ", ".join(str(b) for b in sorted(others)) or "none"
+        console.print(f"{path.name}: {matmuls} matmul processes to tune on {args.device}; "
+                      f"token blocks tried besides the build's: {blocks}")
 
         # 3. Tune: meta-schedule with the analytical model as the runner (its per-round
         # tables go to the log files in the work directory; the console shows the bar)
@@ -74,11 +78,12 @@ def main(description: str, fixture: str, kind: str) -> None:
 
             start = time.perf_counter()
             result = tune_design(plan, str(work_dir), max_trials=args.trials, trials_per_iter=args.trials_per_iter,
-                                 budget=args.budget, progress=progress)
+                                 budget=args.budget, progress=progress, block_plans=others)
         gain = 1 - result.best_seconds / result.baseline_seconds
         console.print(f"estimated prefill: allocation {result.baseline_seconds * 1e3:.4f} ms -> tuned "
                       f"{result.best_seconds * 1e3:.4f} ms ({gain:.2%} faster) in {time.perf_counter() - start:.1f} s, "
-                      f"{result.trials} trials ({result.failed} over budget); database in {work_dir}")
+                      f"{result.trials} trials ({result.failed} over budget), best in blocks of {result.rows} tokens; "
+                      f"database in {work_dir}")
 
         # 4. Apply the best records: relax.build inside ``with database:``
         if args.check:

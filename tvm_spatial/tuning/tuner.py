@@ -17,8 +17,12 @@ How it maps onto meta-schedule:
   build's (``tvm_spatial.estimate.placement``: where the greedy allocation is fastest),
   and moving a cut (then re-running the greedy allocation on the new placement) is the
   other kind of move. One more sblock records the token block the
-  row-wise processes stream in: the greedy allocation's, fixed while tuning (the plan's
-  loop nests are those of that block). The distribution is centred on the best design
+  row-wise processes stream in, fixed within one tuning session (its plan's loop nests
+  are those of that block): the greedy allocation's, and with ``block_plans`` one more
+  session per token block below the build's floor of 8 (:func:`tuning_blocks`), the
+  trials shared; the workload does not depend on the block, so all records meet in one
+  database and the best wins (a short sequence's pipeline is mostly fill, which smaller
+  blocks shorten: the BERT fixture). The distribution is centred on the best design
   found so far (first: the model's greedy allocation), so ``ReplayFunc`` performs a local
   random search around it; each record's trace replays its exact decisions.
 * **builder** -- nothing to compile: :class:`ArrayBuilder` reads the sampled arrays, lanes and
@@ -532,28 +536,63 @@ class TuneResult:
     best_lanes: dict = field(default_factory=dict)  # process name -> lanes of the others
     best_cuts: dict = field(default_factory=dict)  # kernel -> its SLR cuts (kernels over several SLRs)
     baseline_cuts: dict = field(default_factory=dict)  # the plan's (the build's split)
-    rows: int | None = None  # tokens per block of the row-wise processes (the greedy allocation's)
+    rows: int | None = None  # tokens per block of the row-wise processes (the best record's)
 
 
 def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter: int = 16,
                 budget: float = DEFAULT_BUDGET, seed: int = 1, progress=None,
-                max_channels: int | None = None) -> TuneResult:
+                max_channels: int | None = None, block_plans: dict | None = None) -> TuneResult:
     """Tune the MAC arrays, lanes and SLR cuts of ``design`` (``codegen_hls.kernel.plan_design``
     or a built design) within ``budget`` of every per-SLR resource; records go to a JSON
     database in ``work_dir``. The greedy allocation is committed first, so tuning never ends worse.
     ``max_channels``: the most ports a weight is striped over (default: the allocation
-    policy's, ``tvm_spatial.allocation(channels=N)``, else the codegen's cap)."""
+    policy's, ``tvm_spatial.allocation(channels=N)``, else the codegen's cap).
+    ``block_plans``: token block -> the same design planned in that block
+    (:func:`block_plans`); each is tuned too, the trials shared evenly, its records in the
+    same database (the workload does not depend on the block), so the best of all wins."""
     from .policy import current_policy
 
     if max_channels is None:
         max_channels = current_policy().channels or None
-    work = design_work(design)
     device = get_device(design.device)
     workload = design_workload(design)
-    target = _target(device.key)
-    baseline = allocate_for_codegen(work, device, budget=budget, max_channels=max_channels)
-    centre, rows = baseline.codegen_table(), baseline.config.block
     database = ms.database.JSONDatabase(work_dir=work_dir, module_equality="structural")
+    # the design in its own block (the greedy allocation's choice), then each other block
+    sessions = [(None, design), *sorted((block_plans or {}).items(), key=lambda kv: -kv[0])]
+    works = {}
+    trials = failed = 0
+    baseline_secs = None
+    for index, (block, plan) in enumerate(sessions):
+        share = max_trials // len(sessions) + (max_trials % len(sessions) if index == 0 else 0)
+
+        def reported(best, done, over, before=(trials, failed)):
+            if progress is not None:
+                progress(best, before[0] + done, before[1] + over)
+
+        work, secs, runner = _tune_block(plan, workload, database, device, work_dir, share, trials_per_iter,
+                                         budget, seed + 2 * index, reported, max_channels,
+                                         None if block is None else (block,))
+        works[runner.space.rows] = work
+        trials, failed = trials + runner.trials, failed + runner.failed
+        baseline_secs = secs if baseline_secs is None else baseline_secs
+    best, best_cuts, best_rows = _best_decisions(database, workload)
+    first = next(iter(works.values()))
+    best_est, _ = score(works.get(best_rows, first), device, best, budget, cuts=best_cuts, rows=best_rows)
+    arrays = {n: v for n, v in best.items() if isinstance(v, tuple)}
+    lanes = {n: v for n, v in best.items() if isinstance(v, int)}
+    return TuneResult(database, workload, baseline_secs, best_est.seconds(best_est.prefill_cycles), arrays,
+                      trials, failed, lanes, best_cuts, first.cuts(), best_rows)
+
+
+def _tune_block(plan, workload, database, device, work_dir: str, max_trials: int, trials_per_iter: int,
+                budget: float, seed: int, progress, max_channels, blocks):
+    """One tuning session on ``plan``: its greedy allocation (in ``blocks``, None: the
+    build's choice) committed as the baseline record, then the search. (the plan's work,
+    baseline seconds, the runner)."""
+    work = design_work(plan)
+    target = _target(device.key)
+    baseline = allocate_for_codegen(work, device, budget=budget, max_channels=max_channels, blocks=blocks)
+    centre, rows = baseline.codegen_table(), baseline.config.block
 
     # the baseline record: the greedy allocation's decisions, exactly
     sch = tvm.s_tir.Schedule(workload, seed=seed + 1)
@@ -579,12 +618,7 @@ def tune_design(design, work_dir: str, *, max_trials: int = 64, trials_per_iter:
             space=ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[], mutator_probs={}),
             strategy=ms.search_strategy.ReplayFunc(), seed=seed, num_tuning_cores=1,
         )
-    best, best_cuts, best_rows = _best_decisions(database, workload)
-    best_est, _ = score(work, device, best, budget, cuts=best_cuts, rows=best_rows)
-    arrays = {n: v for n, v in best.items() if isinstance(v, tuple)}
-    lanes = {n: v for n, v in best.items() if isinstance(v, int)}
-    return TuneResult(database, workload, base_secs, best_est.seconds(best_est.prefill_cycles), arrays,
-                      runner.trials, runner.failed, lanes, best_cuts, work.cuts(), best_rows)
+    return work, base_secs, runner
 
 
 @contextlib.contextmanager
@@ -639,8 +673,9 @@ def tuned_layout(database, design) -> tuple[dict, dict, int | None] | None:
     return table, design_work(design).placement_for_cuts(cuts) if cuts else {}, rows
 
 
-__all__ = ["ArrayBuilder", "ArraySpace", "ModelRunner", "TuneResult", "cuts_of", "design_workload", "plan_module", "rows_of",
-           "score", "table_of", "tune_design", "tuned_arrays", "tuned_layout", "tuned_table"]
+__all__ = ["ArrayBuilder", "ArraySpace", "ModelRunner", "TUNING_MIN_ROWS", "TuneResult", "block_plans", "cuts_of",
+           "design_workload", "plan_module", "rows_of", "score", "table_of", "tune_design", "tuned_arrays",
+           "tuned_layout", "tuned_table", "tuning_blocks"]
 
 
 def plan_module(mod: tvm.IRModule, device: str = "u280"):
@@ -659,3 +694,45 @@ def plan_module(mod: tvm.IRModule, device: str = "u280"):
     key = get_device(device).key
     part = partition_for_build(mod, key, policy)
     return part, tuning_plan(offloaded_regions(part), key, host_operators(part), policy, blocked=True)
+
+
+# Token blocks below the build's floor (``estimate.allocation.CODEGEN_MIN_ROWS``) that
+# tuning tries: the build keeps blocks of 8 or more so that emulation stays fast and a MAC
+# array has rows to fill; a short sequence's pipeline is mostly fill, which smaller blocks
+# shorten, so tuning measures them with the model (the BERT fixture: 8 -> 2 tokens per block).
+TUNING_MIN_ROWS = 2
+
+
+def tuning_blocks(tokens: int, block: int | None) -> tuple[int, ...]:
+    """The token blocks :func:`block_plans` plans besides ``block`` (the greedy
+    allocation's): powers of two from ``TUNING_MIN_ROWS`` below the build's floor that
+    divide ``tokens``. None when the design runs whole tensors or has one token."""
+    from ..estimate.allocation import CODEGEN_MIN_ROWS
+
+    if block is None or tokens <= 1:
+        return ()
+    out, rows = [], TUNING_MIN_ROWS
+    while rows < min(block, CODEGEN_MIN_ROWS):
+        if tokens % rows == 0:
+            out.append(rows)
+        rows *= 2
+    return tuple(out)
+
+
+def block_plans(part: tvm.IRModule, plan, device: str = "u280") -> dict:
+    """Token block -> ``plan``'s design planned in that block (same regions and SLR
+    placement), for each of :func:`tuning_blocks`: what ``tune_design(block_plans=...)``
+    tunes besides ``plan``."""
+    from codegen_hls.kernel import plan_design
+    from relax_passes import host_operators, offloaded_regions
+
+    from .policy import current_policy
+
+    work = design_work(plan)
+    rows = max((p.rows for k in plan.kernels for p in k.processes), default=0) or None
+    placement = {p.name: p.slr for k in plan.kernels for p in k.processes}
+    key = get_device(device).key
+    funcs, host = offloaded_regions(part), host_operators(part)
+    slrs = current_policy().slrs or None
+    return {b: plan_design(funcs, key, host, slrs=slrs, placement=placement, rows=b)
+            for b in tuning_blocks(work.tokens, rows)}
