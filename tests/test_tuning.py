@@ -1,7 +1,8 @@
-"""Meta-schedule tuning of a design's MAC arrays, lanes and SLR cuts
-(tvm_spatial.tuning.tuner): the GPT2 fixture tuned with a small trial budget is faster
-than the model's greedy allocation (what ``relax.build`` does untuned, SLR cuts searched
-with the model) within the budget,
+"""Meta-schedule tuning of a design's MAC arrays, lanes, SLR cuts and token block
+(tvm_spatial.tuning.tuner): the GPT2 fixture (arrays, lanes and cuts) and the BERT
+fixture (token blocks too) tuned with a small trial budget are faster than the model's
+greedy allocation (what ``relax.build`` does untuned, SLR cuts searched with the model)
+within the budget,
 ``relax.build`` under ``with database:`` realizes the best record (arrays and placement),
 and the tuned design still matches onnxruntime in emulation.
 
@@ -36,8 +37,9 @@ def _fixture(name):
 def tuned(tmp_path_factory):
     from tvm_spatial.tuning.tuner import plan_module, tune_design
 
-    # the GPT2 fixture: the BERT fixture's allocation, with its SLR cuts searched by the
-    # model, is already what 128 trials find (0.0355 ms; contrib/tune_bert.py)
+    # the GPT2 fixture in the build's blocks: arrays, lanes and SLR cuts alone (the BERT
+    # fixture's allocation is already what 128 trials of those find, 0.0355 ms; tuning
+    # beats it with smaller token blocks: test_tuning_the_bert_fixture_...)
     path, inputs, outputs = _fixture("gpt2_tiny")
     mod = tvm_spatial.frontend.from_onnx(path)
     _, plan = plan_module(mod)  # in the token blocks relax.build will print
