@@ -706,7 +706,7 @@ TUNING_MIN_ROWS = 2
 def tuning_blocks(tokens: int, block: int | None) -> tuple[int, ...]:
     """The token blocks :func:`block_plans` plans besides ``block`` (the greedy
     allocation's): powers of two from ``TUNING_MIN_ROWS`` below the build's floor that
-    divide ``tokens``. None when the design runs whole tensors or has one token."""
+    divide ``tokens``; none when the design runs whole tensors or decodes one token."""
     from ..estimate.allocation import CODEGEN_MIN_ROWS
 
     if block is None or tokens <= 1:
@@ -729,10 +729,9 @@ def block_plans(part: tvm.IRModule, plan, device: str = "u280") -> dict:
     from .policy import current_policy
 
     work = design_work(plan)
-    rows = max((p.rows for k in plan.kernels for p in k.processes), default=0) or None
     placement = {p.name: p.slr for k in plan.kernels for p in k.processes}
     key = get_device(device).key
     funcs, host = offloaded_regions(part), host_operators(part)
     slrs = current_policy().slrs or None
     return {b: plan_design(funcs, key, host, slrs=slrs, placement=placement, rows=b)
-            for b in tuning_blocks(work.tokens, rows)}
+            for b in tuning_blocks(work.tokens, work.block)}
