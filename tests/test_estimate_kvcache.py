@@ -165,7 +165,7 @@ def test_decode_takes_the_longest_chain_of_streams():
     """A dataflow region starts a process when its streams deliver: a diamond a -> (b, c)
     -> d takes a + max(b, c) + d; without streams (a workload by size) the processes are
     one chain; streams that loop back are a design error, reported."""
-    from tvm_spatial.estimate.model import decode_path
+    from tvm_spatial.estimate.model import decode_path, longest_chain
     from tvm_spatial.estimate.workload import StreamWork
 
     def edge(src, dst):
@@ -174,6 +174,8 @@ def test_decode_takes_the_longest_chain_of_streams():
     cycles = {"a": 1.0, "b": 5.0, "c": 3.0, "d": 2.0}
     diamond = [edge("a", "b"), edge("a", "c"), edge("b", "d"), edge("c", "d")]
     assert decode_path(cycles, diamond) == 1 + 5 + 2
+    assert longest_chain(cycles, diamond) == (1 + 5 + 2, ("a", "b", "d"))
+    assert longest_chain(cycles, []) == (1 + 5 + 3 + 2, ("a", "b", "c", "d"))
     assert decode_path(cycles, [edge("a", "c"), edge("c", "d")]) == 1 + 3 + 2  # b alone, beside them
     assert decode_path(cycles, []) == 1 + 5 + 3 + 2
     assert decode_path(cycles, [edge("x", "a")]) == 1 + 5 + 3 + 2  # streams of another region
@@ -197,3 +199,16 @@ def test_k_and_v_updates_run_side_by_side(decode_design):
         pairs.setdefault((p.kernel, p.layer), []).append(p.decode_cycles * p.calls)
     assert pairs and all(len(v) == 2 for v in pairs.values())
     assert est.decode_cycles <= total - sum(min(v) for v in pairs.values()) + 1e-6
+    # the report says which processes a token does not wait on: at least one update a layer
+    beside = [p for p in updates if p.name not in est.decode_chain]
+    assert len(beside) >= len(pairs)
+    from tvm_spatial.estimate.report import process_table
+
+    from rich.console import Console
+
+    console = Console(width=400, record=True)
+    console.print(process_table(est, limit=None))
+    rows = console.export_text().splitlines()
+    for p in beside:
+        short = p.name.split("_p", 1)[-1]
+        assert any(short in row and " beside" in row for row in rows), short

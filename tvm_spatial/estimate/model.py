@@ -165,6 +165,8 @@ class Estimate:
     host_ops: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
     kv_cache: tuple[KVPlacement, ...] = ()  # decode designs: each layer's cache, where it lives
+    # the processes a decoded token waits on (each region's longest chain, model.decode_path)
+    decode_chain: tuple[str, ...] = ()
 
     # ---- derived figures ----
     @property
@@ -438,6 +440,12 @@ def decode_path(cycles: dict[str, float], streams) -> float:
     processes on no common chain -- the K and V cache updates of a decode step, each on
     its own buffer and bank -- run side by side. A region whose processes no stream links
     (a workload by size, without a design) is taken as one chain, as printed: the sum."""
+    return longest_chain(cycles, streams)[0]
+
+
+def longest_chain(cycles: dict[str, float], streams) -> tuple[float, tuple[str, ...]]:
+    """(:func:`decode_path`, the processes on that chain in order; every process when no
+    stream links them)."""
     preds: dict[str, list[str]] = {name: [] for name in cycles}
     linked = False
     for s in streams:
@@ -445,17 +453,22 @@ def decode_path(cycles: dict[str, float], streams) -> float:
             preds[s.consumer].append(s.producer)
             linked = True
     if not linked:
-        return sum(cycles.values())
-    done: dict[str, float] = {}
+        return sum(cycles.values()), tuple(cycles)
+    done: dict[str, tuple[float, str | None]] = {}  # name -> (finish, the predecessor it waits on)
 
     def finish(name: str, seen: frozenset = frozenset()) -> float:
         if name not in done:
             if name in seen:
                 raise ValueError(f"the streams into process {name} form a cycle")
-            done[name] = cycles[name] + max((finish(p, seen | {name}) for p in preds[name]), default=0.0)
-        return done[name]
+            before = max(((finish(p, seen | {name}), p) for p in preds[name]), default=(0.0, None))
+            done[name] = (cycles[name] + before[0], before[1])
+        return done[name][0]
 
-    return max(finish(name) for name in cycles)
+    last = max(cycles, key=finish)
+    chain = [last]
+    while done[chain[-1]][1] is not None:
+        chain.append(done[chain[-1]][1])
+    return done[last][0], tuple(reversed(chain))
 
 
 def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelConfig()) -> Estimate:
@@ -517,10 +530,13 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
         fill += calls * fil
     prefill_bytes = sum(p.prefill_bytes * w.calls for p, w in zip(procs, work.processes))
     decode = 0.0
+    chain: list[str] = []  # the processes a token waits on, region after region
     for kernel in dict.fromkeys(w.kernel for w in work.processes):
         mine = {w.name: p.decode_cycles for p, w in zip(procs, work.processes) if w.kernel == kernel}
         calls = next(w.calls for w in work.processes if w.kernel == kernel)
-        decode += calls * decode_path(mine, work.streams)
+        length, names = longest_chain(mine, work.streams)
+        decode += calls * length
+        chain += names
     decode_bytes = sum(p.decode_bytes * w.calls for p, w in zip(procs, work.processes))
 
     # rooflines: the whole card's DSPs on the MACs; weights read once, KV cache per token
@@ -550,5 +566,5 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
         bottleneck=bottleneck, decode_bottleneck=decode_bottleneck, slr_use=tuple(slr_use),
         prefill_roofline=prefill_roof, decode_roofline=decode_roof,
         prefill_bytes=int(prefill_bytes), decode_bytes=int(decode_bytes), host_ops=work.host_ops,
-        kv_cache=kv,
+        kv_cache=kv, decode_chain=tuple(chain),
     )

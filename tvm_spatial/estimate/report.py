@@ -29,7 +29,9 @@ def summary_table(est: Estimate) -> Table:
     t.add_row("tokens / block", f"{est.tokens} / {blk}")
     t.add_row("prefill latency", f"{_fmt(est.prefill_cycles, est)} (fill {_fmt(est.prefill_fill_cycles, est)}); "
               f"bottleneck {est.bottleneck}")
-    t.add_row("decode latency / token", f"{_fmt(est.decode_cycles, est)}; slowest {est.decode_bottleneck}")
+    beside = len(est.processes) - len(set(est.decode_chain)) if est.decode_chain else 0
+    t.add_row("decode latency / token", f"{_fmt(est.decode_cycles, est)}; slowest {est.decode_bottleneck}"
+              + (f"; {beside} process(es) beside the longest chain (marked 'beside')" if beside else ""))
     pr, dr = est.prefill_roofline, est.decode_roofline
     if pr.dsp_cycles or pr.memory_cycles:
         t.add_row("prefill roofline", f"DSP-bound {_fmt(pr.dsp_cycles, est)}, HBM-bound {_fmt(pr.memory_cycles, est)}"
@@ -83,12 +85,14 @@ def process_table(est: Estimate, limit: int | None = 40) -> Table:
                 "BRAM18", "URAM", "LUT", "off-chip MB"):
         t.add_column(col, justify="left" if col in ("process", "op", "bound") else "right")
     procs = sorted(est.processes, key=lambda p: -p.block_cycles)
+    chain = set(est.decode_chain)  # the others run beside it in decode: their time is hidden
     for p in procs[:limit] if limit else procs:
         r = p.resources
         t.add_row(p.name.split("_p", 1)[-1] if "_p" in p.name else p.name, p.op, str(p.calls), str(p.slr),
                   str(p.parallelism),
                   "x".join(map(str, p.trip_counts)), str(p.ii), _fmt(p.block_cycles, est), p.block_bound,
-                  _fmt(p.decode_cycles, est), f"{r.dsp:,.0f}", f"{r.bram18k:,.0f}", f"{r.uram:,.0f}",
+                  _fmt(p.decode_cycles, est) + ("" if not chain or p.name in chain else " beside"),
+                  f"{r.dsp:,.0f}", f"{r.bram18k:,.0f}", f"{r.uram:,.0f}",
                   f"{r.lut:,.0f}", f"{p.prefill_bytes / 1e6:.2f}")
     return t
 
