@@ -136,7 +136,8 @@ def main() -> None:
             f"(slowest {last.decode_bottleneck}, {last.process(last.decode_bottleneck).decode_bound}-bound)."
         )
     if decode is not None:
-        slowest = sorted(decode.processes, key=lambda p: -p.decode_cycles * p.calls)[:3]
+        chain = set(decode.decode_chain)  # what a token waits on (the rest runs beside it)
+        slowest = sorted((p for p in decode.processes if p.name in chain), key=lambda p: -p.decode_cycles * p.calls)[:3]
         console.print(
             "fp32 decode design: " + ", ".join(
                 f"{p.name} {p.decode_cycles * p.calls / decode.decode_cycles:.0%} ({p.parallelism}, "
