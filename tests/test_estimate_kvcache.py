@@ -181,6 +181,9 @@ def test_decode_takes_the_longest_chain_of_streams():
     assert decode_path(cycles, [edge("x", "a")]) == 1 + 5 + 3 + 2  # streams of another region
     with pytest.raises(ValueError, match="cycle"):
         decode_path(cycles, [*diamond, edge("d", "a")])
+    # an unrolled stack: thousands of processes in one chain (no recursion limit)
+    long = {f"p{i}": 1.0 for i in range(5000)}
+    assert decode_path(long, [edge(f"p{i}", f"p{i + 1}") for i in range(4999)]) == 5000
 
 
 def test_k_and_v_updates_run_side_by_side(decode_design):

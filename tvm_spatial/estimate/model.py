@@ -454,17 +454,26 @@ def longest_chain(cycles: dict[str, float], streams) -> tuple[float, tuple[str, 
             linked = True
     if not linked:
         return sum(cycles.values()), tuple(cycles)
+    # in topological order (Kahn), without recursion: an unrolled stack has long chains
+    succs: dict[str, list[str]] = {name: [] for name in cycles}
+    waiting = {name: len(set(ps)) for name, ps in preds.items()}
+    for name, ps in preds.items():
+        for p in set(ps):
+            succs[p].append(name)
+    ready = [name for name in cycles if not waiting[name]]
     done: dict[str, tuple[float, str | None]] = {}  # name -> (finish, the predecessor it waits on)
-
-    def finish(name: str, seen: frozenset = frozenset()) -> float:
-        if name not in done:
-            if name in seen:
-                raise ValueError(f"the streams into process {name} form a cycle")
-            before = max(((finish(p, seen | {name}), p) for p in preds[name]), default=(0.0, None))
-            done[name] = (cycles[name] + before[0], before[1])
-        return done[name][0]
-
-    last = max(cycles, key=finish)
+    while ready:
+        name = ready.pop()
+        before = max(((done[p][0], p) for p in preds[name]), default=(0.0, None))
+        done[name] = (cycles[name] + before[0], before[1])
+        for nxt in succs[name]:
+            waiting[nxt] -= 1
+            if not waiting[nxt]:
+                ready.append(nxt)
+    if len(done) < len(cycles):
+        stuck = sorted(set(cycles) - set(done))
+        raise ValueError(f"the streams into process {stuck[0]} form a cycle")
+    last = max(cycles, key=lambda n: done[n][0])
     chain = [last]
     while done[chain[-1]][1] is not None:
         chain.append(done[chain[-1]][1])
