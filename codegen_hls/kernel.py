@@ -812,7 +812,7 @@ class _KernelWriter:
         """Declare ``into``'s buffer and fill it from ``stream`` in row-major order."""
         into.cname = local.fresh("in_" + re.sub(r"\W", "_", hint))
         self.declare(w, into.cname, into.dtype, into.shape, self.width_of[stream])
-        self.read_packets(w, stream, into.shape, _indexed(into.cname))
+        self.read_packets(w, [(stream, _indexed(into.cname))], into.shape)
 
     def read_together(self, proc: Proc) -> list[Slot]:
         """The inputs an attention reads in one copy loop, a packet of each per cycle: its K
@@ -841,19 +841,7 @@ class _KernelWriter:
         for slot, stream in zip(slots, streams):
             slot.cname = local.fresh("in_" + re.sub(r"\W", "_", slot.hint))
             self.declare(w, slot.cname, slot.dtype, slot.shape, self.width_of[stream])
-        width = self.width_of[streams[0]]
-        shape = slots[0].shape
-        rank = len(shape or (1,))
-        if width == 1:
-            idx = [f"i{k}" for k in range(rank)]
-            _loop_nest(w, shape, [f"{_indexed(s.cname)(idx)} = {st}.read();" for s, st in zip(slots, streams)])
-            return
-        element = stream_element(self.stream_dtype[streams[0]], width)
-        packets, idx = _packets(shape, width)
-        body = [f"const {element} p{k} = {st}.read();" for k, st in enumerate(streams)]
-        body += [f"for (int e = 0; e < {width}; ++e) {{", "#pragma HLS UNROLL"]
-        body += [f"  {_indexed(s.cname)(idx)} = p{k}.data[e];" for k, s in enumerate(slots)]
-        _loop_nest(w, packets, body + ["}"])
+        self.read_packets(w, [(stream, _indexed(slot.cname)) for slot, stream in zip(slots, streams)], slots[0].shape)
 
     @staticmethod
     def declare(w: CodeWriter, name: str, dtype: str, shape, width: int) -> None:
@@ -863,19 +851,22 @@ class _KernelWriter:
         if width > 1:
             w.line(f"#pragma HLS ARRAY_PARTITION variable={name} cyclic factor={width} dim={len(shape)}")
 
-    def read_packets(self, w: CodeWriter, stream: str, shape, dest) -> None:
-        """``dest(index expressions) = <next element of stream>`` over ``shape`` in row-major
-        order, one transfer (``width`` elements of the last dimension) per cycle."""
-        width = self.width_of[stream]
+    def read_packets(self, w: CodeWriter, reads, shape) -> None:
+        """For each ``(stream, dest)`` of ``reads``, ``dest(index expressions) = <next element
+        of stream>`` over ``shape`` in row-major order, all in one loop: a transfer (``width``
+        elements of the last dimension, the same for every stream) of each per cycle."""
+        width = self.width_of[reads[0][0]]
         rank = len(shape or (1,))
         if width == 1:
-            _loop_nest(w, shape, [f"{dest([f'i{k}' for k in range(rank)])} = {stream}.read();"])
+            idx = [f"i{k}" for k in range(rank)]
+            _loop_nest(w, shape, [f"{dest(idx)} = {stream}.read();" for stream, dest in reads])
             return
-        element = stream_element(self.stream_dtype[stream], width)
+        element = stream_element(self.stream_dtype[reads[0][0]], width)
         packets, idx = _packets(shape, width)
-        _loop_nest(w, packets, [f"const {element} p = {stream}.read();",
+        names = ["p"] if len(reads) == 1 else [f"p{k}" for k in range(len(reads))]
+        _loop_nest(w, packets, [*(f"const {element} {p} = {stream}.read();" for p, (stream, _) in zip(names, reads)),
                                 f"for (int e = 0; e < {width}; ++e) {{", "#pragma HLS UNROLL",
-                                f"  {dest(idx)} = p.data[e];", "}"])
+                                *(f"  {dest(idx)} = {p}.data[e];" for p, (_, dest) in zip(names, reads)), "}"])
 
     def write_packets(self, w: CodeWriter, slot: Slot, shape, source, ports, streams) -> None:
         """Send ``source(index expressions)`` over ``shape`` to every port (``ports``: their
@@ -930,7 +921,7 @@ class _KernelWriter:
         def read_held_blocks() -> None:
             for slot in held:
                 stream = self.stream_of[(id(slot), id(proc))]
-                self.read_packets(w, stream, self.held_block_shape(proc, slot), at_block(slot.cname, slot))
+                self.read_packets(w, [(stream, at_block(slot.cname, slot))], self.held_block_shape(proc, slot))
 
         signature, args = self.process_signature(proc)
         local = Namer()
