@@ -271,3 +271,35 @@ def test_small_design_stays_on_one_slr_unless_told():
     with pytest.raises(tvm_spatial.UsageError, match="count of SLRs"):
         with tvm_spatial.allocation(slrs=-1):
             pass
+
+
+def test_an_allocation_the_budget_never_held_back_stops_at_one_slr(monkeypatch):
+    """``Allocation.resource_bound``: the MLP grows every process as far as it saves cycles
+    within one SLR, so more SLRs cannot speed it up -- allocated on 2 and 3 they are no
+    faster -- and the build allocates it on one count of SLRs only, with no placement
+    search. GPT2's fixture wants more than one SLR gives, and so does the MLP in 5 % of
+    each resource."""
+    from relax_passes import host_operators, partition_for_vitis_spatial
+    from tvm_spatial import examples
+    from tvm_spatial.tuning import policy
+
+    mod = partition_for_vitis_spatial(examples.mlp().mod)
+    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    host_ops = host_operators(mod)
+    alone = policy.allocate_planned(funcs, "u280", host_ops, 1)
+    assert not alone.resource_bound
+    for count in (2, 3):
+        assert policy.allocate_planned(funcs, "u280", host_ops, count).estimate.prefill_cycles >= \
+            alone.estimate.prefill_cycles
+    tight = policy.allocate_planned(funcs, "u280", host_ops, 1, budget=0.05)
+    assert tight.resource_bound and tight.estimate.prefill_cycles > alone.estimate.prefill_cycles
+    gpt2_funcs, gpt2_host_ops = _offloaded("gpt2_tiny")
+    assert policy.allocate_planned(gpt2_funcs, "u280", gpt2_host_ops, 1).resource_bound
+
+    counts = []
+    real = policy.allocate_planned
+    monkeypatch.setattr(policy, "allocate_planned", lambda f, d, h, slrs, *a, **k: counts.append(slrs) or
+                        real(f, d, h, slrs, *a, **k))
+    monkeypatch.setattr(policy, "_LAYOUTS", {})
+    layout = policy.choose_layout(funcs, "u280", host_ops, policy.AllocationPolicy())
+    assert counts == [1] and layout.slrs == 1

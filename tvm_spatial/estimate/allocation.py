@@ -51,6 +51,9 @@ class Allocation:
     config: ModelConfig
     estimate: Estimate
     budget: float
+    # some block's allocation wanted a step that would have saved cycles but did not fit (or
+    # did not fit at all): more resources -- another SLR -- could make the design faster
+    resource_bound: bool = True
 
     @property
     def factors(self) -> dict[str, Parallelism]:
@@ -99,7 +102,8 @@ def _stream_use(work: DesignWork, device: Device, block: int | None) -> list[Res
 
 
 def _fits(use: Resources, cap: dict) -> bool:
-    return all(use.get(r) <= cap[r] for r in RESOURCES)
+    return (use.dsp <= cap["dsp"] and use.bram18k <= cap["bram18k"] and use.uram <= cap["uram"]
+            and use.lut <= cap["lut"] and use.ff <= cap["ff"])
 
 
 def _array_as_coded(mm, rows: int, cols: int):
@@ -363,6 +367,16 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
         again = moves(name)
         if again:
             heapq.heappush(heap, (-again[0][0], name))
+
+    def refused(name) -> bool:
+        """Some step of ``name`` would still save cycles but does not fit its SLR."""
+        p = by_name[name]
+        slr = min(p.slr, device.slrs - 1)
+        return any(chain.saved(name, est.block_cycles) > 0 and not _fits(stepped_use(p, slr, cand, est), caps[slr])
+                   for cand, est in grown(name))
+
+    # the budget stopped the growth (more resources could speed the design up)
+    budget_bound = any(refused(name) for name in pars)
     # decode: more channels for memory-bound processes, largest first, while it fits
     order = sorted(pars, key=lambda n: -ests[n].decode_cycles)
     for name in order:
@@ -374,10 +388,13 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
                 break
             est = process_estimate(p, cand, device, clock, block)
             new_use = stepped_use(p, slr, cand, est)
-            if not _fits(new_use, caps[slr]) or est.block_cycles > ests[name].block_cycles:
+            if not _fits(new_use, caps[slr]):
+                budget_bound = True
+                break
+            if est.block_cycles > ests[name].block_cycles:
                 break
             take(p, slr, cand, est, new_use)
-    return pars
+    return pars, budget_bound
 
 
 def allocate(
@@ -404,14 +421,17 @@ def allocate(
         blocks = sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= tokens} | {tokens})
     best = None
     failure = None
+    bound = False
     for block in blocks:
         try:
-            pars = _allocate_block(work, device, block, budget, clock, max_channels, max_lanes, realize,
-                                   realize_lanes, realize_channels, memo)
+            pars, budget_bound = _allocate_block(work, device, block, budget, clock, max_channels, max_lanes,
+                                                 realize, realize_lanes, realize_channels, memo)
         except ResourceBudgetError as err:  # say the nearest miss (e.g. with the smallest blocks)
             if failure is None or err.needed / err.available < failure.needed / failure.available:
                 failure = err
+            bound = True
             continue
+        bound = bound or budget_bound
         config = ModelConfig(block=block, clock_mhz=clock_mhz, kv_budget=budget).with_parallelism(pars)
         est = estimate_work(work, device, config)
         if best is None or est.prefill_cycles < best.estimate.prefill_cycles:
@@ -419,7 +439,7 @@ def allocate(
     if best is None:
         assert failure is not None
         raise failure
-    return best
+    return replace(best, resource_bound=bound)
 
 
 # What today's codegen realizes of a Parallelism: the MAC array of each matmul process

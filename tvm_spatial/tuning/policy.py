@@ -273,6 +273,9 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
                                              policy.channels or None, search=not forced)
         except ResourceBudgetError as err:
             failure = err  # the last (most SLRs) failure names the tightest resource
+            continue
+        if not fitted[count].resource_bound:
+            break  # nothing wanted more than this SLR count gave: more SLRs cannot speed it up
     if not fitted and not forced and not placed:  # no balanced split fits: search for one that does
         for count in range(2, dev.slrs + 1):
             try:
@@ -446,6 +449,8 @@ def _allocate_split(funcs, device: str, host_ops, slrs, placement, budget, rows,
     if not ranked:
         raise failure
     ranked.sort(key=lambda a: a.estimate.prefill_cycles)
+    # whether the budget held any block back (Allocation.resource_bound), over all of them
+    bound = failure is not None or any(a.resource_bound for a in ranked)
     best = None
     for candidate in ranked[:BLOCKS_PLANNED]:
         if candidate.config.block is None:
@@ -456,12 +461,14 @@ def _allocate_split(funcs, device: str, host_ops, slrs, placement, budget, rows,
             try:
                 found = allocate_for_codegen(planned, dev, budget=budget, max_channels=channels)
             except ResourceBudgetError:
+                bound = True
                 continue  # the blocked plan splits the SLRs a little otherwise, and no longer fits
+        bound = bound or found.resource_bound
         if best is None or found.estimate.prefill_cycles < best[0].estimate.prefill_cycles:
             best = found, planned
     if best is None:  # none of them fits in its blocks: whole tensors do
         return allocate_for_codegen(work, dev, budget=budget, blocks=(None,), max_channels=channels), work
-    return best
+    return replace(best[0], resource_bound=bound), best[1]
 
 
 def choose_arrays(funcs, device: str, host_ops, policy: AllocationPolicy) -> dict | None:
