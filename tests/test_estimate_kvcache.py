@@ -186,6 +186,29 @@ def test_decode_takes_the_longest_chain_of_streams():
     assert decode_path(long, [edge(f"p{i}", f"p{i + 1}") for i in range(4999)]) == 5000
 
 
+def test_a_consumer_reads_a_stream_while_its_producer_writes_it():
+    """Each process reads its input streams first and writes its outputs last, one FIFO
+    word a cycle: a handoff of ``T`` words costs them once on a chain (``a + b - T``); two
+    producers read in one loop (the attention's joint K/V read) overlap it with both; a
+    consumer never finishes before its producer."""
+    from tvm_spatial.estimate.model import decode_path, stream_handoffs
+    from tvm_spatial.estimate.workload import StreamWork
+
+    def stream(src, dst, elements, width):
+        return StreamWork(f"{src}_{dst}", 32 * width, 2, elements, 0, src, dst, width=width)
+
+    chain = [stream("a", "b", 64, 16)]  # 4 words
+    assert stream_handoffs(chain) == {("a", "b"): 4.0}
+    assert decode_path({"a": 10.0, "b": 7.0}, chain, stream_handoffs(chain)) == 10 + 7 - 4
+    assert decode_path({"a": 10.0, "b": 7.0}, chain) == 10 + 7  # no handoff given: the old sum
+    assert stream_handoffs(chain, tokens=2) == {("a", "b"): 2.0}  # per token of a longer design
+    joint = [stream("k", "att", 160, 16), stream("v", "att", 160, 16)]
+    cycles = {"k": 30.0, "v": 25.0, "att": 12.0}
+    assert decode_path(cycles, joint, stream_handoffs(joint)) == 30 + 12 - 10
+    wide = [stream("a", "b", 640, 16)]  # more words than the consumer's cycles: b ends with a
+    assert decode_path({"a": 50.0, "b": 20.0}, wide, stream_handoffs(wide)) == 50
+
+
 def test_k_and_v_updates_run_side_by_side(decode_design):
     """The two cache updates of a layer read no stream of each other: a token waits for the
     slower of them, not for both -- the decode latency is below the processes' sum by at
@@ -202,6 +225,18 @@ def test_k_and_v_updates_run_side_by_side(decode_design):
         pairs.setdefault((p.kernel, p.layer), []).append(p.decode_cycles * p.calls)
     assert pairs and all(len(v) == 2 for v in pairs.values())
     assert est.decode_cycles <= total - sum(min(v) for v in pairs.values()) + 1e-6
+    # and the attention reads the updated slices while the updates write them: the cache
+    # slice's words are counted once on the chain, not in both loops
+    _, _, heads, ctx, head_dim = _cache_shape()
+    slice_stream = [s for s in work.streams if s.producer in names and s.elements == heads * ctx * head_dim]
+    assert len(slice_stream) == len(updates), "each update streams its whole slice on"
+    from tvm_spatial.estimate.model import longest_chain
+
+    unhanded = sum(longest_chain({p.name: p.decode_cycles for p in est.processes if p.kernel == k}, work.streams)[0]
+                   * next(p.calls for p in est.processes if p.kernel == k)
+                   for k in dict.fromkeys(p.kernel for p in est.processes))
+    words = slice_stream[0].transfers
+    assert est.decode_cycles <= unhanded - len(pairs) * words + 1e-6
     # the report says which processes a token does not wait on: at least one update a layer
     beside = [p for p in updates if p.name not in est.decode_chain]
     assert len(beside) >= len(pairs)

@@ -22,10 +22,11 @@ The architecture it models (Chen et al., TRETS'24, Sec. 4; Allo's GPT2 design):
   attention, which must see every key first (``ProcessWork.barrier``), cut the chain into
   segments that run one after the other. ``block=None``: every process buffers whole tensors, so processes run one
   after another;
-* **decode** (one new token, context ``seq``): a process starts when the processes whose
-  streams it reads have finished (each needs its producer's whole vector), so a region
-  takes its longest chain of processes (:func:`decode_path`; the K and V cache updates
-  run side by side); each is compute- or memory-bound:
+* **decode** (one new token, context ``seq``): a process computes once it has read its
+  producers' whole vectors, reading each while its producer writes it
+  (:func:`stream_handoffs`), so a region takes its longest chain of processes
+  (:func:`decode_path`; the K and V cache updates run side by side); each is compute- or
+  memory-bound:
   ``max(MACs / (rows*cols), bytes / bandwidth)``; the attention reads the KV cache;
 * rooflines: DSP-bound = all MACs at the whole device's DSP rate for their data type;
   bandwidth-bound = the unavoidable off-chip bytes (weights once, KV cache) at the card's
@@ -439,20 +440,43 @@ def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int,
     return total, fill
 
 
-def decode_path(cycles: dict[str, float], streams) -> float:
+def decode_path(cycles: dict[str, float], streams, handoff: dict | None = None) -> float:
     """One decoded token through a region: its longest chain of processes, ``cycles`` per
     process (name -> decode cycles), linked by the ``streams`` between them.
 
     Why not the sum: a dataflow region starts each process when its streams deliver, so
     processes on no common chain -- the K and V cache updates of a decode step, each on
     its own buffer and bank -- run side by side. A region whose processes no stream links
-    (a workload by size, without a design) is taken as one chain, as printed: the sum."""
-    return longest_chain(cycles, streams)[0]
+    (a workload by size, without a design) is taken as one chain, as printed: the sum.
+
+    ``handoff[(producer, consumer)]``: cycles of the consumer's read loop that run during
+    its producer's write loop (:func:`stream_handoffs`); a consumer then finishes that much
+    sooner after its producer, never before it."""
+    return longest_chain(cycles, streams, handoff)[0]
 
 
-def longest_chain(cycles: dict[str, float], streams) -> tuple[float, tuple[str, ...]]:
+def stream_handoffs(streams, tokens: int = 1) -> dict[tuple[str, str], float]:
+    """(producer, consumer) -> the cycles per token in which the consumer's read loop of a
+    stream runs beside its producer's write loop (the most of the streams between them).
+
+    Why: every process reads its input streams first and writes its output streams last
+    (``codegen_hls.kernel``), one FIFO word per cycle each, and a dataflow FIFO lets the
+    consumer start before its producer has finished (Vitis HLS, UG1399 "pragma HLS
+    dataflow"). So a handoff costs its transfers once, not once in each loop. When the
+    consumer reads another stream before this one, or its producer writes another after
+    it, the hardware overlaps more than this counts: the chain stays on the slow side."""
+    out: dict[tuple[str, str], float] = {}
+    for s in streams:
+        if s.producer and s.consumer and s.producer != s.consumer:
+            key = (s.producer, s.consumer)
+            out[key] = max(out.get(key, 0.0), s.transfers / max(1, tokens))
+    return out
+
+
+def longest_chain(cycles: dict[str, float], streams, handoff: dict | None = None) -> tuple[float, tuple[str, ...]]:
     """(:func:`decode_path`, the processes on that chain in order; every process when no
     stream links them)."""
+    handoff = handoff or {}
     preds: dict[str, list[str]] = {name: [] for name in cycles}
     linked = False
     for s in streams:
@@ -471,7 +495,8 @@ def longest_chain(cycles: dict[str, float], streams) -> tuple[float, tuple[str, 
     done: dict[str, tuple[float, str | None]] = {}  # name -> (finish, the predecessor it waits on)
     while ready:
         name = ready.pop()
-        before = max(((done[p][0], p) for p in preds[name]), default=(0.0, None))
+        before = max(((done[p][0] - min(handoff.get((p, name), 0.0), cycles[p], cycles[name]), p)
+                      for p in preds[name]), default=(0.0, None))
         done[name] = (cycles[name] + before[0], before[1])
         for nxt in succs[name]:
             waiting[nxt] -= 1
@@ -547,10 +572,11 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
     prefill_bytes = sum(p.prefill_bytes * w.calls for p, w in zip(procs, work.processes))
     decode = 0.0
     chain: list[str] = []  # the processes a token waits on, region after region
+    handoff = stream_handoffs(work.streams, tokens)
     for kernel in dict.fromkeys(w.kernel for w in work.processes):
         mine = {w.name: p.decode_cycles for p, w in zip(procs, work.processes) if w.kernel == kernel}
         calls = next(w.calls for w in work.processes if w.kernel == kernel)
-        length, names = longest_chain(mine, work.streams)
+        length, names = longest_chain(mine, work.streams, handoff)
         decode += calls * length
         chain += names
     decode_bytes = sum(p.decode_bytes * w.calls for p, w in zip(procs, work.processes))

@@ -96,6 +96,12 @@ class StreamWork:
     producer: str = ""  # the process writing it (its SLR is the stream's)
     consumer: str = ""  # the process reading it (on another SLR: an AXI-stream link)
     per_block: bool = False  # a what-if (DesignWork.streaming): as deep as one token block of it
+    width: int = 1  # elements per transfer
+
+    @property
+    def transfers(self) -> int:
+        """FIFO words moved: the iterations of its producer's write loop and its consumer's read loop."""
+        return math.ceil(self.elements / max(1, self.width))
 
 
 @dataclass(frozen=True)
@@ -430,7 +436,7 @@ def design_work(design) -> DesignWork:
         for s in kernel.streams:
             # a transfer of ``width`` elements per FIFO word; depth in transfers
             streams.append(StreamWork(s.name, dtype_bits(s.dtype) * s.width, s.depth, s.elements,
-                                      slr_of.get(s.producer, 0), s.producer, s.consumer))
+                                      slr_of.get(s.producer, 0), s.producer, s.consumer, width=s.width))
     linears = [p.matmul.m for p in processes if p.matmul is not None and p.matmul.b_offchip]
     tokens = max(linears, default=1)
     procs = []
