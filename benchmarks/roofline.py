@@ -132,7 +132,8 @@ def main() -> None:
         console.print(
             f"w4a8: pipeline fill is {fill:.0%} of prefill ({len(last.processes)} processes in one chain); "
             f"prefill bottleneck {last.bottleneck} ({last.process(last.bottleneck).parallelism}); "
-            f"decode: a token takes each region's longest chain of processes, each reading its weights over its own channels "
+            f"decode: a token takes each region's longest chain of processes (a stream's words counted once per "
+            f"handoff), each reading its weights over its own channels "
             f"(slowest {last.decode_bottleneck}, {last.process(last.decode_bottleneck).decode_bound}-bound)."
         )
     if decode is not None:
@@ -142,7 +143,7 @@ def main() -> None:
             "fp32 decode design: " + ", ".join(
                 f"{p.name} {p.decode_cycles * p.calls / decode.decode_cycles:.0%} ({p.parallelism}, "
                 f"{p.decode_bound}-bound)" for p in slowest)
-            + " of a token; KV cache " + (decode.kv_cache[0].where if decode.kv_cache else "none") + "."
+            + " of a token (their own cycles; a handoff overlaps its producer's); KV cache " + (decode.kv_cache[0].where if decode.kv_cache else "none") + "."
         )
 
 
