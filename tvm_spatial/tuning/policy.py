@@ -36,7 +36,10 @@ SLRs, fit first: the model's allocation is tried on 1, 2, ... SLRs, and the desi
 fewest whose estimated prefill is within ``SLR_SLACK`` of the fastest. Why: every stream
 that crosses an SLR boundary becomes an AXI-stream link between two kernels over the
 scarce super long lines, and a design split for no speed gain pays for it in routing and
-timing. The other modes (library arrays, explicit arrays, tuned records) keep the
+timing. A count whose allocation the budget never held back (``Allocation.resource_bound``
+false: every process grew as far as it saves cycles) ends the search: more SLRs add only
+resources, so they cannot be faster, and their placement search was most of a small
+design's build. The other modes (library arrays, explicit arrays, tuned records) keep the
 processes spread over every SLR, as they were tuned or written for.
 
 The SLR cuts are the model's: on each count of SLRs, each kernel's chain of processes is
