@@ -303,3 +303,34 @@ def test_an_allocation_the_budget_never_held_back_stops_at_one_slr(monkeypatch):
     monkeypatch.setattr(policy, "_LAYOUTS", {})
     layout = policy.choose_layout(funcs, "u280", host_ops, policy.AllocationPolicy())
     assert counts == [1] and layout.slrs == 1
+
+
+def test_layouts_are_forgotten_least_recently_used_first(monkeypatch):
+    """The layout memory keeps ``_LAYOUTS_KEPT`` designs: a new one pushes out the one
+    asked for least recently, not every one at once."""
+    from tvm_spatial.tuning import policy
+
+    def region(n: int):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((n,), "float32"))
+        with bb.function("f", [x]):
+            bb.emit_func_output(x)
+        return bb.get()["f"]
+
+    chosen = []
+    monkeypatch.setattr(policy, "_choose_layout",
+                        lambda funcs, *rest: chosen.append(funcs[0]) or (policy.Layout(None, None), None))
+    monkeypatch.setattr(policy, "_LAYOUTS", {})
+    monkeypatch.setattr(policy, "_LAYOUTS_KEPT", 2)
+    first, second, third = region(2), region(3), region(4)
+
+    def ask(func):
+        policy.choose_layout([func], "u280", (), policy.AllocationPolicy())
+
+    for func in (first, second, first, third):  # the third pushes out the second
+        ask(func)
+    assert len(chosen) == 3
+    ask(first)
+    assert len(chosen) == 3
+    ask(second)
+    assert len(chosen) == 4 and chosen[-1].same_as(second)
