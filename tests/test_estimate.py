@@ -211,3 +211,29 @@ def test_estimate_cli_bad_model(capsys):
 def test_parallelism_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Parallelism().rows = 3  # type: ignore[misc]
+
+
+def test_copy_loops_do_not_hide_memory_traffic():
+    """A process reads its input streams before its stages and writes its outputs after
+    them, so its off-chip traffic overlaps only the stages: ``io + max(stages, bytes /
+    bandwidth)``, not ``max(io + stages, bytes / bandwidth)``. The bandwidth is one HBM
+    pseudo-channel of the U280 (460 GB/s over 32, at the sustained fraction), at 300 MHz."""
+    from tvm_spatial.estimate import costs
+    from tvm_spatial.estimate.model import Parallelism, process_estimate
+    from tvm_spatial.estimate.workload import ProcessWork
+
+    dev = get_device("u280")
+    per_cycle = 460e9 / 32 / 300e6 * costs.HBM_EFFICIENCY
+    stages, io = 256, 100
+
+    def decode(port_bytes):
+        p = ProcessWork("k0", "k0_p0_take", "take", 0, 0, stages, 1, stages, "float32", ports=("cache",),
+                        port_bytes=port_bytes, nests=((1, stages, 0),), stream_io=io)
+        return process_estimate(p, Parallelism(), dev, 300.0, None)
+
+    slow = decode(int(per_cycle * 1000))  # about 1,000 cycles of traffic: more than the stages
+    assert slow.decode_bound == "memory"
+    assert slow.decode_cycles == pytest.approx(io + 1000 + costs.PIPELINE_DEPTH, abs=1.0)
+    fast = decode(int(per_cycle * 10))  # traffic well inside the stages: the copy loops add on
+    assert fast.decode_bound == "compute"
+    assert fast.decode_cycles == pytest.approx(io + stages + costs.PIPELINE_DEPTH)

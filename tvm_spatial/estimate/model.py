@@ -399,13 +399,16 @@ def process_estimate(
         macs = 0
         ii = 1
         wbytes = 0.0
-    block_cycles = max(compute_block, mem_block) + costs.PIPELINE_DEPTH
-    decode_cycles = max(d_compute, d_mem) + costs.PIPELINE_DEPTH
+    # the copy loops run before and after the work that moves the off-chip bytes, not beside
+    # it: only the rest of the compute hides the memory traffic (or hides behind it)
+    io_block, io_token = p.stream_io / n_blocks, p.stream_io / tokens
+    block_cycles = io_block + max(compute_block - io_block, mem_block) + costs.PIPELINE_DEPTH
+    decode_cycles = io_token + max(d_compute - io_token, d_mem) + costs.PIPELINE_DEPTH
     return ProcessEstimate(
         kernel=p.kernel, name=p.name, op=p.op, layer=p.layer, slr=p.slr, parallelism=par,
         trip_counts=trips, ii=ii, macs=macs, prefill_cycles=prefill, block_cycles=block_cycles,
-        block_bound="memory" if mem_block > compute_block else "compute",
-        decode_cycles=decode_cycles, decode_bound="memory" if d_mem > d_compute else "compute",
+        block_bound="memory" if mem_block > compute_block - io_block else "compute",
+        decode_cycles=decode_cycles, decode_bound="memory" if d_mem > d_compute - io_token else "compute",
         prefill_bytes=int(wbytes * n_blocks + p.port_bytes + cache_bytes), decode_bytes=int(d_bytes),
         resources=res, barrier=p.barrier, packed=mm.packed if mm is not None else 1, calls=p.calls,
     )
