@@ -26,8 +26,8 @@ The architecture it models (Chen et al., TRETS'24, Sec. 4; Allo's GPT2 design):
   producers' whole vectors, reading each while its producer writes it
   (:func:`stream_handoffs`), so a region takes its longest chain of processes
   (:func:`decode_path`; the K and V cache updates run side by side); each is compute- or
-  memory-bound:
-  ``max(MACs / (rows*cols), bytes / bandwidth)``; the attention reads the KV cache;
+  memory-bound, its copy loops beside its off-chip traffic, not over it:
+  ``copy loops + max(MACs / (rows*cols), bytes / bandwidth)``; the attention reads the KV cache;
 * rooflines: DSP-bound = all MACs at the whole device's DSP rate for their data type;
   bandwidth-bound = the unavoidable off-chip bytes (weights once, KV cache) at the card's
   peak bandwidth.
