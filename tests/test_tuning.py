@@ -37,9 +37,11 @@ def _fixture(name):
 def tuned(tmp_path_factory):
     from tvm_spatial.tuning.tuner import plan_module, tune_design
 
-    # the GPT2 fixture in the build's blocks: arrays, lanes and SLR cuts alone (the BERT
-    # fixture's allocation is already what 128 trials of those find, 0.0355 ms; tuning
-    # beats it with smaller token blocks: test_tuning_the_bert_fixture_...)
+    # the GPT2 fixture in the build's blocks: arrays, lanes and SLR cuts alone. Its greedy
+    # allocation is what 64 trials of those find (0.0440 ms; before the model stopped
+    # hiding off-chip traffic behind copy loops it was 0.0452 ms and tuning found 0.0416),
+    # as the BERT fixture's is what 128 find; tuning beats both with smaller token blocks
+    # (test_tuning_the_bert_fixture_...)
     path, inputs, outputs = _fixture("gpt2_tiny")
     mod = tvm_spatial.frontend.from_onnx(path)
     _, plan = plan_module(mod)  # in the token blocks relax.build will print
@@ -50,16 +52,18 @@ def tuned(tmp_path_factory):
     return mod, plan, result, work_dir, inputs, outputs, seen
 
 
-def test_tuning_beats_the_allocation_and_fits(tuned):
+def test_tuning_keeps_the_allocation_or_better_and_fits(tuned):
     _, plan, result, _, _, _, seen = tuned
     dev = get_device("u280")
     work = design_work(plan)
     greedy = allocate_for_codegen(work, dev).estimate
     assert result.baseline_seconds == pytest.approx(greedy.seconds(greedy.prefill_cycles))
     assert result.baseline_cuts == work.cuts() and max(map(len, work.cuts().values())) == dev.slrs - 1
-    # strictly faster: the greedy allocation is a local optimum of single steps, and moving
-    # an SLR cut (then re-allocating) or trading sides between processes finds better
-    assert result.best_seconds < result.baseline_seconds
+    # the baseline is a record of its own, so the best is never slower; within these blocks
+    # the search (seeded) finds nothing faster for this fixture, and some of the designs it
+    # tries go over the budget: the greedy allocation fills the SLRs to it
+    assert result.best_seconds <= result.baseline_seconds
+    assert 0 < result.failed < result.trials
     from tvm_spatial.tuning.tuner import score
 
     assert result.rows == work.block == 8  # tuned in the blocks the plan was printed in
