@@ -14,6 +14,7 @@ import pytest
 from tvm import relax
 
 import tvm_spatial
+from relax_passes import offloaded_regions
 from codegen_hls.kernel import build_design, plan_design
 from codegen_hls.library import DEFAULT_MATMUL_TILING, MacArray
 from tvm_spatial.devices import get_device
@@ -26,7 +27,7 @@ def _offloaded(name: str, device: str = "u280"):
     from relax_passes import host_operators, partition_for_vitis_spatial
 
     mod = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(FIXTURES / f"{name}.onnx"))
-    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(mod)
     return funcs, host_operators(mod)
 
 
@@ -192,7 +193,7 @@ def test_odd_arrays_compute_the_same_matmul(array):
     from relax_passes import partition_for_vitis_spatial
 
     part = partition_for_vitis_spatial(bb.get())
-    funcs = [f for _, f in part.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(part)
     names = [p.name for p in plan_design(funcs, "u280").kernels[0].processes if p.matmul]
     with tvm_spatial.allocation(arrays={n: array for n in names}):
         ex = relax.build(bb.get(), target="vitis_spatial")
@@ -284,7 +285,7 @@ def test_an_allocation_the_budget_never_held_back_stops_at_one_slr(monkeypatch):
     from tvm_spatial.tuning import policy
 
     mod = partition_for_vitis_spatial(examples.mlp().mod)
-    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(mod)
     host_ops = host_operators(mod)
     alone = policy.allocate_planned(funcs, "u280", host_ops, 1)
     assert not alone.resource_bound

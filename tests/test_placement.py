@@ -14,9 +14,9 @@ import math
 from pathlib import Path
 
 import pytest
-from tvm import relax
 
 import tvm_spatial
+from relax_passes import offloaded_regions
 from codegen_hls.kernel import build_design
 from tvm_spatial.devices import get_device
 from tvm_spatial.errors import ResourceBudgetError
@@ -184,7 +184,7 @@ def _offloaded(name: str):
     from relax_passes import host_operators, partition_for_vitis_spatial
 
     mod = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(FIXTURES / f"{name}.onnx"))
-    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(mod)
     return funcs, host_operators(mod)
 
 
@@ -227,7 +227,7 @@ def test_a_split_that_fits_is_searched_for_when_the_balanced_one_does_not():
 
     budget = 0.04
     mod = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(FIXTURES / "gpt2_tiny.onnx"), layers="reuse")
-    funcs = [f for _, f in mod.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(mod)
     host_ops = host_operators(mod)
     with pytest.raises(ResourceBudgetError):  # the premise: balanced, it does not fit
         allocate_planned(funcs, "u280", host_ops, 3, budget=budget, search=False)

@@ -26,6 +26,7 @@ import tvm
 from tvm import relax
 
 import tvm_spatial
+from relax_passes import offloaded_regions
 from codegen_hls import emulation
 from codegen_hls import kernel as kernel_module
 from codegen_hls import xrt_runtime
@@ -151,7 +152,7 @@ def _gpt2_functions():
 
     path, *_ = load_fixture("gpt2_tiny")
     part = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(path))
-    funcs = [f for _, f in part.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(part)
     return funcs, host_operators(part)
 
 

@@ -19,6 +19,7 @@ import tvm
 from tvm import relax
 
 import tvm_spatial
+from relax_passes import offloaded_regions
 from codegen_hls.kernel import plan_design
 from tvm_spatial.devices import get_device
 from tvm_spatial.estimate import allocate_for_codegen, design_work
@@ -118,7 +119,7 @@ def test_database_of_another_design_is_ignored(tuned):
     from relax_passes import host_operators, partition_for_vitis_spatial
 
     part = partition_for_vitis_spatial(tvm_spatial.frontend.from_onnx(path))
-    funcs = [f for _, f in part.functions.items() if isinstance(f, relax.Function) and f.attrs and f.attrs.get("Codegen")]
+    funcs = offloaded_regions(part)
     assert tuned_arrays(result.database, plan_design(funcs, "u280", host_operators(part))) is None
 
 

@@ -330,21 +330,26 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
             steps[key] = out
         return steps[key]
 
-    def moves(name):
-        """(merit, candidate, estimate, new SLR use) of each step that fits, best first."""
+    def saving_steps(name):
+        """(cycles saved, candidate, estimate, new SLR use, whether that fits) of each step of
+        ``name`` that would save cycles now."""
         p = by_name[name]
         slr = min(p.slr, device.slrs - 1)
-        out = []
         for cand, est in grown(name):
             saved = chain.saved(name, est.block_cycles)
-            if saved <= 0:
-                continue
-            new_use = stepped_use(p, slr, cand, est)
-            if not _fits(new_use, caps[slr]):
-                continue
-            # the price of a step: the largest share of an SLR budget it takes
-            price = max((new_use.get(r) - use[slr].get(r)) / caps[slr][r] for r in RESOURCES if caps[slr][r])
-            out.append((saved / max(price, 1e-9), cand, est, new_use))
+            if saved > 0:
+                new_use = stepped_use(p, slr, cand, est)
+                yield saved, cand, est, new_use, _fits(new_use, caps[slr])
+
+    def moves(name):
+        """(merit, candidate, estimate, new SLR use) of each step that fits, best first."""
+        slr = min(by_name[name].slr, device.slrs - 1)
+        out = []
+        for saved, cand, est, new_use, fits in saving_steps(name):
+            if fits:
+                # the price of a step: the largest share of an SLR budget it takes
+                price = max((new_use.get(r) - use[slr].get(r)) / caps[slr][r] for r in RESOURCES if caps[slr][r])
+                out.append((saved / max(price, 1e-9), cand, est, new_use))
         return sorted(out, key=lambda m: -m[0])
 
     heap = []
@@ -368,15 +373,9 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
         if again:
             heapq.heappush(heap, (-again[0][0], name))
 
-    def refused(name) -> bool:
-        """Some step of ``name`` would still save cycles but does not fit its SLR."""
-        p = by_name[name]
-        slr = min(p.slr, device.slrs - 1)
-        return any(chain.saved(name, est.block_cycles) > 0 and not _fits(stepped_use(p, slr, cand, est), caps[slr])
-                   for cand, est in grown(name))
-
-    # the budget stopped the growth (more resources could speed the design up)
-    budget_bound = any(refused(name) for name in pars)
+    # the budget stopped the growth if some step that would still save cycles does not fit
+    # (more resources could speed the design up)
+    budget_bound = any(not fits for name in pars for *_, fits in saving_steps(name))
     # decode: more channels for memory-bound processes, largest first, while it fits
     order = sorted(pars, key=lambda n: -ests[n].decode_cycles)
     for name in order:

@@ -208,14 +208,13 @@ def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Lay
         key = (tuple(tvm_ffi.structural_hash(f) for f in funcs), device, tuple(host_ops), policy)
         for known, layout, warning in _LAYOUTS.get(key, ()):
             if len(known) == len(funcs) and all(tvm_ffi.structural_equal(a, b) for a, b in zip(known, funcs)):
-                _LAYOUTS[key] = _LAYOUTS.pop(key)  # the most recently used now
                 break
         else:
             layout, warning = _choose_layout(funcs, device, host_ops, policy)
             _LAYOUTS.setdefault(key, []).append((funcs, layout, warning))
-            _LAYOUTS[key] = _LAYOUTS.pop(key)
-            while len(_LAYOUTS) > _LAYOUTS_KEPT:
-                del _LAYOUTS[next(iter(_LAYOUTS))]
+        _LAYOUTS[key] = _LAYOUTS.pop(key)  # the most recently used now
+        while len(_LAYOUTS) > _LAYOUTS_KEPT:
+            del _LAYOUTS[next(iter(_LAYOUTS))]
     if warning:
         warnings.warn(warning, DesignOverBudgetWarning, stacklevel=2)
     # the caller's own copies of the tables (a cached layout is shared)
