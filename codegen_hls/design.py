@@ -112,6 +112,11 @@ class Process:
     # block (a packet of up to 16 elements each, as a stream's) and the zeroing of held
     # buffers (as many elements as their streams carry).
     stream_io: int = 0
+    # Its prologue (codegen_hls.kernel hoist_prologue): the first ``prologue_nests`` of its
+    # ``nests`` belong to stages that read no stream and run before its stream reads, while
+    # its producers compute; ``prologue_ports`` are the ports those stages read.
+    prologue_nests: int = 0
+    prologue_ports: tuple[str, ...] = ()
 
     @property
     def realized(self) -> tuple[int, ...]:
@@ -120,7 +125,8 @@ class Process:
         return (*self.array, *((len(self.weight_stripes),) if self.weight_stripes else ()))
 
 
-_TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile", "scratch", "weight_stripes")
+_TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile", "scratch", "weight_stripes",
+                 "prologue_ports")
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,7 @@ class Proc:
     blocks: int = 1  # blocks per call
     block_slot: dict = field(default_factory=dict)  # id(input/output slot) -> its block-sized slot
     causal: bool = False  # a blocked causal attention: block b needs K and V blocks 0..b only
+    prologue: int = 0  # its first stages, which read no stream: printed before the stream reads
 
 
 def _static_shape(ty, what: str) -> tuple[int, ...]:
@@ -433,6 +434,8 @@ class _KernelWriter:
                         self.stream_of[(id(slot), id(consumer))] = name
         check_stream_balance(self.name, self.streams, self.procs)
         self.block_processes()
+        for proc in self.procs:
+            self.hoist_prologue(proc)
         self.stripe_weights()
         self.streams = [replace(st, width=self.packet_width(st)) for st in self.streams]
         self.width_of = {st.name: st.width for st in self.streams}
@@ -442,6 +445,36 @@ class _KernelWriter:
         for name, depth in self.skip_depths(programs).items():
             depths[name] = max(depths[name], depth)
         self.streams = [replace(st, depth=depths[st.name]) for st in self.streams]
+
+    def hoist_prologue(self, proc: Proc) -> None:
+        """Move the stages of ``proc`` that depend on no stream input to the front, as its
+        prologue (``Proc.prologue``), which ``print_process`` prints before the stream reads.
+
+        Why: a process reads all its input streams before its stages run, so a stage that
+        needs only ports and constants -- a decode step's KV-cache update reading its layer's
+        slice (``take``) -- would otherwise wait for its producers: the slice read sat on
+        the token's chain after the QKV linear. Moved up, it runs while the producers
+        compute. The stages keep their relative order and a moved stage reads nothing a
+        later one writes, so every value is as before. Blocked processes read per block and
+        are left as they are."""
+        if proc.rows or not proc.stages:
+            return
+        streamed = {id(s) for s in proc.inputs if (id(s), id(proc)) in self.stream_of}
+        if not streamed:
+            return
+        tainted, defined = set(streamed), set()
+        early, late = [], []
+        for stage in proc.stages:
+            outputs = [s for s in stage.args if s.producer is proc and id(s) not in defined]
+            inputs = [s for s in stage.args if not any(s is o for o in outputs)]
+            defined |= {id(s) for s in outputs}
+            if any(id(s) in tainted for s in inputs):
+                tainted |= {id(s) for s in outputs}
+                late.append(stage)
+            else:
+                early.append(stage)
+        if early and late:
+            proc.stages, proc.prologue = early + late, len(early)
 
     def stripe_weights(self) -> None:
         """A matmul whose array reads its weight through several channels gets one port
@@ -994,23 +1027,18 @@ class _KernelWriter:
                 key = (id(slot), id(proc))
                 if key in self.port_of:
                     slot.cname = self.port_of[key]
-                elif together and slot is together[0]:
+            if proc.prologue:
+                w.line("// Prologue: stages that read no stream, run before the stream reads (hoist_prologue).")
+            self.print_stages(w, local, proc, proc.stages[:proc.prologue])
+            for slot in proc.inputs:
+                key = (id(slot), id(proc))
+                if key in self.port_of:
+                    continue
+                if together and slot is together[0]:
                     self.read_streams_together(w, local, proc, together)
                 elif not any(slot is t for t in together):
                     self.read_stream(w, local, slot, slot.hint, self.stream_of[key])
-            for stage in proc.stages:
-                for slot in stage.args:
-                    if slot.producer is proc and not slot.cname:
-                        ports = self.out_ports.get(id(slot), [])
-                        streamed = bool(self.output_streams(slot, proc))
-                        if len(ports) == 1 and not streamed:
-                            slot.cname = ports[0]  # the only destination: write it in place
-                        else:
-                            slot.cname = local.fresh(re.sub(r"\W", "_", slot.hint))
-                            width = self.out_width(slot, proc) if any(slot is o for o in proc.outputs) else 1
-                            self.declare(w, slot.cname, slot.dtype, slot.shape, width)
-                    self.uses_ap |= needs_ap_types(slot.dtype)
-                self.call_stage(w, proc, stage)
+            self.print_stages(w, local, proc, proc.stages[proc.prologue:])
             if proc.op == "copy":
                 proc.outputs[0].cname = proc.inputs[0].cname
             for slot in proc.outputs:
@@ -1123,6 +1151,22 @@ class _KernelWriter:
                 w.line(f"{seg.name}({', '.join([*seg.ports, *(a.name for a in seg.axis)])});")
         w.line("#endif  // __SYNTHESIS__")
 
+    def print_stages(self, w: CodeWriter, local: Namer, proc: Proc, stages: list[Stage]) -> None:
+        """Call ``stages`` of ``proc``, declaring each array they write on first use."""
+        for stage in stages:
+            for slot in stage.args:
+                if slot.producer is proc and not slot.cname:
+                    ports = self.out_ports.get(id(slot), [])
+                    streamed = bool(self.output_streams(slot, proc))
+                    if len(ports) == 1 and not streamed:
+                        slot.cname = ports[0]  # the only destination: write it in place
+                    else:
+                        slot.cname = local.fresh(re.sub(r"\W", "_", slot.hint))
+                        width = self.out_width(slot, proc) if any(slot is o for o in proc.outputs) else 1
+                        self.declare(w, slot.cname, slot.dtype, slot.shape, width)
+                self.uses_ap |= needs_ap_types(slot.dtype)
+            self.call_stage(w, proc, stage)
+
     def copy_cycles(self, proc: Proc) -> int:
         """Iterations of the copy loops ``print_process`` / ``print_blocked_process`` put
         around its stages (pipelined, one stream transfer or port packet each), over one call."""
@@ -1215,6 +1259,12 @@ class _KernelWriter:
                 nests = tuple((trips * proc.blocks, *rest) for stage in proc.stages
                               for trips, *rest in self.nests[stage.prim_name])
                 extra.update(lanes=lanes, width=last.shape[-1] if last.shape else 1, nests=nests)
+                if proc.prologue:
+                    early = proc.stages[:proc.prologue]
+                    read = [self.port_of[(id(s), id(proc))] for stage in early for s in stage.args
+                            if (id(s), id(proc)) in self.port_of]
+                    extra.update(prologue_nests=sum(len(self.nests[st.prim_name]) for st in early),
+                                 prologue_ports=tuple(dict.fromkeys(read)))
             for stage in proc.stages:
                 array = self.stage_hardware(proc, stage)
                 if not isinstance(array, MacArray):

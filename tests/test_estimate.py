@@ -237,3 +237,29 @@ def test_copy_loops_do_not_hide_memory_traffic():
     fast = decode(int(per_cycle * 10))  # traffic well inside the stages: the copy loops add on
     assert fast.decode_bound == "compute"
     assert fast.decode_cycles == pytest.approx(io + stages + costs.PIPELINE_DEPTH)
+
+
+def test_a_prologue_hides_nothing_of_the_stages_after_it():
+    """A prologue (stages before the stream reads, ``ProcessWork.prologue_nests``) reads
+    its ports then; the stages after the copy loops cannot hide that traffic: a slice read
+    of about 1,000 cycles in the prologue, then 300 cycles of stages, take 1,000 + io +
+    300 -- not io + max(556, 1,000) as when the model let any stage overlap any traffic."""
+    from tvm_spatial.estimate import costs
+    from tvm_spatial.estimate.model import Parallelism, process_estimate
+    from tvm_spatial.estimate.workload import ProcessWork
+
+    dev = get_device("u280")
+    per_cycle = 460e9 / 32 / 300e6 * costs.HBM_EFFICIENCY
+    io, take, where = 100, 256, 300
+    nests = ((1, take, 0), (1, where, 0))
+    slice_bytes = int(per_cycle * 1000)
+    p = ProcessWork("k0", "k0_p0_update", "kv_update", 0, 0, take + where, 1, where, "float32", ports=("cache",),
+                    port_bytes=slice_bytes, nests=nests, stream_io=io, prologue_nests=1,
+                    prologue_bytes=slice_bytes)
+    est = process_estimate(p, Parallelism(), dev, 300.0, None)
+    assert est.decode_prologue == pytest.approx(1000, abs=1.0)
+    assert est.decode_cycles == pytest.approx(1000 + io + where + costs.PIPELINE_DEPTH, abs=1.0)
+    plain = process_estimate(dataclasses.replace(p, prologue_nests=0, prologue_bytes=0), Parallelism(), dev,
+                             300.0, None)
+    assert plain.decode_prologue == 0
+    assert plain.decode_cycles == pytest.approx(io + 1000 + costs.PIPELINE_DEPTH, abs=1.0)

@@ -209,6 +209,51 @@ def test_a_consumer_reads_a_stream_while_its_producer_writes_it():
     assert decode_path({"a": 50.0, "b": 20.0}, wide, stream_handoffs(wide)) == 50
 
 
+def test_a_prologue_runs_while_the_producers_compute():
+    """A process's prologue (its stages that read no stream) starts with its region: the
+    process finishes its rest after the later of its prologue and its producers; the
+    chain starts at it when its prologue outlasts them. A handoff overlaps the read loop,
+    which comes after the prologue."""
+    from tvm_spatial.estimate.model import decode_path, longest_chain, stream_handoffs
+    from tvm_spatial.estimate.workload import StreamWork
+
+    chain = [StreamWork("a_b", 32, 2, 1, 0, "a", "b")]
+    assert decode_path({"a": 10.0, "b": 7.0}, chain, prologue={"b": 4.0}) == 10 + 3
+    assert longest_chain({"a": 10.0, "b": 20.0}, chain, prologue={"b": 15.0}) == (20.0, ("b",))
+    assert longest_chain({"a": 10.0, "b": 20.0}, chain, prologue={"b": 9.0}) == (10 + 11, ("a", "b"))
+    words = [StreamWork("a_b", 32 * 16, 2, 16 * 6, 0, "a", "b", width=16)]  # 6 words
+    # b: prologue 4, then 5 more, its 6-word read loop among them: the overlap is those 5
+    # (not 6), so b ends with a
+    assert decode_path({"a": 10.0, "b": 9.0}, words, stream_handoffs(words), {"b": 4.0}) == 10.0
+    assert decode_path({"a": 10.0, "b": 12.0}, words, stream_handoffs(words), {"b": 4.0}) == 10 + 8 - 6
+
+
+def test_the_cache_update_reads_its_slice_in_its_prologue(decode_design):
+    """The kv_update's take reads only the cache port and constants: the codegen prints it
+    before the new row's stream read (``hoist_prologue``), the record says so, and the
+    model starts that slice read with the region, not after the QKV linear."""
+    updates = [p for k in decode_design.kernels for p in k.processes if p.op == "kv_update"]
+    assert updates
+    for kernel in decode_design.kernels:
+        for p in kernel.processes:
+            if p.op != "kv_update":
+                continue
+            assert p.prologue_nests >= 1
+            cache = next(port.name for port in kernel.ports if port.direction == "inout" and port.name in p.inputs)
+            assert cache in p.prologue_ports
+            body = kernel.source[kernel.source.index(f"void {p.name}("):]
+            body = body[:body.index("\n}\n")]
+            assert body.index("_take") < body.index(".read()")
+    work = design_work(decode_design)
+    est = tvm_spatial.estimate(decode_design)
+    for w in work.processes:
+        if w.op == "kv_update":
+            _, _, heads, ctx, head_dim = _cache_shape()
+            assert w.prologue_cache == heads * ctx * head_dim
+            pe = est.process(w.name)
+            assert 0 < pe.decode_prologue < pe.decode_cycles
+
+
 def test_k_and_v_updates_run_side_by_side(decode_design):
     """The two cache updates of a layer read no stream of each other: a token waits for the
     slower of them, not for both -- the decode latency is below the processes' sum by at

@@ -137,6 +137,8 @@ class ProcessEstimate:
     barrier: bool = False
     packed: int = 1  # outputs per multiply of its MAC array (2: packed W4A8)
     calls: int = 1  # per inference (a reused layer's: once per layer); the fields above are per call
+    # of decode_cycles, the prologue: before its stream reads, so from its region's start
+    decode_prologue: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,7 @@ def process_estimate(
         costs.PORT_LUT * (len(p.ports) + par.channels - 1), costs.PORT_FF * (len(p.ports) + par.channels - 1),
     )
     control = Resources(0, 0, 0, costs.PROCESS_LUT, costs.PROCESS_FF)
+    pro_block = pro_token = 0.0  # a prologue's cycles (element-wise processes: below)
     mm = p.matmul
     if mm is not None:
         rows, cols = max(1, min(par.rows, blk, mm.m)), max(1, min(par.cols, mm.n))
@@ -363,10 +366,16 @@ def process_estimate(
         ii = math.ceil(stall)
     else:
         lanes = max(1, par.lanes)
+        early = early_bytes = 0.0  # its prologue (ProcessWork.prologue_nests): compute, bytes
         passes = costs.ELEMENT_PASSES.get(p.op, 1)
         mix = costs.ELEMENT_OPS.get(p.op, {})
         if p.nests:  # a built design: its loop nests as the lanes schedule realizes them
             prefill = float(nests_cycles(p.nests, lanes))
+            if p.prologue_nests:  # what runs before its stream reads, beside its producers
+                early = float(nests_cycles(p.nests[:p.prologue_nests], lanes))
+                early_bytes = p.prologue_bytes + sum(
+                    p.prologue_cache * costs.dtype_bits(p.cache_dtype) / 8 for layer, _ in p.cache_traffic[:1]
+                    if offchip_cache_layers is None or layer in offchip_cache_layers)
         else:  # by size: ``passes`` over the data (or as many as its TIR's iterations say)
             per_element = max(passes if mix else 1, p.work // max(1, p.elements))
             prefill = float(math.ceil(p.elements * per_element / lanes))
@@ -379,6 +388,13 @@ def process_estimate(
         if p.macs and not p.cache_traffic:  # attention read as if decoding: K and V of every
             d_bytes += p.macs / tokens * costs.dtype_bits(p.dtype) / 8  # position, once, off-chip
         d_mem = d_bytes / bw
+        # the prologue runs first, on its own compute and traffic; the rest overlaps only its own
+        pro_block = max(early / n_blocks, early_bytes / n_blocks / bw)
+        pro_token = max(math.ceil(early / tokens), early_bytes / tokens / bw)
+        compute_block -= early / n_blocks
+        mem_block -= early_bytes / n_blocks / bw
+        d_compute -= math.ceil(early / tokens)
+        d_mem -= early_bytes / tokens / bw
         dsp = lut = ff = 0.0
         for op, count in mix.items():
             c = costs.op_cost(op, p.dtype)
@@ -402,13 +418,14 @@ def process_estimate(
     # the copy loops run before and after the work that moves the off-chip bytes, not beside
     # it: only the rest of the compute hides the memory traffic (or hides behind it)
     io_block, io_token = p.stream_io / n_blocks, p.stream_io / tokens
-    block_cycles = io_block + max(compute_block - io_block, mem_block) + costs.PIPELINE_DEPTH
-    decode_cycles = io_token + max(d_compute - io_token, d_mem) + costs.PIPELINE_DEPTH
+    block_cycles = pro_block + io_block + max(compute_block - io_block, mem_block) + costs.PIPELINE_DEPTH
+    decode_cycles = pro_token + io_token + max(d_compute - io_token, d_mem) + costs.PIPELINE_DEPTH
     return ProcessEstimate(
         kernel=p.kernel, name=p.name, op=p.op, layer=p.layer, slr=p.slr, parallelism=par,
         trip_counts=trips, ii=ii, macs=macs, prefill_cycles=prefill, block_cycles=block_cycles,
         block_bound="memory" if mem_block > compute_block - io_block else "compute",
         decode_cycles=decode_cycles, decode_bound="memory" if d_mem > d_compute - io_token else "compute",
+        decode_prologue=pro_token,
         prefill_bytes=int(wbytes * n_blocks + p.port_bytes + cache_bytes), decode_bytes=int(d_bytes),
         resources=res, barrier=p.barrier, packed=mm.packed if mm is not None else 1, calls=p.calls,
     )
@@ -443,7 +460,8 @@ def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int,
     return total, fill
 
 
-def decode_path(cycles: dict[str, float], streams, handoff: dict | None = None) -> float:
+def decode_path(cycles: dict[str, float], streams, handoff: dict | None = None,
+                prologue: dict | None = None) -> float:
     """One decoded token through a region: its longest chain of processes, ``cycles`` per
     process (name -> decode cycles), linked by the ``streams`` between them.
 
@@ -454,8 +472,12 @@ def decode_path(cycles: dict[str, float], streams, handoff: dict | None = None) 
 
     ``handoff[(producer, consumer)]``: cycles of the consumer's read loop that run during
     its producer's write loop (:func:`stream_handoffs`); a consumer then finishes that much
-    sooner after its producer, never before it."""
-    return longest_chain(cycles, streams, handoff)[0]
+    sooner after its producer, never before it.
+
+    ``prologue[name]``: the part of a process's cycles that reads no stream
+    (``ProcessEstimate.decode_prologue``): it runs from the region's start, so the process
+    takes the rest after the later of its prologue and its producers."""
+    return longest_chain(cycles, streams, handoff, prologue)[0]
 
 
 def stream_handoffs(streams, tokens: int = 1) -> dict[tuple[str, str], float]:
@@ -476,10 +498,12 @@ def stream_handoffs(streams, tokens: int = 1) -> dict[tuple[str, str], float]:
     return out
 
 
-def longest_chain(cycles: dict[str, float], streams, handoff: dict | None = None) -> tuple[float, tuple[str, ...]]:
+def longest_chain(cycles: dict[str, float], streams, handoff: dict | None = None,
+                  prologue: dict | None = None) -> tuple[float, tuple[str, ...]]:
     """(:func:`decode_path`, the processes on that chain in order; every process when no
     stream links them)."""
     handoff = handoff or {}
+    early = {name: min(cycles[name], (prologue or {}).get(name, 0.0)) for name in cycles}
     preds: dict[str, list[str]] = {name: [] for name in cycles}
     linked = False
     for s in streams:
@@ -498,9 +522,14 @@ def longest_chain(cycles: dict[str, float], streams, handoff: dict | None = None
     done: dict[str, tuple[float, str | None]] = {}  # name -> (finish, the predecessor it waits on)
     while ready:
         name = ready.pop()
-        before = max(((done[p][0] - min(handoff.get((p, name), 0.0), cycles[p], cycles[name]), p)
+        # a handoff overlaps the producer's write loop and the consumer's read loop, both
+        # after their prologues
+        before = max(((done[p][0] - min(handoff.get((p, name), 0.0), cycles[p] - early[p],
+                                        cycles[name] - early[name]), p)
                       for p in preds[name]), default=(0.0, None))
-        done[name] = (cycles[name] + before[0], before[1])
+        if early[name] >= before[0]:  # its prologue outlasts its producers: it waits on no one
+            before = (early[name], None)
+        done[name] = (cycles[name] - early[name] + before[0], before[1])
         for nxt in succs[name]:
             waiting[nxt] -= 1
             if not waiting[nxt]:
@@ -578,8 +607,9 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
     handoff = stream_handoffs(work.streams, tokens)
     for kernel in dict.fromkeys(w.kernel for w in work.processes):
         mine = {w.name: p.decode_cycles for p, w in zip(procs, work.processes) if w.kernel == kernel}
+        early = {w.name: p.decode_prologue for p, w in zip(procs, work.processes) if w.kernel == kernel}
         calls = next(w.calls for w in work.processes if w.kernel == kernel)
-        length, names = longest_chain(mine, work.streams, handoff)
+        length, names = longest_chain(mine, work.streams, handoff, early)
         decode += calls * length
         chain += names
     decode_bytes = sum(p.decode_bytes * w.calls for p, w in zip(procs, work.processes))

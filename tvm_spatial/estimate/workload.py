@@ -83,6 +83,12 @@ class ProcessWork:
     # stages (0: a design described by its sizes, as Allo's and Chen et al.'s)
     stream_io: int = 0
     macs: int = 0  # multiply-accumulates of its lanes (the fused attention), for the DSP roofline
+    # its prologue (codegen_hls.design.Process): the first ``prologue_nests`` nests run before
+    # its stream reads, reading ``prologue_bytes`` through ports and ``prologue_cache``
+    # elements of the KV cache (a kv_update's slice)
+    prologue_nests: int = 0
+    prologue_bytes: int = 0
+    prologue_cache: int = 0
     calls: int = 1  # times one inference calls its kernel (an outlined layer: once per layer)
 
 
@@ -295,7 +301,8 @@ def _cache_ports(design) -> tuple[tuple[int, ...] | None, str, set[str], set[str
     return shape, dtype, inputs, outputs
 
 
-def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: dict[str, str]):
+def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: dict[str, str],
+                   early: frozenset | set = frozenset()):
     """The KV cache's traffic per token, on the processes that move it through a port.
 
     An in-place ``kv_update`` (``appenders[name]`` naming its cache) reads its layer's K
@@ -309,7 +316,8 @@ def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: d
     serves ``calls`` layers in turn, one per call: its traffic is one layer's, recorded
     under the first of them (every layer of a built design's cache is off-chip alike).
     One :class:`KVCacheWork` per layer, on the SLR of its attention, off-chip since the
-    design keeps it behind a port."""
+    design keeps it behind a port. An update named in ``early`` reads its slice in its
+    prologue (``ProcessWork.prologue_cache``)."""
     layers, _, heads, context, head_dim = shape
     slice_elements, row_elements = heads * context * head_dim, heads * head_dim
     in_place = any(appenders.values())
@@ -330,14 +338,16 @@ def _with_kv_cache(processes: list[ProcessWork], shape, dtype: str, appenders: d
         cache = appenders.get(p.name)
         if cache is None:
             continue
+        read_early = 0
         if cache:  # kv_update: its layer's slice read, one row written (per call)
             layer = rows.get(cache, 0)
             rows[cache] = layer + max(1, p.calls)
             layer = min(layer, layers - 1)
             moved = ((layer, slice_elements), (layer, row_elements))
+            read_early = slice_elements if p.name in early else 0  # its take, in the prologue
         else:  # one updated cache (K or V): a row per layer
             moved = tuple((layer, row_elements) for layer in range(layers))
-        out[i] = replace(p, cache_traffic=moved, cache_dtype=dtype)
+        out[i] = replace(p, cache_traffic=moved, cache_dtype=dtype, prologue_cache=read_early)
     slr_of_layer = {}
     for i, layer in first_layer.items():
         if processes[i].op in ("attention_scores", "attention"):
@@ -357,6 +367,7 @@ def design_work(design) -> DesignWork:
     causal = False
     cache_shape, cache_dtype, cache_in, cache_out = _cache_ports(design)
     appenders: dict[str, str] = {}  # process -> the cache it updates in place ("" : rewrites it all)
+    early_cache: set[str] = set()  # processes whose prologue reads the cache
     for kernel in design.kernels:
         sigs = _signatures(kernel.source)
         bodies = _bodies(kernel.source)
@@ -413,6 +424,11 @@ def design_work(design) -> DesignWork:
                 if table is not None and len(table.shape) == 2:
                     port_bytes -= math.prod(table.shape) * dtype_bits(table.dtype) // 8
                     port_bytes += elements * dtype_bits(table.dtype) // 8
+            early = [n for n in proc.prologue_ports if n in ports]
+            prologue_bytes = sum(math.prod(ports[n].shape) * dtype_bits(ports[n].dtype) // 8 for n in early
+                                 if n not in cache_in and n not in cache_out)
+            if any(n in cache_in or n in cache_out for n in early):
+                early_cache.add(proc.name)
             in_elems = sum(stream_of[n].elements for n in proc.inputs if n in stream_of)
             causal |= proc.causal  # a fused attention knows (its mask may arrive through a port)
             if proc.op == "masked_softmax":
@@ -430,7 +446,8 @@ def design_work(design) -> DesignWork:
                     ports=used_ports, port_bytes=port_bytes, in_stream_elements=in_elems, width=width,
                     nests=tuple(proc.nests), separable=proc.separable, rows=proc.rows, held=proc.held,
                     scratch=tuple(proc.scratch), stream_io=proc.stream_io, barrier=proc.barrier,
-                    macs=proc.macs, calls=kernel.calls,
+                    macs=proc.macs, calls=kernel.calls, prologue_nests=proc.prologue_nests,
+                    prologue_bytes=prologue_bytes,
                 )
             )
         for s in kernel.streams:
@@ -446,7 +463,7 @@ def design_work(design) -> DesignWork:
         procs.append(replace(p, tokens=tokens, barrier=barrier))
     kv_cache: tuple = ()
     if cache_shape is not None:
-        procs, kv_cache = _with_kv_cache(procs, cache_shape, cache_dtype, appenders)
+        procs, kv_cache = _with_kv_cache(procs, cache_shape, cache_dtype, appenders, early_cache)
     return DesignWork(design.device, tokens, causal, tuple(procs), tuple(streams), tuple(design.host_ops),
                       kv_cache)
 
