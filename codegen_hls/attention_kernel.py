@@ -26,6 +26,13 @@ with each scale a multiply or a divide, as the graph had it.
 (``relax_passes.kv_inplace``) as the cache holds them. The queries and the output stay
 token-major.
 
+``merge_row`` (with ``kv_heads``): three more arguments, ``new_k`` and ``new_v``
+(``[1.., heads, 1, D]``) and ``position`` (``[1]``, an integer): K and V are the cache's
+slices *before* this step's row is written, and key ``position`` reads the new row
+instead -- what the slices with the row written would hold. A decode step's in-place
+cache update (``relax_passes.kv_inplace.merge_new_rows``) can then stream the old slice
+while the QKV linear still computes the new row: the slice read leaves the token's chain.
+
 ``causal``: a promise, checked on the constant mask by the fusion pass, that the mask
 hides every later key from each query by at most ``HARD_MASK`` (those probabilities are
 exactly 0). The TIR is the same; the codegen then computes query block ``b`` as soon as
@@ -72,10 +79,15 @@ def _same(a, b) -> bool:
 def _check(call: relax.Call) -> tuple[list, str]:
     """(output shape, dtype) of a well-formed call, else ValueError saying what is wrong."""
     args, attrs = call.args, call.attrs
-    if len(args) not in (3, 4):
-        raise ValueError(f"{ATTENTION} takes q, k, v and an optional mask")
+    merge = int(attrs.get("merge_row", 0))
+    if (len(args) == 7) != bool(merge) or len(args) not in (3, 4, 7):
+        raise ValueError(f"{ATTENTION} takes q, k, v and an optional mask; with merge_row, a mask, new_k, new_v "
+                         "and position")
     if not all(isinstance(a.ty, relax.TensorType) and a.ty.shape is not None for a in args):
         raise ValueError(f"{ATTENTION} takes tensors of known shape")
+    if merge:
+        _check_merge(call)
+        args = args[:4]
     shapes = [list(a.ty.shape.values) for a in args]
     q, k, v = shapes[:3]
     dtype = str(args[0].ty.dtype)
@@ -107,6 +119,24 @@ def _check(call: relax.Call) -> tuple[list, str]:
     return [1] * (rank - 2) + q[-2:], dtype
 
 
+def _check_merge(call: relax.Call) -> None:
+    """The merge_row arguments: head-major new rows of K and V, an integer position."""
+    q, k, _, _, new_k, new_v, position = call.args
+    heads = int(call.attrs["heads"])
+    hidden = _static(q.ty.shape.values[-1])
+    if not int(call.attrs.get("kv_heads", 0)) or hidden is None or hidden % heads:
+        raise ValueError(f"{ATTENTION}: merge_row needs kv_heads")
+    width = hidden // heads
+    for name, row in (("new_k", new_k), ("new_v", new_v)):
+        shape = list(row.ty.shape.values)
+        if not head_major(shape, heads, width) or _static(shape[-2]) != 1 or str(row.ty.dtype) != str(k.ty.dtype):
+            raise ValueError(f"{ATTENTION}: {name} must be [1.., {heads}, 1, {width}] {k.ty.dtype}; got {shape} "
+                             f"{row.ty.dtype}")
+    if [_static(d) for d in position.ty.shape.values] != [1] or not str(position.ty.dtype).startswith("int"):
+        raise ValueError(f"{ATTENTION}: position must be one integer, [1]; got {list(position.ty.shape.values)} "
+                         f"{position.ty.dtype}")
+
+
 def _infer(call: relax.Call, _ctx):
     out, dtype = _check(call)
     return relax.TensorType(out, dtype)
@@ -123,6 +153,7 @@ def _scale(attrs, which: str, value, dtype: str):
 def _attention_te(q: te.Tensor, k: te.Tensor, v: te.Tensor, *rest, attrs=None):
     """The fused operator's TIR: five stages, no transposed copy of Q, K or V."""
     mask = rest[0] if rest else None
+    merged = rest[1:] if int(attrs.get("merge_row", 0)) else ()
     dtype = q.dtype
     tq, hidden, tk = int(q.shape[-2]), int(q.shape[-1]), int(k.shape[-2])
     heads = int(attrs["heads"])
@@ -131,6 +162,12 @@ def _attention_te(q: te.Tensor, k: te.Tensor, v: te.Tensor, *rest, attrs=None):
     if int(attrs.get("kv_heads", 0)):  # head-major K and V: [1.., heads, tokens, width]
         key = lambda h, j, e: k[(*lead(k, 3), h, j, e)]  # noqa: E731
         value = lambda h, j, d: v[(*lead(v, 3), h, j, d)]  # noqa: E731
+        if merged:  # key ``position`` is this step's new row
+            new_k, new_v, position = merged
+            at = lambda j: tirx.Cast(position.dtype, j) == position[0]  # noqa: E731
+            old_key, old_value = key, value
+            key = lambda h, j, e: tirx.Select(at(j), new_k[(*lead(new_k, 3), h, 0, e)], old_key(h, j, e))  # noqa: E731
+            value = lambda h, j, d: tirx.Select(at(j), new_v[(*lead(new_v, 3), h, 0, d)], old_value(h, j, d))  # noqa: E731
     else:
         key = lambda h, j, e: k[(*lead(k), j, h * width + e)]  # noqa: E731
         value = lambda h, j, d: v[(*lead(v), j, h * width + d)]  # noqa: E731
@@ -216,10 +253,12 @@ def register_ops() -> None:
 
 
 def attention(q, k, v, mask=None, *, heads: int, out_rank: int = 2, scales: dict | None = None,
-              guard: float | None = None, causal: bool = False, kv_heads: bool = False) -> relax.Call:
+              guard: float | None = None, causal: bool = False, kv_heads: bool = False,
+              merge_row: tuple | None = None) -> relax.Call:
     """The output is ``[1.., Tq, hidden]`` of rank ``out_rank``; ``scales``: {"q" | "k" | "s": (factor, divide)} as the graph applies them;
     ``guard``: the value the graph puts where softmax gives NaN (None: no guard); ``kv_heads``:
-    K and V are head-major (module docstring)."""
+    K and V are head-major; ``merge_row``: (new_k, new_v, position), K and V being the
+    slices before the row is written (module docstring)."""
     register_ops()
     attrs = {"heads": int(heads), "out_rank": int(out_rank)}
     for which, (factor, divide) in sorted((scales or {}).items()):
@@ -234,6 +273,11 @@ def attention(q, k, v, mask=None, *, heads: int, out_rank: int = 2, scales: dict
     if kv_heads:
         attrs["kv_heads"] = 1
     args = [q, k, v] + ([mask] if mask is not None else [])
+    if merge_row is not None:
+        if mask is None:
+            raise ValueError("merge_row: the attention takes a mask first")
+        attrs["merge_row"] = 1
+        args += list(merge_row)
     return relax.Call(tvm.ir.Op.get(ATTENTION), args, tvm.ir.make_node("ir.DictAttrs", **attrs))
 
 

@@ -117,6 +117,7 @@ class Process:
     # its producers compute; ``prologue_ports`` are the ports those stages read.
     prologue_nests: int = 0
     prologue_ports: tuple[str, ...] = ()
+    prologue_io: int = 0  # copy-loop transfers in its prologue (a kv_append's slice, streamed on)
 
     @property
     def realized(self) -> tuple[int, ...]:
@@ -140,6 +141,11 @@ class Stream:
     producer: str
     consumer: str
     width: int = 1  # elements per transfer (a packet of them when > 1: codegen_hls.c_types)
+    # when it flows: ``early``, the producer writes it in its prologue, before it reads any
+    # stream (a kv_append's slice); ``after``, the transfers its consumer reads from other
+    # streams first (an unblocked consumer's copy loops, in order)
+    early: bool = False
+    after: int = 0
 
 
 @dataclass(frozen=True)

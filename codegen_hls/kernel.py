@@ -46,7 +46,7 @@ from .code_writer import CodeWriter
 from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, ReadEach, Write, size_fifos
-from .kv_update import cache_slot
+from .kv_update import KV_APPEND_OP, cache_slot
 from .library import MacArray, matmul_info, prepare_for_hls
 from .weight_stripes import stripe_shape, weight_stripes
 from .printer import FunctionPrinter, Namer, array_declarator
@@ -435,16 +435,34 @@ class _KernelWriter:
         check_stream_balance(self.name, self.streams, self.procs)
         self.block_processes()
         for proc in self.procs:
+            if proc.op == KV_APPEND_OP:  # its take is fused with the loop streaming the slice
+                proc.stages = []
             self.hoist_prologue(proc)
         self.stripe_weights()
         self.streams = [replace(st, width=self.packet_width(st)) for st in self.streams]
         self.width_of = {st.name: st.width for st in self.streams}
         self.stream_dtype = {st.name: st.dtype for st in self.streams}
         programs = self.stream_programs()
+        self.streams = [replace(st, early=st.producer in self.early_writers(), after=_reads_before(programs, st))
+                        for st in self.streams]
         depths = size_fifos(self.name, programs, {st.name: st.depth for st in self.streams})
         for name, depth in self.skip_depths(programs).items():
             depths[name] = max(depths[name], depth)
         self.streams = [replace(st, depth=depths[st.name]) for st in self.streams]
+
+    def early_writers(self) -> set[str]:
+        """Processes that write their output streams in their prologue, before reading any
+        stream: the kv_appends, which stream the slice as it was (``print_append``)."""
+        return {p.name for p in self.procs if p.op == KV_APPEND_OP}
+
+    def read_order(self, proc: Proc) -> list[Slot]:
+        """``proc``'s inputs in the order its copy loops read them: streams written early
+        (``early_writers``) first -- the attention takes its old K and V slices while the
+        new rows and its query are still being computed -- then the rest as listed."""
+        early = self.early_writers()
+        first = [s for s in proc.inputs if (id(s), id(proc)) in self.stream_of
+                 and next(st.producer for st in self.streams if st.name == self.stream_of[(id(s), id(proc))]) in early]
+        return first + [s for s in proc.inputs if not any(s is f for f in first)]
 
     def hoist_prologue(self, proc: Proc) -> None:
         """Move the stages of ``proc`` that depend on no stream input to the front, as its
@@ -620,8 +638,13 @@ class _KernelWriter:
                    if (id(slot), id(proc)) in self.stream_of]
             outs = [(slot, tuple(self.output_streams(slot, proc))) for slot in proc.outputs]
             ops = []
-            if not proc.rows:
+            if proc.op == KV_APPEND_OP:  # the slice first (its prologue), then the new row
+                ops += [write(streams, slot.elements) for slot, streams in outs if streams]
+                ops += [read(stream, slot.elements) for slot, stream in ins]
+            elif not proc.rows:
                 together = self.read_together(proc)
+                order = self.read_order(proc)
+                ins = sorted(ins, key=lambda item: next(i for i, s in enumerate(order) if s is item[0]))
                 for slot, stream in ins:
                     if together and slot is together[0]:  # one loop, a transfer of each per cycle
                         ops.append(ReadEach(tuple(self.stream_of[(id(t), id(proc))] for t in together),
@@ -1027,10 +1050,13 @@ class _KernelWriter:
                 key = (id(slot), id(proc))
                 if key in self.port_of:
                     slot.cname = self.port_of[key]
+            if proc.op == KV_APPEND_OP:
+                self.print_append(w, local, proc)
+                return args
             if proc.prologue:
                 w.line("// Prologue: stages that read no stream, run before the stream reads (hoist_prologue).")
             self.print_stages(w, local, proc, proc.stages[:proc.prologue])
-            for slot in proc.inputs:
+            for slot in self.read_order(proc):
                 key = (id(slot), id(proc))
                 if key in self.port_of:
                     continue
@@ -1151,6 +1177,24 @@ class _KernelWriter:
                 w.line(f"{seg.name}({', '.join([*seg.ports, *(a.name for a in seg.axis)])});")
         w.line("#endif  // __SYNTHESIS__")
 
+    def print_append(self, w: CodeWriter, local: Namer, proc: Proc) -> None:
+        """A kv_append: its prologue streams the layer's slice as it was, straight from the
+        cache port (one packet a cycle); then it reads the new row and writes it in place."""
+        out = proc.outputs[0]
+        ports = [p for p in self.out_ports.get(id(out), [])]
+        before, source = kv_update.slice_source(self.name, proc)
+        w.line("// Prologue: this layer's slice as it was, streamed on before the new row arrives")
+        w.line("// (the attention merges the row: codegen_hls.attention_kernel merge_row).")
+        w.open("{")
+        w.lines(before)
+        self.write_packets(w, out, out.shape, source, [_indexed(p) for p in ports], self.output_streams(out, proc))
+        w.close()
+        row = kv_update.roles(self.name, proc)["new_row"]
+        key = (id(row), id(proc))
+        if key in self.stream_of:
+            self.read_stream(w, local, row, row.hint, self.stream_of[key])
+        kv_update.write_row(w, self.name, proc)
+
     def print_stages(self, w: CodeWriter, local: Namer, proc: Proc, stages: list[Stage]) -> None:
         """Call ``stages`` of ``proc``, declaring each array they write on first use."""
         for stage in stages:
@@ -1176,12 +1220,14 @@ class _KernelWriter:
         reads += sum(port_copy_cycles(s.shape) for s in proc.inputs
                      if (id(s), id(proc)) in self.port_of and id(s) in proc.block_slot)
         writes = 0
-        for slot in proc.outputs:
+        for slot in proc.outputs if proc.op != KV_APPEND_OP else ():  # a kv_append's: its prologue_io
             ports = self.out_ports.get(id(slot), [])
             if self.output_streams(slot, proc):
                 writes += slot.elements // self.out_width(slot, proc)
             elif len(ports) > 1 or (ports and proc.rows):
                 writes += port_copy_cycles(slot.shape)
+        if cache_slot(proc) is not None:  # the new row into the cache, an element a cycle
+            writes += kv_update.row_elements(self.name, proc)
         zeroing = max((s.elements for s in proc.inputs if proc.causal and id(s) not in proc.block_slot
                        and (id(s), id(proc)) in self.stream_of), default=0)
         return reads + writes + zeroing // self.held_width(proc)
@@ -1265,6 +1311,11 @@ class _KernelWriter:
                             if (id(s), id(proc)) in self.port_of]
                     extra.update(prologue_nests=sum(len(self.nests[st.prim_name]) for st in early),
                                  prologue_ports=tuple(dict.fromkeys(read)))
+            if proc.op == KV_APPEND_OP:  # its prologue: the slice, a packet a cycle from the port
+                r = kv_update.roles(self.name, proc)
+                out = proc.outputs[0]
+                extra.update(prologue_io=out.elements // self.out_width(out, proc),
+                             prologue_ports=tuple(self.port_of[(id(r[k]), id(proc))] for k in ("cache", "layer")))
             for stage in proc.stages:
                 array = self.stage_hardware(proc, stage)
                 if not isinstance(array, MacArray):
@@ -1325,6 +1376,18 @@ def write_port_interfaces(w: CodeWriter, ports, axis=()) -> None:
     for port in ports:
         w.line(f"#pragma HLS INTERFACE s_axilite port={port.name}")
     w.line("#pragma HLS INTERFACE s_axilite port=return")
+
+
+def _reads_before(programs: dict[str, list], stream: Stream) -> int:
+    """Transfers the stream's consumer reads from other streams before its first read of
+    this one, in its program (``stream_programs``)."""
+    done = 0
+    for op in programs.get(stream.consumer, ()):
+        if isinstance(op, Read) and op.stream == stream.name or isinstance(op, ReadEach) and stream.name in op.streams:
+            return done
+        if isinstance(op, (Read, ReadEach)):
+            done += op.count
+    return 0
 
 
 def check_stream_balance(kernel: str, streams: list[Stream], procs: list[Proc]) -> None:

@@ -23,6 +23,13 @@ The kernel returns its written arguments in ascending argument order
 rule). The composite's parameters are always ``(cache, layer, new_row, position, slots)``
 (:data:`KV_UPDATE_PARAMS`): the codegen reads its roles from that order.
 
+:func:`merge_new_rows` (after the attention is fused) then turns an update whose only
+reader is a decode attention into a ``kv_append`` -- it passes on its layer's slice as
+it was, and writes the row -- and gives the attention the new rows and ``position`` to
+merge (``codegen_hls.attention_kernel``, ``merge_row``). Why: the old slice does not
+depend on this token, so the process streams it while the QKV linear computes the new
+row; the update left the token's chain.
+
 Hazard-free by construction: each (cache, layer) slice is touched by one process only,
 which reads the slice (its ``take``) before it writes the one row; layers are distinct
 constants, checked here. Every layer's update of one cache calls one composite (the
@@ -43,6 +50,12 @@ from .patterns import CODEGEN
 KV_UPDATE = "kv_update"
 COMPOSITE = f"{CODEGEN}.{KV_UPDATE}"
 KV_UPDATE_PARAMS = ("cache", "layer", "new_row", "position", "slots")
+# the update whose attention merges the new row itself (merge_new_rows): it passes on the
+# slice as it was and writes the row
+KV_APPEND = "kv_append"
+APPEND_COMPOSITE = f"{CODEGEN}.{KV_APPEND}"
+KV_APPEND_PARAMS = ("cache", "layer", "new_row", "position")
+IN_PLACE = (COMPOSITE, APPEND_COMPOSITE)  # the composites that write their cache
 
 
 def _op_name(expr) -> str:
@@ -236,6 +249,84 @@ def _kv_update_function(cache_ty, new_ty, position_ty, slots_ty, mask_shape, pos
     return func.with_attrs({"Composite": COMPOSITE, "Primitive": True})
 
 
+def _kv_append_function(cache_ty, new_ty, position_ty):
+    """The composite of an update its attention merges: the take (the slice before this
+    step's row), offloaded in place -- its process also writes ``new_row`` at ``position``."""
+    cache = relax.Var("cache", cache_ty)
+    layer = relax.Var("layer", relax.TensorType((), "int64"))
+    new_row = relax.Var("new_row", new_ty)
+    position = relax.Var("position", position_ty)
+    bb = relax.BlockBuilder()
+    with bb.function("kv_append", [cache, layer, new_row, position], private=True):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.take(cache, layer, axis=0))
+        bb.emit_func_output(out)
+    func = bb.get()["kv_append"]
+    assert tuple(p.name for p in func.params) == KV_APPEND_PARAMS
+    return func.with_attrs({"Composite": APPEND_COMPOSITE, "Primitive": True})
+
+
+def _composite_call(mod: tvm.IRModule, expr, name: str):
+    """``expr`` if it calls a global composite function ``name``, else None."""
+    if not isinstance(expr, relax.Call) or not isinstance(expr.op, relax.GlobalVar) or expr.op not in mod:
+        return None
+    target = mod[expr.op]
+    return expr if target.attrs and target.attrs.get("Composite") == name else None
+
+
+def merge_new_rows(mod: tvm.IRModule) -> tvm.IRModule:
+    """A decode attention reading K and V from two ``kv_update`` composites, and nothing
+    else reading them, merges the new rows itself: the updates become ``kv_append``
+    composites and the attention takes ``merge_row`` (module docstring). Other modules
+    come back unchanged."""
+    from codegen_hls.attention_kernel import ATTENTION, attention
+
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        return mod
+    func = mod["main"]
+    if not isinstance(func, relax.Function):
+        return mod
+    b = _Bindings(func)
+    uses: dict = {}
+
+    def count(expr):
+        if isinstance(expr, relax.Var):
+            uses[expr] = uses.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, count)
+    bb = relax.BlockBuilder(mod)
+    appends: dict = {}  # the update's composite -> its kv_append
+    replace: dict = {}
+    for var, value in b.value.items():
+        if _op_name(value) != ATTENTION or len(value.args) != 4 or not int(value.attrs.get("kv_heads", 0)):
+            continue
+        q, k, v, mask = value.args
+        updates = [_composite_call(mod, b.value.get(x), COMPOSITE) for x in (k, v)]
+        if any(u is None for u in updates) or k.same_as(v) or uses.get(k) != 1 or uses.get(v) != 1:
+            continue
+        if not updates[0].args[3].same_as(updates[1].args[3]):  # one position
+            continue
+        for x, update in zip((k, v), updates):
+            if update.op not in appends:
+                cache, _, new_row, position, _ = update.args
+                appends[update.op] = bb.add_func(_kv_append_function(cache.ty, new_row.ty, position.ty),
+                                                 f"fused_kv_append_{cache.name}_{len(appends)}")
+            replace[x] = relax.Call(appends[update.op], list(update.args[:4]))
+        attrs = {key: value.attrs[key] for key in value.attrs.keys()}
+        scales = {w: (float(attrs[f"{w}_scale"]), bool(int(attrs[f"{w}_divide"])))
+                  for w in ("q", "k", "s") if f"{w}_scale" in attrs}
+        replace[var] = attention(
+            q, k, v, mask, heads=int(attrs["heads"]), out_rank=int(attrs["out_rank"]), scales=scales,
+            guard=float(attrs["guard_value"]) if int(attrs.get("guard", 0)) else None,
+            causal=bool(int(attrs.get("causal", 0))), kv_heads=True,
+            merge_row=(updates[0].args[2], updates[1].args[2], updates[0].args[3]))
+    if not replace:
+        return mod
+    mod = bb.get()
+    mod["main"] = _Rewriter(mod, replace, {}).rewrite(func)
+    return relax.transform.DeadCodeElimination(["main"])(mod)
+
+
 def kv_inplace(mod: tvm.IRModule) -> tvm.IRModule:
     """Rewrite ``main`` so its cache outputs are its cache inputs, updated by
     ``kv_update`` composites (module docstring). Other modules come back unchanged."""
@@ -287,7 +378,7 @@ class _Rewriter(relax.PyExprMutator):
     def visit_var_binding_(self, binding) -> None:
         if binding.var in self.replace:
             call = self.replace[binding.var]
-            value = relax.Call(call.op, [self.visit_expr(a) for a in call.args])
+            value = relax.Call(call.op, [self.visit_expr(a) for a in call.args], call.attrs)
             self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
             return
         value = binding.value
@@ -303,7 +394,7 @@ class _Rewriter(relax.PyExprMutator):
 
 
 def updated_params(region: relax.Function, mod: tvm.IRModule) -> list[int]:
-    """Indices of the region's parameters a ``kv_update`` composite writes (its cache)."""
+    """Indices of the region's parameters a ``kv_update`` or ``kv_append`` composite writes (its cache)."""
     params = {p: i for i, p in enumerate(region.params)}
     local = {}
     found: list[int] = []
@@ -316,7 +407,7 @@ def updated_params(region: relax.Function, mod: tvm.IRModule) -> list[int]:
                 target = mod[callee]
             if target is None and isinstance(callee, relax.Function):
                 target = callee
-            if isinstance(target, relax.Function) and target.attrs and target.attrs.get("Composite") == COMPOSITE:
+            if isinstance(target, relax.Function) and target.attrs and target.attrs.get("Composite") in IN_PLACE:
                 cache = expr.args[0]
                 if isinstance(cache, relax.Var) and cache in params and params[cache] not in found:
                     found.append(params[cache])

@@ -30,7 +30,8 @@ def _any(*patterns):
 
 
 def _attention(arity: int):
-    """The fused operator (``relax_passes.attention_fusion``), with or without a mask."""
+    """The fused operator (``relax_passes.attention_fusion``), with or without a mask, or
+    with a mask and the new K/V rows and their position (``merge_row``)."""
     def build():
         register_ops()
         root = is_op(ATTENTION)(*[wildcard() for _ in range(arity)])
@@ -133,6 +134,7 @@ def _layer_norm():
 def llm_pattern_table() -> list[PatternEntry]:
     """In priority order: larger and more specific patterns first."""
     return [
+        PatternEntry("attention", _attention(7), static_shapes),  # with merge_row (decode)
         PatternEntry("attention", _attention(4), static_shapes),
         PatternEntry("attention", _attention(3), static_shapes),
         PatternEntry("embedding", _embedding, static_shapes),

@@ -17,7 +17,7 @@ from tvm import relax
 from tvm.relax.transform import FuseOpsByPattern
 
 from .attention_fusion import fuse_attention
-from .kv_inplace import kv_inplace, make_calls_inplace
+from .kv_inplace import kv_inplace, make_calls_inplace, merge_new_rows
 from .layer_reuse import merge_regions, outline_layers
 from .patterns import CODEGEN, fuse_patterns
 from .roles import name_roles
@@ -49,6 +49,7 @@ def partition_for_vitis_spatial(mod: tvm.IRModule, layers: str = "unroll") -> tv
     mod = relax.transform.FoldConstant()(mod)  # exporters leave shape arithmetic on constants
     mod = kv_inplace(mod)  # a decode graph's cache: one row per layer written in place
     mod = fuse_attention(mod)  # head split, QK^T, softmax, AV, head merge: one operator
+    mod = merge_new_rows(mod)  # ... which then merges the new K/V rows into the old slices
     mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
     if layers == "reuse":
         # before the scalars are bound: a per-layer one (a quantization scale) would make

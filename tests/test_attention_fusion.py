@@ -15,6 +15,7 @@ from tvm import relax
 import tvm_spatial
 from codegen_hls.attention_kernel import ATTENTION, attention
 from relax_passes.attention_fusion import fuse_attention
+from relax_passes.kv_inplace import merge_new_rows
 from tvm_spatial.frontend import from_onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,6 +83,50 @@ def test_head_major_k_and_v_match_numpy():
         relax.BlockBuilder().normalize(attention(q, bad, v, heads=heads, kv_heads=True))
 
 
+def test_merged_row_reads_as_the_slice_with_the_row_written():
+    """``merge_row``: K and V are the slices before the step's row is written; key
+    ``position`` reads the new rows instead -- numpy writes the row, then attends. Bad
+    merge arguments say what is wrong."""
+    tq, tk, heads, width = 1, 6, 2, 4
+    hidden = heads * width
+    q = relax.Var("q", relax.TensorType([1, tq, hidden], "float32"))
+    k, v = (relax.Var(n, relax.TensorType([1, heads, tk, width], "float32")) for n in "kv")
+    nk, nv = (relax.Var(n, relax.TensorType([1, heads, 1, width], "float32")) for n in ("nk", "nv"))
+    m = relax.Var("m", relax.TensorType([1, 1, 1, tk], "float32"))
+    pos = relax.Var("pos", relax.TensorType([1], "int64"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [q, k, v, m, nk, nv, pos]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(attention(q, k, v, m, heads=heads, kv_heads=True, scales={"s": (2.0, True)},
+                                                   merge_row=(nk, nv, pos))))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    a = RNG.standard_normal((1, tq, hidden)).astype("float32")
+    kh, vh = (RNG.standard_normal((1, heads, tk, width)).astype("float32") for _ in "kv")
+    rows = [RNG.standard_normal((1, heads, 1, width)).astype("float32") for _ in "kv"]
+    mask = RNG.standard_normal((1, 1, 1, tk)).astype("float32")
+    token_major = lambda x: x[0].transpose(1, 0, 2).reshape(tk, hidden)  # noqa: E731 -- [Tk, heads * D]
+    for at in (0, 3, tk - 1):
+        got = _llvm(mod, a, kh, vh, mask, *rows, np.array([at], "int64"))
+        written = [x.copy() for x in (kh, vh)]
+        for x, row in zip(written, rows):
+            x[:, :, at, :] = row[:, :, 0, :]
+        want = _numpy_attention(a[0], token_major(written[0]), token_major(written[1]), mask[0], heads, s_div=2.0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got, _numpy_attention(a[0], token_major(kh), token_major(vh), mask[0], heads,
+                                                     s_div=2.0), rtol=1e-3)  # the old slices alone differ
+    with pytest.raises(Exception, match="needs kv_heads"):
+        tm = relax.Var("k", relax.TensorType([1, tk, hidden], "float32"))
+        relax.BlockBuilder().normalize(attention(q, tm, tm, m, heads=heads, merge_row=(nk, nv, pos)))
+    with pytest.raises(Exception, match="position must be one integer"):
+        fpos = relax.Var("pos", relax.TensorType([1], "float32"))
+        relax.BlockBuilder().normalize(attention(q, k, v, m, heads=heads, kv_heads=True, merge_row=(nk, nv, fpos)))
+    with pytest.raises(Exception, match="new_k must be"):
+        relax.BlockBuilder().normalize(attention(q, k, v, m, heads=heads, kv_heads=True, merge_row=(k, nv, pos)))
+    with pytest.raises(ValueError, match="takes a mask first"):
+        attention(q, k, v, heads=heads, kv_heads=True, merge_row=(nk, nv, pos))
+
+
 def test_decode_attention_over_the_cache_slices_becomes_one_operator():
     """A decode step's attention reads K and V as its in-place cache updates return them
     (head-major): one operator per layer, with ``kv_heads``, and the rewritten module gives
@@ -106,6 +151,17 @@ def test_decode_attention_over_the_cache_slices_becomes_one_operator():
     # the kv_update composite writes the cache in place: each build gets fresh copies
     got = _llvm(fused, *[a.copy() for a in args])
     np.testing.assert_allclose(got, _llvm(mod, *[a.copy() for a in args]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, data["out:decode:logits"], rtol=1e-4, atol=1e-4)
+    # then each attention merges its new rows: its updates pass the old slices on (kv_append)
+    merged = merge_new_rows(fused)
+    calls = []
+    relax.analysis.post_order_visit(
+        merged["main"], lambda e: calls.append(e) if isinstance(e, relax.Call) and getattr(e.op, "name", "") == ATTENTION else None)
+    assert len(calls) == 2 and all(int(c.attrs.get("merge_row", 0)) == 1 and len(c.args) == 7 for c in calls)
+    composites = [str(f.attrs["Composite"]) for _, f in merged.functions.items()
+                  if isinstance(f, relax.Function) and f.attrs and "Composite" in f.attrs]
+    assert composites and all(c.endswith("kv_append") for c in composites)
+    got = _llvm(merged, *[a.copy() for a in args])
     np.testing.assert_allclose(got, data["out:decode:logits"], rtol=1e-4, atol=1e-4)
 
 

@@ -84,7 +84,7 @@ def test_decode_reads_an_offchip_cache_over_hbm(decode_design):
     assert off.decode_bytes - on.decode_bytes == pytest.approx(reads + appends, abs=len(work.processes))
     assert off.decode_cycles >= on.decode_cycles
     # the in-place updates move it: each reads its layer's K (or V) through the cache port
-    updates = [p for p in off.processes if p.op == "kv_update"]
+    updates = [p for p in off.processes if p.op == "kv_append"]
     assert sum(p.calls for p in updates) == 2 * layers  # one per layer, or one called per layer
     assert all(p.decode_bytes >= heads * ctx * head_dim * 4 for p in updates)
 
@@ -96,7 +96,7 @@ def test_each_in_place_update_reads_its_slice_and_writes_one_row(decode_design):
     the slice from that stream, not from the cache."""
     layers, _, heads, ctx, head_dim = _cache_shape()
     work = design_work(decode_design)
-    updates = [p for p in work.processes if p.op == "kv_update"]
+    updates = [p for p in work.processes if p.op == "kv_append"]
     assert sum(p.calls for p in updates) == 2 * layers
     # a reused layer's update serves its layers in turn, one slice and one row per call
     served = [(layer + call, elements) for p in updates for layer, elements in p.cache_traffic
@@ -106,7 +106,7 @@ def test_each_in_place_update_reads_its_slice_and_writes_one_row(decode_design):
     readers = [p for p in work.processes if p.op.startswith("attention")]
     assert readers and all(p.cache_traffic and all(e == 0 for _, e in p.cache_traffic) for p in readers)
     est = tvm_spatial.estimate(decode_design)
-    moved = sum(p.decode_bytes * p.calls for p in est.processes if p.op == "kv_update")
+    moved = sum(p.decode_bytes * p.calls for p in est.processes if p.op == "kv_append")
     other_ports = sum(p.port_bytes * p.calls for p in updates)  # position, the slot numbers
     # fp32 slices and rows, K and V of every layer: far from a whole-cache copy per layer
     assert moved - other_ports == pytest.approx(2 * layers * heads * (ctx + 1) * head_dim * 4, abs=len(updates))
@@ -228,27 +228,54 @@ def test_a_prologue_runs_while_the_producers_compute():
     assert decode_path({"a": 10.0, "b": 12.0}, words, stream_handoffs(words), {"b": 4.0}) == 10 + 8 - 6
 
 
-def test_the_cache_update_reads_its_slice_in_its_prologue(decode_design):
-    """The kv_update's take reads only the cache port and constants: the codegen prints it
-    before the new row's stream read (``hoist_prologue``), the record says so, and the
-    model starts that slice read with the region, not after the QKV linear."""
-    updates = [p for k in decode_design.kernels for p in k.processes if p.op == "kv_update"]
-    assert updates
+def test_a_stream_written_early_is_there_when_its_producers_prologue_ends():
+    """A stream written in its producer's prologue (``early``: a kv_append's old slice) is
+    complete when that prologue ends, not when the producer does; a consumer that reads
+    ``after`` transfers of other streams first has done that much before it needs a
+    later one (its query arrives while it still reads K and V)."""
+    from tvm_spatial.estimate.model import longest_chain, stream_handoffs
+    from tvm_spatial.estimate.workload import StreamWork
+
+    slice_ = StreamWork("a_c", 32 * 16, 2, 16 * 6, 0, "a", "c", width=16, early=True)  # 6 words, early
+    query = StreamWork("b_c", 32 * 16, 2, 16 * 2, 0, "b", "c", width=16, after=6)  # read after the slice
+    cycles, prologue = {"a": 20.0, "b": 10.0, "c": 30.0}, {"a": 15.0}
+    streams = [slice_, query]
+    # a's slice is there at 15, read beside its writes (6); b's query at 10, after 6 + 2 words
+    assert longest_chain(cycles, streams, stream_handoffs(streams), prologue) == (15 - 6 + 30, ("a", "c"))
+    late = [dataclasses.replace(slice_, early=False), query]  # written at a's end instead
+    assert longest_chain(cycles, late, stream_handoffs(late), prologue)[0] == 20 - min(6, 5) + 30
+    first = [slice_, dataclasses.replace(query, after=0)]  # the query read first: no credit for it
+    slow = dict(cycles, b=40.0)
+    assert longest_chain(slow, first, stream_handoffs(first), prologue)[0] == 40 - 2 + 30
+    assert longest_chain(slow, streams, stream_handoffs(streams), prologue)[0] == 40 - 2 - 6 + 30
+
+
+def test_the_cache_update_streams_its_slice_in_its_prologue(decode_design):
+    """The attention merges the new row (``merge_row``), so the in-place update (a
+    kv_append) needs no stream to stream its layer's slice as it was: it writes it before
+    it reads the new row, the record says so (its prologue reads the cache port, its
+    output streams are ``early``), and the model starts that slice with the region, not
+    after the QKV linear."""
+    _, _, heads, ctx, head_dim = _cache_shape()
+    found = 0
     for kernel in decode_design.kernels:
         for p in kernel.processes:
-            if p.op != "kv_update":
+            if p.op != "kv_append":
                 continue
-            assert p.prologue_nests >= 1
+            found += 1
             cache = next(port.name for port in kernel.ports if port.direction == "inout" and port.name in p.inputs)
-            assert cache in p.prologue_ports
+            assert cache in p.prologue_ports and p.prologue_io > 0
             body = kernel.source[kernel.source.index(f"void {p.name}("):]
             body = body[:body.index("\n}\n")]
-            assert body.index("_take") < body.index(".read()")
+            assert body.index(".write(") < body.index(".read()")
+            out = [s for s in kernel.streams if s.producer == p.name]
+            assert out and all(s.early for s in out)
+            assert p.prologue_io == sum(s.elements // s.width for s in out[:1])
+    assert found
     work = design_work(decode_design)
     est = tvm_spatial.estimate(decode_design)
     for w in work.processes:
-        if w.op == "kv_update":
-            _, _, heads, ctx, head_dim = _cache_shape()
+        if w.op == "kv_append":
             assert w.prologue_cache == heads * ctx * head_dim
             pe = est.process(w.name)
             assert 0 < pe.decode_prologue < pe.decode_cycles
@@ -257,10 +284,10 @@ def test_the_cache_update_reads_its_slice_in_its_prologue(decode_design):
 def test_k_and_v_updates_run_side_by_side(decode_design):
     """The two cache updates of a layer read no stream of each other: a token waits for the
     slower of them, not for both -- the decode latency is below the processes' sum by at
-    least one update's cycles per call."""
+    least one update's cycles per call -- and for no more of either than its prologue."""
     est = tvm_spatial.estimate(decode_design)
     work = design_work(decode_design)
-    updates = [p for p in est.processes if p.op == "kv_update"]
+    updates = [p for p in est.processes if p.op == "kv_append"]
     names = {p.name for p in updates}
     # premise: no stream path joins them (each is fed by its own head split)
     assert not any(s.producer in names and s.consumer in names for s in work.streams)
@@ -270,18 +297,27 @@ def test_k_and_v_updates_run_side_by_side(decode_design):
         pairs.setdefault((p.kernel, p.layer), []).append(p.decode_cycles * p.calls)
     assert pairs and all(len(v) == 2 for v in pairs.values())
     assert est.decode_cycles <= total - sum(min(v) for v in pairs.values()) + 1e-6
-    # and the attention reads the updated slices while the updates write them: the cache
-    # slice's words are counted once on the chain, not in both loops
+    # and the attention reads the old slices while the updates stream them, in their
+    # prologues: a token waits on no update's new-row read or row write -- charged only
+    # its prologue, every update leaves the decode latency as it is
     _, _, heads, ctx, head_dim = _cache_shape()
     slice_stream = [s for s in work.streams if s.producer in names and s.elements == heads * ctx * head_dim]
     assert len(slice_stream) == len(updates), "each update streams its whole slice on"
-    from tvm_spatial.estimate.model import longest_chain
+    from tvm_spatial.estimate.model import longest_chain, stream_handoffs
 
-    unhanded = sum(longest_chain({p.name: p.decode_cycles for p in est.processes if p.kernel == k}, work.streams)[0]
-                   * next(p.calls for p in est.processes if p.kernel == k)
-                   for k in dict.fromkeys(p.kernel for p in est.processes))
-    words = slice_stream[0].transfers
-    assert est.decode_cycles <= unhanded - len(pairs) * words + 1e-6
+    def decode(charge):
+        handoff = stream_handoffs(work.streams, work.tokens)
+        total = 0.0
+        for k in dict.fromkeys(p.kernel for p in est.processes):
+            mine = [p for p in est.processes if p.kernel == k]
+            total += mine[0].calls * longest_chain({p.name: charge(p) for p in mine}, work.streams, handoff,
+                                                   {p.name: p.decode_prologue for p in mine}, work.tokens)[0]
+        return total
+
+    assert decode(lambda p: p.decode_cycles) == pytest.approx(est.decode_cycles)
+    assert all(p.decode_prologue < p.decode_cycles for p in updates)
+    assert decode(lambda p: p.decode_prologue if p.name in names else p.decode_cycles) == pytest.approx(
+        est.decode_cycles)
     # the report says which processes a token does not wait on: at least one update a layer
     beside = [p for p in updates if p.name not in est.decode_chain]
     assert len(beside) >= len(pairs)

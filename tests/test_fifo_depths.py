@@ -106,13 +106,14 @@ def test_lockstep_reads_of_one_writer_of_both_need_the_first_whole():
 
 def test_decode_attention_reads_k_and_v_in_one_loop():
     """In the decode fixture's attention, K and V (from the two cache updates) arrive in one
-    pipelined loop, a packet of each per iteration; the lint, reading the program off the
-    text, agrees that the region finishes at the printed depths."""
+    pipelined loop, a packet of each per iteration, before its other streams (the updates
+    write them in their prologues); the lint, reading the program off the text, agrees
+    that the region finishes at the printed depths."""
     with tvm_spatial.allocation(layers="reuse"):
         design = design_from_onnx(FIXTURES / "gpt2_tiny_decode.onnx")
     (kernel,) = [k for k in design.kernels if any(p.op == "attention" for p in k.processes)]
     (attention,) = [p for p in kernel.processes if p.op == "attention"]
-    updates = [p.name for p in kernel.processes if p.op == "kv_update"]
+    updates = [p.name for p in kernel.processes if p.op == "kv_append"]
     fed = [s for s in kernel.streams if s.consumer == attention.name and s.producer in updates]
     assert len(fed) == 2 and fed[0].width == fed[1].width
     body = kernel.source[kernel.source.index(f"void {attention.name}("):]
@@ -121,6 +122,11 @@ def test_decode_attention_reads_k_and_v_in_one_loop():
     assert all(reads)
     between = body[min(r.start() for r in reads): max(r.start() for r in reads)]
     assert "for (" not in between and "}" not in between  # one loop body holds both reads
+    # before its query and the new rows: the cache updates write the old slices early
+    others = [s for s in kernel.streams if s.consumer == attention.name and s not in fed]
+    assert others and all(s.early for s in fed) and not any(s.early for s in others)
+    assert all(body.index(f"= {s.name}.read();") > max(r.start() for r in reads) for s in others)
+    assert all(s.after >= fed[0].elements // fed[0].width for s in others) and all(s.after == 0 for s in fed)
     # its copy loops: K and V counted once, q's and the output's as before
     assert attention.stream_io < 2 * fed[0].elements // fed[0].width + 1
     assert lint_source(kernel.name, kernel.source, kernel) == []

@@ -115,7 +115,7 @@ def test_cache_ports_are_inout_in_the_design_json(design):
     assert {p["direction"] for p in data["kernels"][0]["ports"] if p["name"].startswith(CACHE)} == {"inout"}
     assert Design.from_json(design.to_json()) == design
     ops = [p.op for p in kernel.processes]
-    assert ops.count("kv_update") == 2 * layers and "concat" not in ops and "take" not in ops
+    assert ops.count("kv_append") == 2 * layers and "kv_update" not in ops and "concat" not in ops and "take" not in ops
 
 
 def _functions(source: str) -> dict[str, tuple[str, list[str]]]:
@@ -152,7 +152,8 @@ def _enclosing_loops(body: list[str], index: int) -> list[int]:
 def test_kernel_writes_the_cache_only_one_row_per_layer(design):
     """Every store into a cache port sits in a loop nest of heads x head_dim (one row), none
     over the context; stage functions only read the cache (const); each store's process
-    is a kv_update, whose port is the only non-const cache parameter."""
+    is a kv_append (an update whose attention merges the row), whose port is the only
+    non-const cache parameter."""
     layers, _, heads, ctx, head_dim = _cache_shape()
     (kernel,) = design.kernels
     cache_ports = {p.name for p in kernel.ports if p.name.startswith(CACHE)}
@@ -168,7 +169,7 @@ def test_kernel_writes_the_cache_only_one_row_per_layer(design):
             for i, line in enumerate(body):
                 if re.match(rf"\s*{port}\[", line) and "=" in line:
                     stores += 1
-                    assert "_kv_update" in name, (name, line)
+                    assert "_kv_append" in name, (name, line)
                     assert sorted(_enclosing_loops(body, i)) == sorted([heads, head_dim]), (name, line)
                     assert line.strip() == f"{port}[layer][0][h][pos][d] = " + line.split("= ", 1)[1]
     assert stores == 2 * layers  # one row store per (layer, K/V) process
@@ -191,14 +192,14 @@ def decode_reuse_ex():
 def test_reused_layer_updates_its_own_layer_of_the_cache_per_call(decode_reuse_ex):
     """With one layer's hardware called once per layer (relax_passes.layer_reuse), K and V
     each have one update process and one cache port; which layer it writes is an argument
-    of the call (the kv_update's ``layer``), and the step still equals onnxruntime and the
+    of the call (the kv_append's ``layer``), and the step still equals onnxruntime and the
     llvm build, every layer's row written in place."""
     layers = _cache_shape()[0]
     design = tvm_spatial.design_of(decode_reuse_ex)
     (layer_kernel,) = [k for k in design.kernels if k.calls == layers]
     cache = [p for p in layer_kernel.ports if p.name.startswith(CACHE)]
     assert sorted(p.name for p in cache) == sorted(CACHE) and {p.direction for p in cache} == {"inout"}
-    assert [p.op for p in layer_kernel.processes].count("kv_update") == 2
+    assert [p.op for p in layer_kernel.processes].count("kv_append") == 2
     assert not any(p.name.startswith(CACHE) for k in design.kernels if k is not layer_kernel for p in k.ports)
     _check_decode_step(decode_reuse_ex)
 

@@ -369,10 +369,10 @@ def process_estimate(
         early = early_bytes = 0.0  # its prologue (ProcessWork.prologue_nests): compute, bytes
         passes = costs.ELEMENT_PASSES.get(p.op, 1)
         mix = costs.ELEMENT_OPS.get(p.op, {})
-        if p.nests:  # a built design: its loop nests as the lanes schedule realizes them
-            prefill = float(nests_cycles(p.nests, lanes))
-            if p.prologue_nests:  # what runs before its stream reads, beside its producers
-                early = float(nests_cycles(p.nests[:p.prologue_nests], lanes))
+        if p.nests or p.prologue_io:  # a built design: its loop nests as the lanes schedule realizes them
+            prefill = float(nests_cycles(p.nests, lanes)) + p.prologue_io
+            if p.prologue_nests or p.prologue_io:  # what runs before its stream reads, beside its producers
+                early = float(nests_cycles(p.nests[:p.prologue_nests], lanes)) + p.prologue_io
                 early_bytes = p.prologue_bytes + sum(
                     p.prologue_cache * costs.dtype_bits(p.cache_dtype) / 8 for layer, _ in p.cache_traffic[:1]
                     if offchip_cache_layers is None or layer in offchip_cache_layers)
@@ -461,7 +461,7 @@ def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int,
 
 
 def decode_path(cycles: dict[str, float], streams, handoff: dict | None = None,
-                prologue: dict | None = None) -> float:
+                prologue: dict | None = None, tokens: int = 1) -> float:
     """One decoded token through a region: its longest chain of processes, ``cycles`` per
     process (name -> decode cycles), linked by the ``streams`` between them.
 
@@ -476,8 +476,11 @@ def decode_path(cycles: dict[str, float], streams, handoff: dict | None = None,
 
     ``prologue[name]``: the part of a process's cycles that reads no stream
     (``ProcessEstimate.decode_prologue``): it runs from the region's start, so the process
-    takes the rest after the later of its prologue and its producers."""
-    return longest_chain(cycles, streams, handoff, prologue)[0]
+    takes the rest after the later of its prologue and its producers. A stream written in
+    its producer's prologue (``StreamWork.early``) is there when that prologue ends. With
+    ``handoff``, a consumer that reads ``after`` transfers of other streams first (per
+    call; ``tokens`` per call) has done that much of its work before it needs this one."""
+    return longest_chain(cycles, streams, handoff, prologue, tokens)[0]
 
 
 def stream_handoffs(streams, tokens: int = 1) -> dict[tuple[str, str], float]:
@@ -499,16 +502,19 @@ def stream_handoffs(streams, tokens: int = 1) -> dict[tuple[str, str], float]:
 
 
 def longest_chain(cycles: dict[str, float], streams, handoff: dict | None = None,
-                  prologue: dict | None = None) -> tuple[float, tuple[str, ...]]:
+                  prologue: dict | None = None, tokens: int = 1) -> tuple[float, tuple[str, ...]]:
     """(:func:`decode_path`, the processes on that chain in order; every process when no
     stream links them)."""
+    overlap = handoff is not None
     handoff = handoff or {}
     early = {name: min(cycles[name], (prologue or {}).get(name, 0.0)) for name in cycles}
     preds: dict[str, list[str]] = {name: [] for name in cycles}
+    inputs: dict[str, list] = {name: [] for name in cycles}  # the streams into each process
     linked = False
     for s in streams:
         if s.producer in cycles and s.consumer in cycles and s.producer != s.consumer:
             preds[s.consumer].append(s.producer)
+            inputs[s.consumer].append(s)
             linked = True
     if not linked:
         return sum(cycles.values()), tuple(cycles)
@@ -522,14 +528,22 @@ def longest_chain(cycles: dict[str, float], streams, handoff: dict | None = None
     done: dict[str, tuple[float, str | None]] = {}  # name -> (finish, the predecessor it waits on)
     while ready:
         name = ready.pop()
-        # a handoff overlaps the producer's write loop and the consumer's read loop, both
-        # after their prologues
-        before = max(((done[p][0] - min(handoff.get((p, name), 0.0), cycles[p] - early[p],
-                                        cycles[name] - early[name]), p)
-                      for p in preds[name]), default=(0.0, None))
+        rest = cycles[name] - early[name]
+        before = (0.0, None)
+        for s in inputs[name]:
+            p = s.producer
+            # the stream is complete at the end of the producer's prologue (written there) or
+            # of the producer; the consumer's read of it runs beside the producer's writes
+            # (a handoff, within the loop that writes it), after reading ``after`` others
+            there, window = (early[p], early[p]) if getattr(s, "early", False) else (done[p][0], cycles[p] - early[p])
+            ahead = min(handoff.get((p, name), 0.0), window, rest)
+            if overlap:
+                ahead = min(rest, ahead + getattr(s, "after", 0) / max(1, tokens))
+            if before[1] is None or there - ahead > before[0]:
+                before = (there - ahead, p)
         if early[name] >= before[0]:  # its prologue outlasts its producers: it waits on no one
             before = (early[name], None)
-        done[name] = (cycles[name] - early[name] + before[0], before[1])
+        done[name] = (rest + before[0], before[1])
         for nxt in succs[name]:
             waiting[nxt] -= 1
             if not waiting[nxt]:
@@ -609,7 +623,7 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
         mine = {w.name: p.decode_cycles for p, w in zip(procs, work.processes) if w.kernel == kernel}
         early = {w.name: p.decode_prologue for p, w in zip(procs, work.processes) if w.kernel == kernel}
         calls = next(w.calls for w in work.processes if w.kernel == kernel)
-        length, names = longest_chain(mine, work.streams, handoff, early)
+        length, names = longest_chain(mine, work.streams, handoff, early, tokens)
         decode += calls * length
         chain += names
     decode_bytes = sum(p.decode_bytes * w.calls for p, w in zip(procs, work.processes))

@@ -89,6 +89,7 @@ class ProcessWork:
     prologue_nests: int = 0
     prologue_bytes: int = 0
     prologue_cache: int = 0
+    prologue_io: int = 0  # and its copy-loop transfers there (a kv_append streaming its slice)
     calls: int = 1  # times one inference calls its kernel (an outlined layer: once per layer)
 
 
@@ -103,6 +104,8 @@ class StreamWork:
     consumer: str = ""  # the process reading it (on another SLR: an AXI-stream link)
     per_block: bool = False  # a what-if (DesignWork.streaming): as deep as one token block of it
     width: int = 1  # elements per transfer
+    early: bool = False  # written in the producer's prologue (codegen_hls.design.Stream)
+    after: int = 0  # transfers the consumer reads from other streams before this one
 
     @property
     def transfers(self) -> int:
@@ -447,13 +450,14 @@ def design_work(design) -> DesignWork:
                     nests=tuple(proc.nests), separable=proc.separable, rows=proc.rows, held=proc.held,
                     scratch=tuple(proc.scratch), stream_io=proc.stream_io, barrier=proc.barrier,
                     macs=proc.macs, calls=kernel.calls, prologue_nests=proc.prologue_nests,
-                    prologue_bytes=prologue_bytes,
+                    prologue_bytes=prologue_bytes, prologue_io=proc.prologue_io,
                 )
             )
         for s in kernel.streams:
             # a transfer of ``width`` elements per FIFO word; depth in transfers
             streams.append(StreamWork(s.name, dtype_bits(s.dtype) * s.width, s.depth, s.elements,
-                                      slr_of.get(s.producer, 0), s.producer, s.consumer, width=s.width))
+                                      slr_of.get(s.producer, 0), s.producer, s.consumer, width=s.width,
+                                      early=s.early, after=s.after))
     linears = [p.matmul.m for p in processes if p.matmul is not None and p.matmul.b_offchip]
     tokens = max(linears, default=1)
     procs = []
