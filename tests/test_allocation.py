@@ -237,6 +237,31 @@ def test_a_build_allocates_each_partition_once(monkeypatch):
     assert len(calls) == 3
 
 
+def test_only_a_layout_needed_searches_for_a_split_that_fits(monkeypatch):
+    """When no work-balanced SLR split fits, the search for one that does runs only when
+    asked (``rescue``; the build asks for the unrolled layout only if the reused one does
+    not fit). A layout made without the search serves a later request that would search
+    when it fits, and not when it does not."""
+    from tvm_spatial.tuning import policy
+
+    searched, made = [], []
+    real_search, real_choose = policy._fitting_split, policy._choose_layout
+    monkeypatch.setattr(policy, "_fitting_split", lambda *a: searched.append(a) or real_search(*a))
+    monkeypatch.setattr(policy, "_choose_layout", lambda *a: made.append(a) or real_choose(*a))
+    monkeypatch.setattr(policy, "_LAYOUTS", {})
+    funcs, host_ops = _offloaded("gpt2_tiny")
+    tight = policy.AllocationPolicy(budget=0.001)
+    with pytest.warns(policy.DesignOverBudgetWarning, match="does not fit"):
+        policy.choose_layout(funcs, "u280", host_ops, tight, rescue=False)
+    assert not searched and len(made) == 1
+    with pytest.warns(policy.DesignOverBudgetWarning, match="does not fit"):
+        policy.choose_layout(funcs, "u280", host_ops, tight)
+    assert searched and len(made) == 2  # not served from memory: that one did not search
+    fits = policy.choose_layout(funcs, "u280", host_ops, policy.AllocationPolicy(), rescue=False)
+    again = policy.choose_layout(funcs, "u280", host_ops, policy.AllocationPolicy())
+    assert fits.estimate is not None and again == fits and len(made) == 3
+
+
 def test_slrs_fit_first_takes_the_fewest_slrs_that_cost_no_speed():
     """The rule: allocate the plan on 1, 2 and 3 SLRs (each with its SLR cuts searched by
     the model, as the build does); the policy must take the fewest whose prefill is within

@@ -187,31 +187,37 @@ class Layout:
     estimate: object = field(default=None, compare=False)  # the model's allocation's, if it made one
 
 
-_LAYOUTS: dict = {}  # (regions' structural hashes, device, host ops, policy) -> [(regions, layout, warning)]
+# (regions' structural hashes, device, host ops, policy) -> [(regions, layout, warning, whether a
+# split that fits was searched for when the balanced one did not)]
+_LAYOUTS: dict = {}
 _LAYOUTS_KEPT = 64  # the least recently used goes first (a test session builds a few dozen designs)
 
 
-def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> Layout:
+def choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy, rescue: bool = True) -> Layout:
     """The arrays, lanes and SLR count for the codegen, per ``policy`` (module docstring).
 
     Remembered per regions (structurally), device, host operators and policy: with
     ``layers="auto"`` a build allocates both partitions to choose one, and the codegen
     then asks again for the one kept (GPT2-small: 0.7 s of a 4 s build). A design that
     does not fit warns each time it is asked for. Not under a tuning database, whose
-    records may change between calls."""
+    records may change between calls. ``rescue=False``: when no work-balanced SLR split
+    fits, do not search for another that does (an alternative layout, when one that fits
+    is already in hand: the search is the slowest part of a decode step's build)."""
     import tvm_ffi
 
     if policy.use_database and _current_database() is not None:
-        layout, warning = _choose_layout(funcs, device, host_ops, policy)
+        layout, warning = _choose_layout(funcs, device, host_ops, policy, rescue)
     else:
         funcs = list(funcs)
         key = (tuple(tvm_ffi.structural_hash(f) for f in funcs), device, tuple(host_ops), policy)
-        for known, layout, warning in _LAYOUTS.get(key, ()):
-            if len(known) == len(funcs) and all(tvm_ffi.structural_equal(a, b) for a, b in zip(known, funcs)):
+        for known, layout, warning, searched in _LAYOUTS.get(key, ()):
+            # made without the search, a layout that fits is the one the search would give
+            if (searched or not rescue or layout.estimate is not None) and len(known) == len(funcs) and all(
+                    tvm_ffi.structural_equal(a, b) for a, b in zip(known, funcs)):
                 break
         else:
-            layout, warning = _choose_layout(funcs, device, host_ops, policy)
-            _LAYOUTS.setdefault(key, []).append((funcs, layout, warning))
+            layout, warning = _choose_layout(funcs, device, host_ops, policy, rescue)
+            _LAYOUTS.setdefault(key, []).append((funcs, layout, warning, rescue))
         _LAYOUTS[key] = _LAYOUTS.pop(key)  # the most recently used now
         while len(_LAYOUTS) > _LAYOUTS_KEPT:
             del _LAYOUTS[next(iter(_LAYOUTS))]
@@ -241,7 +247,8 @@ def tuning_plan(funcs, device: str, host_ops, policy: AllocationPolicy, *, block
     return plan_design(funcs, device, host_ops, slrs=policy.slrs or None, placement=placement, rows=rows)
 
 
-def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tuple[Layout, str | None]:
+def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy,
+                   rescue: bool = True) -> tuple[Layout, str | None]:
     """:func:`choose_layout`, uncached: (the layout, the over-budget warning to give, if any)."""
     from ..devices import get_device
 
@@ -280,7 +287,7 @@ def _choose_layout(funcs, device: str, host_ops, policy: AllocationPolicy) -> tu
             continue
         if not fitted[count].resource_bound:
             break  # nothing wanted more than this SLR count gave: more SLRs cannot speed it up
-    if not fitted and not forced and not placed:  # no balanced split fits: search for one that does
+    if not fitted and not forced and not placed and rescue:  # no balanced split fits: search for one that does
         for count in range(2, dev.slrs + 1):
             try:
                 fitted[count] = allocate_planned(funcs, device, host_ops, count, None, policy.budget, rows,
@@ -305,7 +312,8 @@ def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None
     """``relax_passes.partition_for_vitis_spatial`` with the layers reused or unrolled as
     ``policy.layers`` says. "auto" partitions both ways and keeps the one whose model
     allocation has the faster prefill (one that fits the card before one that does not;
-    if neither fits, reuse, which needs less hardware). Under a tuning database, the one
+    if neither fits, reuse, which needs less hardware; the unrolled one is searched for a
+    split that fits only when the reused one does not fit). Under a tuning database, the one
     whose design has records (tuning tunes what "auto" chose). Without a model allocation
     to compare (library or explicit arrays) it unrolls, as those name the processes of
     the unrolled design."""
@@ -333,7 +341,10 @@ def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None
     for part in (reused, unrolled):
         with warnings.catch_warnings():  # the one kept warns again when it is built
             warnings.simplefilter("ignore", DesignOverBudgetWarning)
-            estimates.append(choose_layout(regions[id(part)], device, host_operators(part), policy).estimate)
+            # the unrolled layout searches for a split that fits only if the reused one
+            # does not fit (GPT2-small's decode step: 75 s of search for a layout 8x slower)
+            rescue = part is reused or estimates[0] is None
+            estimates.append(choose_layout(regions[id(part)], device, host_operators(part), policy, rescue).estimate)
     fits = [e is not None for e in estimates]
     if fits == [True, True]:
         return reused if estimates[0].prefill_cycles <= estimates[1].prefill_cycles else unrolled
