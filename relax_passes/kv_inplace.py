@@ -45,6 +45,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from codegen_hls.attention_kernel import ATTENTION, attention
+
 from .patterns import CODEGEN
 
 KV_UPDATE = "kv_update"
@@ -266,6 +268,14 @@ def _kv_append_function(cache_ty, new_ty, position_ty):
     return func.with_attrs({"Composite": APPEND_COMPOSITE, "Primitive": True})
 
 
+def _main(mod: tvm.IRModule) -> relax.Function | None:
+    """The module's Relax ``main``, if it has one."""
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        return None
+    func = mod["main"]
+    return func if isinstance(func, relax.Function) else None
+
+
 def _composite_call(mod: tvm.IRModule, expr, name: str):
     """``expr`` if it calls a global composite function ``name``, else None."""
     if not isinstance(expr, relax.Call) or not isinstance(expr.op, relax.GlobalVar) or expr.op not in mod:
@@ -279,12 +289,8 @@ def merge_new_rows(mod: tvm.IRModule) -> tvm.IRModule:
     else reading them, merges the new rows itself: the updates become ``kv_append``
     composites and the attention takes ``merge_row`` (module docstring). Other modules
     come back unchanged."""
-    from codegen_hls.attention_kernel import ATTENTION, attention
-
-    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
-        return mod
-    func = mod["main"]
-    if not isinstance(func, relax.Function):
+    func = _main(mod)
+    if func is None:
         return mod
     b = _Bindings(func)
     uses: dict = {}
@@ -330,10 +336,8 @@ def merge_new_rows(mod: tvm.IRModule) -> tvm.IRModule:
 def kv_inplace(mod: tvm.IRModule) -> tvm.IRModule:
     """Rewrite ``main`` so its cache outputs are its cache inputs, updated by
     ``kv_update`` composites (module docstring). Other modules come back unchanged."""
-    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
-        return mod
-    func = mod["main"]
-    if not isinstance(func, relax.Function):
+    func = _main(mod)
+    if func is None:
         return mod
     updates = find_cache_updates(func)
     if not updates:
