@@ -643,8 +643,8 @@ class _KernelWriter:
                 ops += [read(stream, slot.elements) for slot, stream in ins]
             elif not proc.rows:
                 together = self.read_together(proc)
-                order = self.read_order(proc)
-                ins = sorted(ins, key=lambda item: next(i for i, s in enumerate(order) if s is item[0]))
+                ins = [(slot, self.stream_of[(id(slot), id(proc))]) for slot in self.read_order(proc)
+                       if (id(slot), id(proc)) in self.stream_of]
                 for slot, stream in ins:
                     if together and slot is together[0]:  # one loop, a transfer of each per cycle
                         ops.append(ReadEach(tuple(self.stream_of[(id(t), id(proc))] for t in together),

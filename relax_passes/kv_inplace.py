@@ -45,7 +45,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from codegen_hls.attention_kernel import ATTENTION, attention
+from codegen_hls.attention_kernel import ATTENTION
 
 from .patterns import CODEGEN
 
@@ -306,7 +306,7 @@ def merge_new_rows(mod: tvm.IRModule) -> tvm.IRModule:
     for var, value in b.value.items():
         if _op_name(value) != ATTENTION or len(value.args) != 4 or not int(value.attrs.get("kv_heads", 0)):
             continue
-        q, k, v, mask = value.args
+        _, k, v, _ = value.args
         updates = [_composite_call(mod, b.value.get(x), COMPOSITE) for x in (k, v)]
         if any(u is None for u in updates) or k.same_as(v) or uses.get(k) != 1 or uses.get(v) != 1:
             continue
@@ -318,14 +318,11 @@ def merge_new_rows(mod: tvm.IRModule) -> tvm.IRModule:
                 appends[update.op] = bb.add_func(_kv_append_function(cache.ty, new_row.ty, position.ty),
                                                  f"fused_kv_append_{cache.name}_{len(appends)}")
             replace[x] = relax.Call(appends[update.op], list(update.args[:4]))
+        # the same call, every attribute kept, with the rows and their position appended
         attrs = {key: value.attrs[key] for key in value.attrs.keys()}
-        scales = {w: (float(attrs[f"{w}_scale"]), bool(int(attrs[f"{w}_divide"])))
-                  for w in ("q", "k", "s") if f"{w}_scale" in attrs}
-        replace[var] = attention(
-            q, k, v, mask, heads=int(attrs["heads"]), out_rank=int(attrs["out_rank"]), scales=scales,
-            guard=float(attrs["guard_value"]) if int(attrs.get("guard", 0)) else None,
-            causal=bool(int(attrs.get("causal", 0))), kv_heads=True,
-            merge_row=(updates[0].args[2], updates[1].args[2], updates[0].args[3]))
+        merged = [updates[0].args[2], updates[1].args[2], updates[0].args[3]]
+        replace[var] = relax.Call(value.op, [*value.args, *merged],
+                                  tvm.ir.make_node("ir.DictAttrs", **attrs, merge_row=1))
     if not replace:
         return mod
     mod = bb.get()

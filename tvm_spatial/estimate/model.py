@@ -535,10 +535,10 @@ def longest_chain(cycles: dict[str, float], streams, handoff: dict | None = None
             # the stream is complete at the end of the producer's prologue (written there) or
             # of the producer; the consumer's read of it runs beside the producer's writes
             # (a handoff, within the loop that writes it), after reading ``after`` others
-            there, window = (early[p], early[p]) if getattr(s, "early", False) else (done[p][0], cycles[p] - early[p])
+            there, window = (early[p], early[p]) if s.early else (done[p][0], cycles[p] - early[p])
             ahead = min(handoff.get((p, name), 0.0), window, rest)
             if overlap:
-                ahead = min(rest, ahead + getattr(s, "after", 0) / max(1, tokens))
+                ahead = min(rest, ahead + s.after / max(1, tokens))
             if before[1] is None or there - ahead > before[0]:
                 before = (there - ahead, p)
         if early[name] >= before[0]:  # its prologue outlasts its producers: it waits on no one
