@@ -81,6 +81,16 @@ class Process:
     array: tuple[int, ...] = ()  # (rows, cols) of its MAC array (the HLS pragmas' parallelism)
     tile: tuple[int, ...] = ()  # (rows, cols) of the loop tile the array works through
     packed: int = 1  # outputs per multiply: 2 for the packed W4A8 kernel ([K, N/2] bytes in, [M, N] out)
+    # how each accumulator tile is copied out (codegen_hls.library.schedule_array): "array",
+    # a whole array a cycle into a partitioned result; "port", a 512-bit beat a cycle into
+    # the m_axi port it writes in place. Its other stages' nests and lanes are below.
+    writeback: str = ""
+    # An engine (codegen_hls.engine): its other linears on the same array, in order, as
+    # ``matmul`` (same operand types) and whether each writes its result in place through a
+    # port (1: ``writeback`` "port"), and the ports (or stripes) of their weights.
+    engine: tuple[tuple[int, ...], ...] = ()
+    engine_weights: tuple[str, ...] = ()
+    engine_ops: tuple[str, ...] = ()  # and its element-wise operators, in order
     # Any other process: elements per cycle its loops handle as realized (codegen_hls.lanes),
     # a divisor of ``width``, the last dimension of the tensor it computes last.
     lanes: int = 0
@@ -127,7 +137,7 @@ class Process:
 
 
 _TUPLE_FIELDS = ("inputs", "outputs", "matmul", "dtypes", "array", "tile", "scratch", "weight_stripes",
-                 "prologue_ports")
+                 "prologue_ports", "engine_weights", "engine_ops")
 
 
 @dataclass(frozen=True)
@@ -270,7 +280,8 @@ class Design:
                 ops=tuple(k["ops"]),
                 processes=tuple(
                     Process(**{**p, **{key: tuple(p[key]) for key in _TUPLE_FIELDS if key in p},
-                               "nests": tuple(tuple(n) for n in p.get("nests", ()))})
+                               "nests": tuple(tuple(n) for n in p.get("nests", ())),
+                               "engine": tuple(tuple(m) for m in p.get("engine", ()))})
                     for p in k.get("processes", ())
                 ),
                 streams=tuple(Stream(**st) for st in k.get("streams", ())),

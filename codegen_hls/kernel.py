@@ -47,7 +47,8 @@ from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, ReadEach, Write, size_fifos
 from .kv_update import KV_APPEND_OP, cache_slot
-from .library import MacArray, matmul_info, prepare_for_hls
+from .engine import ENGINE_OP, engine_runs, merge
+from .library import MacArray, keep_pace_lanes, matmul_info, prepare_for_hls
 from .weight_stripes import stripe_shape, weight_stripes
 from .printer import FunctionPrinter, Namer, array_declarator
 
@@ -148,6 +149,8 @@ class Proc:
     block_slot: dict = field(default_factory=dict)  # id(input/output slot) -> its block-sized slot
     causal: bool = False  # a blocked causal attention: block b needs K and V blocks 0..b only
     prologue: int = 0  # its first stages, which read no stream: printed before the stream reads
+    members: tuple = ()  # an engine's element-wise operators, in order (codegen_hls.engine)
+    linear_stages: frozenset = frozenset()  # and id() of its linears' stages: the ones on its array
 
 
 def _static_shape(ty, what: str) -> tuple[int, ...]:
@@ -268,7 +271,7 @@ def _layers(procs: list[Proc]) -> list[int]:
     layers, residuals = [], 0
     for proc in procs:
         layers.append(residuals // 2)
-        residuals += proc.op == "residual_add"
+        residuals += (proc.op == "residual_add") + proc.members.count("residual_add")  # an engine's too
     return layers
 
 
@@ -397,6 +400,8 @@ class _KernelWriter:
             self.procs.remove(proc)
 
     def plan(self) -> None:
+        if self.tokens() == 1:  # a decode step: a layer's linears share one array (codegen_hls.engine)
+            self.merge_engines()
         self.elide_reshapes()
         copy_results = [s for s in self.results if s.producer is None]
         for slot in _unique(copy_results):
@@ -449,6 +454,22 @@ class _KernelWriter:
         for name, depth in self.skip_depths(programs).items():
             depths[name] = max(depths[name], depth)
         self.streams = [replace(st, depth=depths[st.name]) for st in self.streams]
+
+    def merge_engines(self) -> None:
+        """Merge each run of linears and the element-wise operators between them into one
+        process (``codegen_hls.engine``)."""
+        def offchip_linear(proc: Proc) -> bool:
+            for stage in proc.stages if proc.op == "linear" else ():
+                info = matmul_info(self.prim(stage.prim_name))
+                if info is not None:  # its weight a region argument, read through a port
+                    return info[0][0] == 1 and len(stage.args) > 1 and stage.args[1].producer is None
+            return False
+
+        for start, end in reversed(engine_runs(self.procs, offchip_linear)):
+            for proc in self.procs[start:end]:  # each operator's element-wise stages fused first
+                if proc.source is not None and proc.op != "linear" and all(isinstance(a, Slot) for a in proc.args):
+                    self.fuse_whole(proc, 1)
+            self.procs[start:end] = [merge(self.procs[start:end], self.procs[end:], self.results, Proc)]
 
     def early_writers(self) -> set[str]:
         """Processes that write their output streams in their prologue, before reading any
@@ -515,7 +536,6 @@ class _KernelWriter:
                            for c in range(array.channels)]
                 self.ports[at:at + 1] = stripes
                 self.stripes[key] = stripes
-                break
 
     def bundle_stripes(self, records: tuple[Process, ...]) -> None:
         """The m_axi bundles of the weight stripes, once the processes have their SLRs:
@@ -685,7 +705,7 @@ class _KernelWriter:
         cuts into blocks; the others, attention's K and V, stay whole), and their own
         PrimFuncs."""
         from .attention_kernel import is_causal
-        from .token_blocks import block_cut, legal_block, legal_whole, token_axis
+        from .token_blocks import block_cut, legal_block, token_axis
 
         tokens = self.token_count = self.tokens()
         if self.rows and self.rows < tokens and tokens % self.rows:
@@ -704,13 +724,7 @@ class _KernelWriter:
             proc.separable = cut is not None
             rows = self.rows
             if not proc.separable or not rows or rows >= tokens or tokens % rows:
-                fused = legal_whole(proc.source, tokens)
-                if fused is not None:  # its element-wise stages fused, on whole tensors
-                    stages, result = self.restage(proc, fused, dict(zip(fused["main"].params, proc.args)), "whole")
-                    swap = {id(new): old for new, old in zip(result, proc.outputs)}
-                    for stage in stages:
-                        stage.args = [swap.get(id(slot), slot) for slot in stage.args]
-                    proc.stages = stages
+                self.fuse_whole(proc, tokens)
                 continue
             main = legal_block(proc.source, set(cut), tokens, rows)
             env = {}
@@ -726,6 +740,19 @@ class _KernelWriter:
                 proc.block_slot[id(whole)] = part
             proc.stages, proc.rows, proc.blocks = stages, rows, tokens // rows
             proc.causal = is_causal(proc.source)
+
+    def fuse_whole(self, proc: Proc, tokens: int) -> None:
+        """Give ``proc`` its element-wise stages fused into one loop nest, on whole tensors
+        (``codegen_hls.stage_fusion``), where its operator allows."""
+        from .token_blocks import legal_whole
+
+        fused = legal_whole(proc.source, tokens)
+        if fused is not None:
+            stages, result = self.restage(proc, fused, dict(zip(fused["main"].params, proc.args)), "whole")
+            swap = {id(new): old for new, old in zip(result, proc.outputs)}
+            for stage in stages:
+                stage.args = [swap.get(id(slot), slot) for slot in stage.args]
+            proc.stages = stages
 
     def restage(self, proc: Proc, legal: tvm.IRModule, env: dict, tag: str) -> tuple[list[Stage], list[Slot]]:
         """``proc``'s stages from its operator legalized on its own (``legal``: blocked, or
@@ -757,7 +784,7 @@ class _KernelWriter:
         MAC array (``MacArray``); every other stage gets ``Lanes`` (``codegen_hls.lanes``):
         the process's lanes (default 1), fitted to a divisor of its output row; the other
         stages of a matmul process (bias add, quantization) get the lanes that keep pace
-        with its array, so that they take at most an eighth of its time."""
+        with its array (``library.keep_pace_lanes``)."""
         from .lanes import Lanes, largest_divisor
 
         def info_of(prim_name):
@@ -765,7 +792,9 @@ class _KernelWriter:
                 self.matmuls[prim_name] = matmul_info(self.prim(prim_name))
             return self.matmuls[prim_name]
 
-        info = info_of(stage.prim_name) if proc.op in MATMUL_OPS else None
+        arrays = proc.op in MATMUL_OPS or proc.op == ENGINE_OP
+        on_array = proc.op in MATMUL_OPS or id(stage) in proc.linear_stages  # not a layer norm's sum of squares
+        info = info_of(stage.prim_name) if on_array else None
         if info is not None:
             (_, m, n, _), dtypes = info
             latency = accumulate_latency(*dtypes)
@@ -774,20 +803,23 @@ class _KernelWriter:
             entry = self.arrays.get(proc.name)
             default = (max(1, MacArray.rows // latency), MacArray.cols)
             rows, cols, *rest = tuple(entry) if isinstance(entry, (tuple, list)) else default
-            real = MacArray(rows, cols, latency).tile(m, n)[1]
+            out_port = self.written_in_place(stage.args[-1], proc)  # then not partitioned (see MacArray)
+            real = MacArray(rows, cols, latency, out_port=out_port).tile(m, n)[1]
             channels = int(rest[0]) if rest else 1
             if channels > 1 and len(stage.args) > 1 and (id(stage.args[1]), id(proc)) in self.port_of:
                 # its weight through several ports, where the layout allows (weight_stripes)
                 real = replace(real, channels=weight_stripes(self.prim(stage.prim_name), replace(real, channels=channels)))
             return real
         matmuls = [(self.stage_hardware(proc, s), info_of(s.prim_name)[0][3]) for s in proc.stages
-                   if proc.op in MATMUL_OPS and info_of(s.prim_name) is not None]
+                   if arrays and (proc.op in MATMUL_OPS or id(s) in proc.linear_stages)
+                   and info_of(s.prim_name) is not None]
         entry = self.arrays.get(proc.name)
         wanted = int(entry) if isinstance(entry, int) else 1
-        if matmuls:  # keep pace with the array (rows x cols results per k steps) within 1/8 of its time
+        if matmuls:  # keep pace with the array (rows x cols results per k steps)
             array, k = matmuls[0]
-            wanted = -(-8 * array.rows * array.cols // max(1, k))
-        last = proc.stages[-1].args[-1] if proc.stages else None
+            wanted = keep_pace_lanes(array.rows, array.cols, k)
+        # the width its lanes divide: the process's result's; an engine's stages each their own
+        last = (stage if proc.op == ENGINE_OP else proc.stages[-1]).args[-1] if proc.stages else None
         width = last.shape[-1] if last is not None and last.shape else 1
         lanes = largest_divisor(width, max(1, wanted))
         if lanes == 1:
@@ -805,7 +837,8 @@ class _KernelWriter:
         key = (prim_name, array)
         if key not in self.printed:
             if isinstance(array, MacArray):
-                suffix = f"_a{array.rows}x{array.cols}" + (f"_c{array.channels}" if array.channels > 1 else "")
+                suffix = (f"_a{array.rows}x{array.cols}" + (f"_c{array.channels}" if array.channels > 1 else "")
+                          + ("_o" if array.out_port else ""))
             elif array is not None and array.lanes > 1:  # Lanes: its width and unpartitioned ports
                 suffix = f"_l{array.lanes}" + "".join(f"_m{i}" for i in array.ports)
             else:
@@ -814,6 +847,9 @@ class _KernelWriter:
         return self.printed[key]
 
     def print_stage_functions(self, w: CodeWriter) -> None:
+        # an engine's stages are inlined into it, where its ALLOCATION pragmas share one array
+        inlined = {(stage.prim_name, self.stage_hardware(proc, stage))
+                   for proc in self.procs if proc.op == ENGINE_OP for stage in proc.stages}
         for proc in self.procs:
             for stage in proc.stages:
                 array = self.stage_hardware(proc, stage)
@@ -821,6 +857,9 @@ class _KernelWriter:
                     continue
                 func = prepare_for_hls(self.prim(stage.prim_name), array)
                 text = FunctionPrinter(func, self.stage_function(stage.prim_name, array)).print()
+                if (stage.prim_name, array) in inlined:
+                    head, _, body = text.partition("\n")
+                    text = f"{head}\n  #pragma HLS INLINE\n{body}"
                 # arbitrary-precision types may appear only inside a stage (a cast, a local buffer)
                 self.uses_ap |= any(f"{t}<" in text for t in ("ap_int", "ap_uint", "ap_fixed", "ap_ufixed"))
                 w.line()
@@ -1045,6 +1084,8 @@ class _KernelWriter:
         local = Namer()
         w.line()
         with w.block(signature):
+            if proc.op == ENGINE_OP:
+                self.share_array(w, proc)
             together = self.read_together(proc)
             for slot in proc.inputs:
                 key = (id(slot), id(proc))
@@ -1076,6 +1117,16 @@ class _KernelWriter:
             if cache_slot(proc) is not None:
                 kv_update.write_row(w, self.name, proc)
         return args
+
+    def share_array(self, w: CodeWriter, proc: Proc) -> None:
+        """An engine's cap on multipliers and adders: its array's, which every linear (and
+        element-wise loop) of its inlined stages then shares (``codegen_hls.engine``)."""
+        arrays = [a for a in (self.stage_hardware(proc, st) for st in proc.stages) if isinstance(a, MacArray)]
+        units = max(a.rows * a.cols for a in arrays)
+        floats = any(c_type(st.args[0].dtype) in ("float", "double") for st in proc.stages if st.args)
+        w.line("// One MAC array for every linear below, one after another (codegen_hls.engine).")
+        for op in (("fmul", "fadd") if floats else ("mul", "add")):
+            w.line(f"#pragma HLS ALLOCATION operation instances={op} limit={units}")
 
     def print(self) -> Kernel:
         self.plan()
@@ -1201,8 +1252,7 @@ class _KernelWriter:
             for slot in stage.args:
                 if slot.producer is proc and not slot.cname:
                     ports = self.out_ports.get(id(slot), [])
-                    streamed = bool(self.output_streams(slot, proc))
-                    if len(ports) == 1 and not streamed:
+                    if self.written_in_place(slot, proc):
                         slot.cname = ports[0]  # the only destination: write it in place
                     else:
                         slot.cname = local.fresh(re.sub(r"\W", "_", slot.hint))
@@ -1210,6 +1260,15 @@ class _KernelWriter:
                         self.declare(w, slot.cname, slot.dtype, slot.shape, width)
                 self.uses_ap |= needs_ap_types(slot.dtype)
             self.call_stage(w, proc, stage)
+
+    def written_in_place(self, slot: Slot, proc: Proc) -> bool:
+        """Whether a stage of ``proc`` writes ``slot`` straight into its one port: nothing
+        streams it on and no later stage of ``proc`` reads it (an engine's residual sum,
+        read by its layer norm, goes to a buffer and is copied to its port after)."""
+        if slot.producer is not proc or len(self.out_ports.get(id(slot), [])) != 1 or self.output_streams(slot, proc):
+            return False
+        writer = next((i for i, st in enumerate(proc.stages) if any(s is slot for s in st.args)), None)
+        return writer is None or not any(s is slot for st in proc.stages[writer + 1:] for s in st.args[:-1])
 
     def copy_cycles(self, proc: Proc) -> int:
         """Iterations of the copy loops ``print_process`` / ``print_blocked_process`` put
@@ -1224,7 +1283,7 @@ class _KernelWriter:
             ports = self.out_ports.get(id(slot), [])
             if self.output_streams(slot, proc):
                 writes += slot.elements // self.out_width(slot, proc)
-            elif len(ports) > 1 or (ports and proc.rows):
+            elif len(ports) > 1 or (ports and (proc.rows or not self.written_in_place(slot, proc))):
                 writes += port_copy_cycles(slot.shape)
         if cache_slot(proc) is not None:  # the new row into the cache, an element a cycle
             writes += kv_update.row_elements(self.name, proc)
@@ -1294,7 +1353,7 @@ class _KernelWriter:
                 held = sum(s.elements for s in proc.inputs
                            if id(s) not in proc.block_slot and (id(s), id(proc)) in self.stream_of)
                 extra.update(held=held, barrier=bool(held) and not proc.causal)
-            if proc.stages and proc.op not in MATMUL_OPS:
+            if proc.stages and proc.op not in MATMUL_OPS and proc.op != ENGINE_OP:
                 from .lanes import loop_nests
 
                 lanes = self.stage_hardware(proc, proc.stages[-1]).lanes
@@ -1311,6 +1370,17 @@ class _KernelWriter:
                             if (id(s), id(proc)) in self.port_of]
                     extra.update(prologue_nests=sum(len(self.nests[st.prim_name]) for st in early),
                                  prologue_ports=tuple(dict.fromkeys(read)))
+            elif proc.stages:  # a matmul process: the nests of its other stages (bias, quantization)
+                from .lanes import loop_nests
+
+                others = [stage for stage in proc.stages if not isinstance(self.stage_hardware(proc, stage), MacArray)]
+                for stage in others:
+                    if stage.prim_name not in self.nests:
+                        self.nests[stage.prim_name] = loop_nests(self.prim(stage.prim_name))
+                nests = tuple((trips * proc.blocks, *rest) for stage in others
+                              for trips, *rest in self.nests[stage.prim_name])
+                if nests:  # at the lanes that keep pace with its array: the model's epilogue_lanes
+                    extra.update(width=last.shape[-1] if last.shape else 1, nests=nests)
             if proc.op == KV_APPEND_OP:  # its prologue: the slice, a packet a cycle from the port
                 r = kv_update.roles(self.name, proc)
                 out = proc.outputs[0]
@@ -1333,10 +1403,14 @@ class _KernelWriter:
                 out = stage.args[-1].shape
                 packed = 2 if (len(stage.args) == 3 and stage.args[1].dtype == "int8" and len(out) >= 2
                                and out[-2] == m and out[-1] == 2 * n) else 1
+                if "matmul" in extra:  # an engine's next linear, on the same array
+                    extra["engine"] += ((batch, m * proc.blocks, n, k, int(array.out_port)),)
+                    extra["engine_weights"] += stripes or (weight,)
+                    continue
                 extra.update(matmul=(batch, m * proc.blocks, n, k), dtypes=dtypes, weight_port=weight,
-                             weight_stripes=stripes,
-                             array=(array.rows, array.cols), tile=(tile.rows, tile.cols), packed=packed)
-                break
+                             weight_stripes=stripes, writeback="port" if array.out_port else "array",
+                             array=(array.rows, array.cols), tile=(tile.rows, tile.cols), packed=packed,
+                             engine=(), engine_weights=(), engine_ops=proc.members)
             processes.append(Process(proc.name, proc.op, layer, slr, work, tuple(args[:n_in]), tuple(args[n_in:]), **extra))
         return tuple(processes)
 

@@ -82,8 +82,11 @@ def _matmul_block(func: tirx.PrimFunc):
     return found[0] if len(found) == 1 else None
 
 
-def schedule_matmul(func: tirx.PrimFunc, tiling: MatmulTiling = DEFAULT_MATMUL_TILING) -> tirx.PrimFunc:
-    """Tile a matmul-like PrimFunc (see module docstring); anything else is returned as is."""
+def schedule_matmul(func: tirx.PrimFunc, tiling: MatmulTiling = DEFAULT_MATMUL_TILING, partials: int = 1) -> tirx.PrimFunc:
+    """Tile a matmul-like PrimFunc (see module docstring); anything else is returned as is.
+    ``partials`` > 1 (it must divide ``k``): each output keeps that many partial sums,
+    over the ``k`` steps of each residue (``rfactor``), added up as the tile is copied out
+    (:func:`partial_sums` says when the MAC array needs them)."""
     name = _matmul_block(func)
     if name is None:
         return func
@@ -99,8 +102,19 @@ def schedule_matmul(func: tirx.PrimFunc, tiling: MatmulTiling = DEFAULT_MATMUL_T
     tile = tiling.fit(*extents)
     if tile.cols % 8 and extents[1] > tiling.cols:  # the last tile is peeled: partial is cheap
         tile = MatmulTiling(tile.rows, tiling.cols)
+    if partials > 1:
+        k, residue = sch.split(k, [None, partials])
+        total = sch.get_sblock(name)
+        block = sch.rfactor(residue, len(batch))  # the partial sums: [.., residue, i, j]
+        *batch, i, j, k, residue = sch.get_loops(block)
     io, ii = sch.split(i, [None, tile.rows])
     jo, ji = sch.split(j, [None, tile.cols])
+    if partials > 1:
+        sch.reorder(*batch, jo, io, k, residue, ii, ji)
+        sch.set_scope(block, 0, "local")
+        sch.reverse_compute_at(total, io)
+        sch.decompose_reduction(block, k)
+        return sch.mod["main"]
     sch.reorder(*batch, jo, io, k, ii, ji)
     accumulate = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(accumulate, io)
@@ -194,6 +208,19 @@ class MacArray:
     cols: int = 32
     latency: int = 1  # cycles of the accumulate recurrence (fp32 add: 4)
     channels: int = 1  # m_axi ports (HBM pseudo-channels) its weight is striped over (weight_stripes)
+    # its result is written in place through an m_axi port (which cannot be partitioned):
+    # the accumulator tile goes out ``writeback_width`` elements a cycle, not a whole array's
+    out_port: bool = False
+
+    def writeback_width(self, tile_cols: int) -> int:
+        """Elements of an accumulator tile :func:`schedule_array` copies out per cycle, a row
+        at a time: the array's columns (into a result partitioned as the accumulator's
+        columns; its rows too would bank the result ``rows`` times finer for a copy that
+        takes ``rows / k`` of the array's time), or into a port the largest divisor of the
+        tile's width not above one 512-bit beat."""
+        if self.out_port:
+            return largest_divisor(tile_cols, WRITEBACK_PORT_ELEMENTS)
+        return self.cols
 
     def tile(self, m: int, n: int) -> tuple["MatmulTiling", "MacArray"]:
         """(the loop tile, the realized array) for an ``m x n`` output. The array is fitted
@@ -213,7 +240,29 @@ class MacArray:
             else:
                 break
         tile = MatmulTiling(t_rows, t_cols).fit(m, n)
-        return tile, MacArray(math.gcd(real.rows, tile.rows), math.gcd(real.cols, tile.cols), self.latency)
+        return tile, MacArray(math.gcd(real.rows, tile.rows), math.gcd(real.cols, tile.cols), self.latency,
+                              out_port=self.out_port)
+
+
+# The other stages of a matmul process (bias add, quantization) run after its array, in
+# series: they get the lanes that make them at most 1/KEEP_PACE of its time. At 1/8 a bias
+# add cost GPT2-small's decode step 4 % (FFN1's 3,072 outputs at 3 lanes: 1,024 cycles);
+# at 1/32 it costs about 1 %, for a few lanes more (an fp32 adder each) per linear.
+KEEP_PACE = 32
+# ... and never more than a stream packet a cycle: their result leaves the process at that
+# rate (a tiny model's ``k`` of 64 asked 192 lanes of a 4 x 96 array: 384 DSPs of adders).
+MAX_KEEP_PACE_LANES = 16
+
+
+def keep_pace_lanes(rows: int, cols: int, k: int) -> int:
+    """Lanes of the other stages of a matmul process with a ``rows x cols`` array over ``k``
+    (before fitting them to a divisor of the width): ``KEEP_PACE rows cols / k``, at most
+    ``MAX_KEEP_PACE_LANES``."""
+    return min(MAX_KEEP_PACE_LANES, max(1, -(-KEEP_PACE * rows * cols // max(1, k))))
+
+# Elements per cycle of an accumulator tile copied out to an m_axi port: one 512-bit beat
+# of fp32 (the port width the copy loops use, ``codegen_hls.kernel.port_width``).
+WRITEBACK_PORT_ELEMENTS = 16
 
 
 def _next_multiple(extent: int, side: int, other: int) -> int:
@@ -260,17 +309,18 @@ def schedule_array(func: tirx.PrimFunc, array: MacArray) -> tuple[tirx.PrimFunc,
     shape = _matmul_shape(func)
     if shape is None:
         return func, None, None
-    _, m, n, _ = shape
+    _, m, n, k = shape
     tile, real = array.tile(m, n)
-    scheduled = schedule_matmul(func, tile)
+    positions = (tile.rows // real.rows) * (tile.cols // real.cols)
+    partials = partial_sums(positions, array.latency, k)
+    scheduled = schedule_matmul(func, tile, partials)
     if scheduled is func:
         return func, None, None
-    positions = (tile.rows // real.rows) * (tile.cols // real.cols)
     sch = s_tir.Schedule(tvm.IRModule({"main": scheduled}))
     update = init = None
     accumulator = None
-    for block in sblocks(scheduled):
-        if any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars):
+    for block in sblocks(scheduled):  # the MAC: it reads its accumulator and both operands
+        if any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars) and len(block.reads) >= 3:
             update = block.name_hint
             accumulator = block.writes[0].source
     for block in sblocks(scheduled):
@@ -278,13 +328,16 @@ def schedule_array(func: tirx.PrimFunc, array: MacArray) -> tuple[tirx.PrimFunc,
             init = block.name_hint
     if update is None:
         return scheduled, tile, real
-    *_, k, ii, ji = sch.get_loops(sch.get_sblock(update))
-    sch.annotate(k, ann.PIPELINE_II, positions)
-    for loop in (ii, ji):
+    # a k step (of each residue, with partial sums) updates every accumulator once
+    unrolled = 3 if partials > 1 else 2
+    k_loop, *inner = sch.get_loops(sch.get_sblock(update))[-1 - unrolled:]
+    sch.annotate(k_loop, ann.PIPELINE_II, positions * partials)
+    for loop in inner:
         sch.annotate(loop, ann.UNROLL, 0)
     if init is not None:
-        for loop in sch.get_loops(sch.get_sblock(init))[-2:]:
+        for loop in sch.get_loops(sch.get_sblock(init))[-unrolled:]:
             sch.annotate(loop, ann.UNROLL, 0)
+    result = _schedule_writeback(sch, update, accumulator, tile, real, partials)
     out = sch.mod["main"]
     rank = len(accumulator.shape)
     for dim, factor in ((rank - 1, real.rows), (rank, real.cols)):
@@ -293,4 +346,62 @@ def schedule_array(func: tirx.PrimFunc, array: MacArray) -> tuple[tirx.PrimFunc,
             out = ann.with_partition(out, accumulator.name, ann.Partition(dim, 0, "complete"))
         elif factor > 1:
             out = ann.with_partition(out, accumulator.name, ann.Partition(dim, factor, "cyclic"))
+    if result is not None and not real.out_port and real.cols > 1:  # its banks line up with the accumulator's
+        out = ann.with_partition(out, result.name, ann.Partition(len(result.shape), real.cols, "cyclic"))
     return out, tile, real
+
+
+def partial_sums(positions: int, latency: int, k: int) -> int:
+    """Partial sums per output a MAC array keeps (``schedule_matmul``'s ``partials``): an
+    accumulator updated every ``positions`` cycles (the arrays in its tile) waits on its own
+    add when that is less than the add's ``latency``; ``ceil(latency / positions)`` sums of
+    interleaved ``k`` steps, updated in turn, do not. Why: in a decode step the output is
+    one row, so a wide array's tile holds few arrays -- GPT2-small's ``768``-wide linears
+    held two ``1 x 384`` arrays and took ``k x latency`` cycles at any width. 1 when no
+    stall, or when the count does not divide ``k``."""
+    if positions >= latency:
+        return 1
+    partials = -(-latency // positions)
+    return partials if k % partials == 0 else 1
+
+
+def _schedule_writeback(sch: s_tir.Schedule, update: str, accumulator, tile: MatmulTiling, real: MacArray,
+                        partials: int = 1):
+    """Copy each accumulator tile out ``real.writeback_width`` elements a cycle (one
+    pipelined loop over the tile's rows and column groups, a group unrolled) instead of one
+    a cycle: a serial copy takes a cycle per element, a third of the time of a one-token
+    matmul whose ``k`` is three times its array's width (GPT2-small's LM head in decode:
+    50,257 of 151 k cycles). Returns the result buffer (None: no write-back block found)."""
+    for block in sblocks(sch.mod["main"]):
+        if any(r.source.same_as(accumulator) for r in block.reads) and block.writes \
+                and not block.writes[0].source.same_as(accumulator):
+            break
+    else:
+        return None
+    # its own loops (below the tile loops it shares with the update): a tile of one row has
+    # one; with partial sums the residues' loop comes first
+    shared = {sch.get(loop) for loop in sch.get_loops(sch.get_sblock(update))}
+    own = [loop for loop in sch.get_loops(sch.get_sblock(block.name_hint)) if sch.get(loop) not in shared]
+    residue = own.pop(0) if partials > 1 else None
+    extents = tuple(int(sch.get(loop).extent) for loop in own)
+    if extents != tuple(e for e in (tile.rows, tile.cols) if e > 1):
+        raise ValueError(f"the accumulator's write-back loops {extents} are not its {tile.rows} x {tile.cols} tile")
+    if tile.cols == 1:  # one column: a loop over the rows at most, a row a cycle
+        if residue is not None and own:
+            sch.reorder(own[0], residue)
+        if residue is not None:
+            sch.annotate(residue, ann.UNROLL, 0)
+        if own:
+            sch.annotate(own[0], ann.PIPELINE_II, 1)
+        return block.writes[0].source
+    c_o, c_i = sch.split(own[-1], [None, real.writeback_width(tile.cols)])
+    if residue is not None:  # each output's partial sums added as it is copied out
+        sch.reorder(*own[:-1], c_o, residue, c_i)
+        sch.annotate(residue, ann.UNROLL, 0)
+        init = sch.decompose_reduction(sch.get_sblock(block.name_hint), residue)
+        sch.annotate(sch.get_loops(init)[-1], ann.UNROLL, 0)
+    if tile.rows > 1:  # one pipelined loop over the tile's rows and column groups
+        c_o = sch.fuse(own[0], c_o)
+    sch.annotate(c_o, ann.PIPELINE_II, 1)
+    sch.annotate(c_i, ann.UNROLL, 0)
+    return block.writes[0].source

@@ -38,7 +38,8 @@ def bert():
 
     plan = plan_design(funcs, "u280", host_ops)
     alloc = allocate_planned(funcs, "u280", host_ops)  # what relax.build applies on all SLRs
-    design = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table(), rows=alloc.config.block)
+    design = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table(), rows=alloc.config.block,
+                          placement=alloc.placement)  # as relax.build applies it
     return plan, alloc, design
 
 
@@ -49,7 +50,7 @@ def _function_body(source: str, name: str) -> str:
 
 def _stage_of(kernel, proc) -> str:
     body = _function_body(kernel.source, proc.name)
-    return re.search(rf"\b({re.escape(kernel.name)}__\w+_a\d+x\d+(?:_c\d+)?)\(", body).group(1)
+    return re.search(rf"\b({re.escape(kernel.name)}__\w+_a\d+x\d+(?:_c\d+)?(?:_o)?)\(", body).group(1)
 
 
 def test_every_matmul_process_realizes_its_allocated_array(bert):
@@ -71,24 +72,27 @@ def test_hls_text_implies_the_array(bert):
     """Count the MAC units the HLS text implies, independently of the model: the unrolled tile
     holds tile_rows x tile_cols updates per k step, issued over II cycles, so II * units must
     cover the tile; the accumulator's partition gives rows x cols banks, one update each per
-    cycle, so there are at most that many units."""
+    cycle, so there are at most that many units. With partial sums (``k_0``: a step over
+    each residue of k) the accumulator holds that many per output, updated in the same II."""
     _, _, design = bert
     kernel = design.kernels[0]
     for p in (p for p in kernel.processes if p.matmul):
         text = _function_body(kernel.source, _stage_of(kernel, p))
-        ii = int(re.search(r"for \(int k = 0; k < \d+; \+\+k\) \{\n\s*#pragma HLS PIPELINE II=(\d+)", text).group(1))
+        loop = re.search(r"for \(int k(_0)? = 0; k(?:_0)? < \d+; \+\+k(?:_0)?\) \{\n\s*#pragma HLS PIPELINE II=(\d+)", text)
+        ii = int(loop.group(2))
         decl = re.search(r"float (\w+)((?:\[\d+\])+);\n((?:\s*#pragma HLS ARRAY_PARTITION[^\n]*\n)+)", text)
         acc, pragmas = decl.group(1), decl.group(3)
         shape = [int(d) for d in re.findall(r"\d+", decl.group(2))]
         dims = tuple(shape[-2:])
-        assert dims == p.tile and all(d == 1 for d in shape[:-2])
+        partials = shape[-3] if loop.group(1) else 1
+        assert dims == p.tile and all(d == 1 for d in shape[:-3 if loop.group(1) else -2])
         banks = []
         for dim, extent in zip((len(shape) - 1, len(shape)), dims):
             m = re.search(rf"variable={acc} type=(\w+)(?: factor=(\d+))? dim={dim}", pragmas)
             banks.append(1 if m is None else extent if m.group(1) == "complete" else int(m.group(2)))
         units = banks[0] * banks[1]
         assert units == p.array[0] * p.array[1], p.name
-        assert ii * units == dims[0] * dims[1], p.name
+        assert ii * units == dims[0] * dims[1] * partials, p.name
         assert text.count("#pragma HLS UNROLL") >= 4  # init and update tile loops
 
 
@@ -98,7 +102,12 @@ def test_estimate_of_the_built_design_reads_back_the_allocation(bert):
     assert est.prefill_cycles == pytest.approx(alloc.estimate.prefill_cycles)
     assert est.total.dsp == pytest.approx(alloc.estimate.total.dsp)
     assert est.max_slr_utilization[0] <= 0.85 + 1e-9
+    # each array's MACs, and the adders of its bias add (a lane each, model.epilogue_lanes)
+    from tvm_spatial.estimate.model import epilogue_lanes
+
+    work = {p.name: p for p in design_work(design).processes}
     dsp = sum(p.array[0] * p.array[1] * costs.MAC_COSTS["fp32"].dsp
+              + epilogue_lanes(work[p.name], *p.array) * costs.op_cost("add", "float32").dsp
               for p in design.kernels[0].processes if p.array)
     assert sum(e.resources.dsp for e in est.processes if e.macs) == pytest.approx(dsp)
 

@@ -72,6 +72,32 @@ def test_matmul_shapes_come_from_the_design(gpt2_design):
     assert work.tokens == 16 and work.causal
 
 
+def test_a_matmul_process_other_stages_are_charged_at_the_lanes_the_codegen_gives_them(gpt2_design):
+    """A linear's bias add runs after its array, in series: the design records its loop
+    nests, and the model's rule for their lanes (which it needs for arrays the allocation
+    only considers) gives the ones the HLS text was printed with (``_l<lanes>``)."""
+    import re
+
+    from tvm_spatial.estimate.model import epilogue_lanes, matmul_epilogue
+
+    work = {p.name: p for p in design_work(gpt2_design).processes}
+    checked = 0
+    for kernel in gpt2_design.kernels:
+        for proc in kernel.processes:
+            if not proc.array or not proc.nests:
+                continue
+            p = work[proc.name]
+            assert proc.writeback in ("array", "port")
+            start = kernel.source.index(f"static void {proc.name}(")
+            body = kernel.source[start:kernel.source.index("\n}\n", start)]
+            printed = {int(n) for n in re.findall(rf"\b{re.escape(kernel.name)}__\w+?_l(\d+)\w*\(", body)}
+            assert printed == {epilogue_lanes(p, *proc.array)}
+            bare = matmul_epilogue(dataclasses.replace(p, nests=()), *proc.array, 4)
+            assert matmul_epilogue(p, *proc.array, 4) > bare > 0
+            checked += 1
+    assert checked >= 4  # the fixture's linears have biases
+
+
 def test_bert_attention_is_a_barrier(bert_design):
     """Built in token blocks, a bidirectional attention starts its first block only after
     all of K and V are in: the pipeline of blocks restarts after it."""

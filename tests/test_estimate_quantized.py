@@ -62,12 +62,18 @@ def test_w4a8_counts_macs_and_half_the_weight_bytes(designs):
     passes = work8.tokens // (work8.block or work8.tokens)
     assert e8.prefill_bytes - e4.prefill_bytes == weights8 // 2 * passes
     assert e8.prefill_roofline.memory_cycles > e4.prefill_roofline.memory_cycles
-    # every packed multiplier is one DSP and makes two outputs: the array's DSPs are its multipliers
+    # every packed multiplier is one DSP and makes two outputs: the array's DSPs are its
+    # multipliers (beside the adders of its other stages, a lane each: model.epilogue_lanes)
+    from tvm_spatial.estimate.model import epilogue_lanes
+
+    by_name = {q.name: q for q in work4.processes}
     for p in e4.processes:
         if p.packed == 2:
             proc = next(q for k in designs["w4a8"].kernels for q in k.processes if q.name == p.name)
             assert p.parallelism.cols == 2 * proc.array[1]
-            assert p.resources.dsp == proc.array[0] * proc.array[1]
+            adders = epilogue_lanes(by_name[p.name], p.parallelism.rows, p.parallelism.cols)
+            add = costs.op_cost("add", by_name[p.name].dtype)
+            assert p.resources.dsp == proc.array[0] * proc.array[1] + adders * add.dsp
 
 
 def test_w4a8_arrays_as_built_are_the_allocation(designs):

@@ -546,7 +546,9 @@ def test_decode_in_xrt_mode_passes_the_cache_both_ways(decode_ex, monkeypatch, t
     assert key.same_as(args["past_key"]) and value.same_as(args["past_value"])
     data, _, _ = _inputs()
     assert logits.shape == data["out:decode:logits"].shape
-    assert not logits.numpy().any()  # as XRT allocated it: the call went through the shim
+    # the shim computes nothing: the logits are whatever the output buffer held (the host
+    # heap's, not zeros to count on: glibc's MALLOC_PERTURB_ fills them), not the model's
+    assert not np.allclose(logits.numpy(), data["out:decode:logits"], atol=1e-3)
 
 
 # -- a hand-written graph: the pass matches exactly the slot-write pattern ---------------

@@ -196,8 +196,9 @@ def gpt2():
 def test_gpt2_allocation_realizes_lanes_and_element_wise_latency_drops(gpt2):
     funcs, host_ops, alloc = gpt2
     rows = alloc.config.block
-    wide = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table(), rows=rows)
-    narrow = build_design(funcs, "u280", host_ops, arrays=alloc.matmul_tilings(), rows=rows)  # one lane each
+    wide = build_design(funcs, "u280", host_ops, arrays=alloc.codegen_table(), rows=rows, placement=alloc.placement)
+    narrow = build_design(funcs, "u280", host_ops, arrays=alloc.matmul_tilings(), rows=rows,
+                          placement=alloc.placement)  # one lane each, on the allocation's SLRs
     procs = [p for p in wide.kernels[0].processes if p.lanes]
     assert procs and any(p.lanes > 1 for p in procs)
     chosen = alloc.lanes()

@@ -88,7 +88,7 @@ def test_hls_text_reads_each_stripe_in_its_own_unrolled_loop(striped):
     (kernel,) = design.kernels
     proc = next(p for p in kernel.processes if p.name == FIRST)
     body = _function_body(kernel.source, proc.name)
-    call = re.search(rf"\b({re.escape(kernel.name)}__\w+_a\d+x\d+_c4)\(([^;]*)\);", body)
+    call = re.search(rf"\b({re.escape(kernel.name)}__\w+_a\d+x\d+_c4(?:_o)?)\(([^;]*)\);", body)
     stage = call.group(1)
     assert ", ".join(proc.weight_stripes) in call.group(2)  # the process hands it every stripe
     text = _function_body(kernel.source, stage)
@@ -142,7 +142,7 @@ def test_a_last_tile_cut_short_is_striped_too():
     assert proc.tile == (16, 32) and len(proc.weight_stripes) == 4
     stripes = [p for p in kernel.ports if p.name in proc.weight_stripes]
     assert {p.shape for p in stripes} == {(7, 64, 8)} and {p.arg_shape for p in stripes} == {(64, 200)}
-    stage = re.search(rf"\b({re.escape(kernel.name)}__\w+_c4)\(", _function_body(kernel.source, proc.name)).group(1)
+    stage = re.search(rf"\b({re.escape(kernel.name)}__\w+_c4(?:_o)?)\(", _function_body(kernel.source, proc.name)).group(1)
     text = _function_body(kernel.source, stage)
     # the full tiles read every stripe; the last (8 columns) only the first
     assert [len(re.findall(rf"\* {s.name}\[", text)) for s in stripes] == [2, 1, 1, 1]
@@ -341,12 +341,14 @@ def four_linears(seed: int = 5):
 
 @pytest.fixture(scope="module")
 def wide_stripes():
-    """Each of the four weights over 32 ports, all on one SLR: 128 stripes, 32 channels."""
+    """Each of the four weights over 32 ports, all on one SLR: 128 stripes, 32 channels.
+    One token: the four linears are one process on one array (``codegen_hls.engine``),
+    which reads the four weights one after another."""
     mod, inputs = four_linears()
-    names = [f"k0_linear_p{i}_linear" for i in range(4)]
-    with tvm_spatial.allocation(slrs=1, arrays={n: (1, 32, 32) for n in names}):
+    name = "k0_linear_p0_engine"
+    with tvm_spatial.allocation(slrs=1, arrays={name: (1, 32, 32)}):
         ex, _ = build_and_compare(mod, inputs)  # the emulation equals llvm
-    return tvm_spatial.design_of(ex), names
+    return tvm_spatial.design_of(ex), name
 
 
 def _pragma_bundles(source: str) -> dict[str, str]:
@@ -359,18 +361,18 @@ def test_stripes_past_the_channels_share_bundles_and_banks(wide_stripes):
     stripe; a weight's own stripes are on distinct bundles and banks; every port of a
     bundle is on one bank (an AXI master reaches one); the xclbin's interface has one
     master per bundle."""
-    design, names = wide_stripes
+    design, name = wide_stripes
     (kernel,) = design.kernels
-    procs = {p.name: p for p in kernel.processes}
-    assert [len(procs[n].weight_stripes) for n in names] == [32] * 4
+    engine = next(p for p in kernel.processes if p.name == name)
+    stripe_ports = [*engine.weight_stripes, *engine.engine_weights]
+    weights = [stripe_ports[i:i + 32] for i in range(0, len(stripe_ports), 32)]
+    assert [len(w) for w in weights] == [32] * 4
     bundle_of = _pragma_bundles(kernel.source)
-    stripe_ports = [s for n in names for s in procs[n].weight_stripes]
     channels = get_device("u280").offchip.channels
     assert len({bundle_of[s] for s in stripe_ports}) == channels == 32
     cfg = project_files(design)["connectivity.cfg"][0].decode()
     bank_of = dict(re.findall(r"sp=\w+\.(\w+):(HBM\[\d+\])", cfg))
-    for n in names:
-        stripes = procs[n].weight_stripes
+    for stripes in weights:
         assert len({bundle_of[s] for s in stripes}) == len({bank_of[s] for s in stripes}) == 32
     by_bundle: dict[str, set] = {}
     for port, bundle in bundle_of.items():

@@ -35,6 +35,7 @@ The architecture it models (Chen et al., TRETS'24, Sec. 4; Allo's GPT2 design):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, fields, replace
 
@@ -298,6 +299,111 @@ def _channel_bytes_per_cycle(device: Device, clock_mhz: float) -> float:
     return min(per_channel * costs.HBM_EFFICIENCY, costs.AXI_PORT_BYTES)
 
 
+def matmul_epilogue(p: ProcessWork, rows: int, cols: int, latency: int) -> float:
+    """Cycles per call a codegen-built matmul process spends besides its ``k`` loops, on a
+    ``rows x cols`` array: each accumulator tile copied out (a row of the array's columns a
+    cycle, or a 512-bit beat into a port it writes in place: ``codegen_hls.library``
+    schedule_array), a pipeline fill per tile, and its other stages (bias add,
+    quantization) at the lanes that keep pace with the array (:func:`epilogue_lanes`).
+    None for a design described by its sizes (``ProcessWork.writeback`` empty): its own
+    schedule's copy is not ours."""
+    if p.matmul is None or not p.writeback:
+        return 0.0
+    cycles = 0
+    modes = (p.writeback, *(p.more_writeback or ("array",) * len(p.more)))
+    for mm, mode in zip((p.matmul, *p.more), modes):  # an engine's linears: one after another
+        t_rows, t_cols, width = _codegen_tile(mm.m, max(1, mm.n // mm.packed), rows, max(1, cols // mm.packed),
+                                              latency, mode == "port")
+        tiles = mm.batch * math.ceil(mm.m / t_rows) * math.ceil(mm.n // mm.packed / t_cols)
+        cycles += tiles * (t_rows * math.ceil(t_cols / width) + costs.PIPELINE_DEPTH)
+    if p.nests:
+        cycles += nests_cycles(p.nests, epilogue_lanes(p, rows, cols))
+    return float(cycles)
+
+
+@functools.lru_cache(maxsize=4096)
+def _codegen_tile(m: int, n: int, rows: int, cols: int, latency: int, out_port: bool) -> tuple[int, int, int]:
+    """(tile rows, tile columns, elements copied out a cycle) of the codegen's MAC array
+    schedule for an ``m x n`` result (``codegen_hls.library.MacArray.tile``)."""
+    from codegen_hls.library import MacArray  # the codegen's own rule (late: no cycle)
+
+    tile, real = MacArray(rows, cols, latency, out_port=out_port).tile(m, n)
+    return tile.rows, tile.cols, real.writeback_width(tile.cols)
+
+
+def epilogue_lanes(p: ProcessWork, rows: int, cols: int) -> int:
+    """Lanes of a matmul process's other stages (``codegen_hls.kernel`` stage_hardware): the
+    largest divisor of the output's width not above ``library.keep_pace_lanes`` (its array's
+    columns in packed outputs for W4A8), 0 when it has none."""
+    from codegen_hls.lanes import largest_divisor
+    from codegen_hls.library import keep_pace_lanes
+
+    mm = p.matmul
+    if mm is None or not p.nests:
+        return 0
+    wanted = keep_pace_lanes(rows, max(1, cols // mm.packed), mm.k)
+    # an engine's stages each take the largest divisor of their own width (nests_cycles)
+    return wanted if p.more else largest_divisor(p.width or mm.n, wanted)
+
+
+def accumulate_stall(positions: int, latency: int, k: int) -> float:
+    """Cycles per array position of a ``k`` step: 1, or ``latency / positions`` when each
+    accumulator is updated more often than its add's latency allows -- unless the codegen
+    keeps partial sums for it (``codegen_hls.library.partial_sums``)."""
+    from codegen_hls.library import partial_sums  # the codegen's own rule (late: no cycle)
+
+    updates = positions * partial_sums(positions, latency, k)
+    return latency / min(latency, updates)
+
+
+@dataclass(frozen=True)
+class _EngineTimes:
+    compute: float  # cycles of its arrays' k loops, all linears
+    serial: float  # one token: each linear at its array's rate or its weight's, one after another
+    weight_bytes: float
+    memory_bound: float  # of ``serial``: the linears that wait on their weights
+
+    @property
+    def bound(self) -> str:
+        return "memory" if self.memory_bound > self.serial - self.memory_bound else "compute"
+
+
+def _engine_times(matmuls, rows: int, cols: int, latency: int, bw: float) -> _EngineTimes:
+    """The linears of an engine (``codegen_hls.engine``) on one ``rows x cols`` array."""
+    compute = memory_bound = serial = weight_bytes = 0.0
+    for mm in matmuls:
+        c = max(1, min(cols, mm.n))
+        positions = math.ceil(mm.m / rows) * math.ceil(mm.n / c)
+        k_loop = mm.batch * positions * mm.k * accumulate_stall(positions, latency, mm.k)
+        moved = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8
+        compute += k_loop
+        weight_bytes += moved
+        serial += max(k_loop, moved / bw)
+        memory_bound += moved / bw if moved / bw > k_loop else 0.0
+    return _EngineTimes(compute, serial, weight_bytes, memory_bound)
+
+
+def _engine_resources(p: ProcessWork, units: int, lanes: int, operand_bits: int, uram_threshold: int) -> Resources:
+    """What an engine adds to its array: the operators of its element-wise stages at
+    ``lanes`` other than multiplies and adds (those share the array's units: its ALLOCATION
+    caps them), the multiplexers in front of every unit (a LUT per operand bit for each
+    three sources beyond the first: a LUT6 is a 4:1 multiplexer; every linear and every
+    element-wise loop nest is a source), and its intermediate arrays."""
+    dsp = lut = ff = 0.0
+    for op in p.engine_ops:
+        for kind, count in costs.ELEMENT_OPS.get(op, {"add": 1}).items():
+            c = costs.op_cost(kind, p.dtype)
+            n = lanes * count if kind not in ("add", "mul") else max(0, lanes * count - units)
+            dsp, lut, ff = dsp + n * c.dsp, lut + n * c.lut, ff + n * c.ff
+    sources = 1 + len(p.more) + len(p.nests)
+    lut += units * operand_bits * math.ceil((sources - 1) / 3)
+    bram = uram = 0.0
+    for elements in p.scratch:
+        b, u = _bank_memory(math.ceil(elements / max(1, lanes)), costs.dtype_bits(p.dtype), max(1, lanes), uram_threshold)
+        bram, uram = bram + b, uram + u
+    return Resources(dsp, bram, uram, lut, ff)
+
+
 def process_estimate(
     p: ProcessWork, par: Parallelism, device: Device, clock_mhz: float, block: int | None,
     uram_threshold: int = 8, offchip_cache_layers: frozenset | None = None,
@@ -318,6 +424,8 @@ def process_estimate(
     )
     control = Resources(0, 0, 0, costs.PROCESS_LUT, costs.PROCESS_FF)
     pro_block = pro_token = 0.0  # a prologue's cycles (element-wise processes: below)
+    epilogue = 0.0  # a matmul's tile copies and other stages, after its k loops: beside no traffic
+    engine_bound = None  # an engine's decode bound, by the time of its bound linears
     mm = p.matmul
     if mm is not None:
         rows, cols = max(1, min(par.rows, blk, mm.m)), max(1, min(par.cols, mm.n))
@@ -327,23 +435,32 @@ def process_estimate(
         # the accumulate recurrence: one accumulator is updated every ``positions`` cycles
         # (arrays in the codegen's tile, at most the output's); fewer than ``latency`` stall
         positions = math.ceil(mm.m / rows) * math.ceil(mm.n / cols)
-        stall = mac.latency / min(mac.latency, positions)
+        stall = accumulate_stall(positions, mac.latency, mm.k)
         # plus its own copy loops (stream reads and writes, one transfer per cycle, before
         # and after the array's work on a block, not beside it: codegen_hls.kernel)
-        prefill = float(mm.batch * positions * mm.k) * stall + p.stream_io
+        epilogue = matmul_epilogue(p, rows, cols, mac.latency)
+        prefill = float(mm.batch * positions * mm.k) * stall + epilogue + p.stream_io
         wbytes = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
         compute_block = prefill / n_blocks
         mem_block = (wbytes + (p.port_bytes + cache_bytes) / n_blocks) / bw
         # decode: one token; the array serves k in parallel along its rows, each row's
         # accumulators updated once per column tile (the recurrence stalls as in prefill)
-        if mm.b_offchip:
+        if p.more:  # an engine: its linears one after another, each at its array's or its weight's rate
+            engine = _engine_times((mm, *p.more), rows, par.cols, mac.latency, bw)
+            prefill = engine.compute + epilogue + p.stream_io
+            wbytes = engine.weight_bytes
+            compute_block, mem_block = prefill / n_blocks, (wbytes + p.port_bytes / n_blocks) / bw
+            d_compute = engine.serial + (epilogue + p.stream_io) / tokens
+            d_bytes = wbytes + p.port_bytes / tokens
+            engine_bound = engine.bound
+        elif mm.b_offchip:
             tiles = math.ceil(mm.n / cols)
-            d_compute = (mm.batch * math.ceil(mm.k / rows) * tiles * mac.latency / min(mac.latency, tiles)
-                         + p.stream_io / tokens)
+            d_compute = (mm.batch * math.ceil(mm.k / rows) * tiles * accumulate_stall(tiles, mac.latency, mm.k)
+                         + (epilogue + p.stream_io) / tokens)
             d_bytes = wbytes + p.port_bytes / tokens
         else:  # attention: one query row against the KV cache of ``tokens`` positions
             d_macs = mm.batch * mm.n * mm.k
-            d_compute = math.ceil(d_macs / units) + p.stream_io / tokens
+            d_compute = math.ceil(d_macs / units) + (epilogue + p.stream_io) / tokens
             if p.cache_traffic:  # a decode design: its layer's K (or V) where the placement put it
                 d_bytes = p.port_bytes / tokens + cache_bytes
             else:  # a prefill design read as if decoding: the K (or V) cache, once, off-chip
@@ -353,15 +470,24 @@ def process_estimate(
         # on-chip buffers: the block's input rows (rows banks), the whole second operand
         # when it is an activation (K or V of every position), the block's output
         bram = uram = 0.0
+        # the result, banked as the array's columns (none when the codegen writes it in place
+        # through a port)
+        out_depth = 0 if p.writeback == "port" else math.ceil(mm.batch * blk * mm.n / cols)
         for depth, width, banks in (
             (math.ceil(mm.batch * blk * mm.k / rows), a_bits, rows),
             # a streamed weight flows through the array (a FIFO, no buffer): it is re-read per block
             ((0, b_bits, 0) if mm.b_offchip else (math.ceil(mm.batch * mm.k * mm.n / cols), b_bits, cols)),
-            (math.ceil(mm.batch * blk * mm.n / cols), 32 if costs.is_float(mm.a_dtype) else a_bits, cols),
+            (out_depth, 32 if costs.is_float(mm.a_dtype) else a_bits, cols),
         ):
             b, u = _bank_memory(depth, width, banks, uram_threshold)
             bram, uram = bram + b, uram + u
         res = Resources(units * mac.dsp, bram, uram, units * mac.lut, units * mac.ff) + port_res + control
+        extra = epilogue_lanes(p, rows, cols)  # its bias add's adders (one a lane)
+        if p.more:  # an engine: its element-wise operators and the array's shared inputs
+            res = res + _engine_resources(p, units, extra, a_bits + b_bits, uram_threshold)
+        elif extra:
+            add = costs.op_cost("add", p.dtype)
+            res = res + Resources(extra * add.dsp, 0, 0, extra * add.lut, extra * add.ff)
         macs = mm.macs
         ii = math.ceil(stall)
     else:
@@ -416,15 +542,17 @@ def process_estimate(
         ii = 1
         wbytes = 0.0
     # the copy loops run before and after the work that moves the off-chip bytes, not beside
-    # it: only the rest of the compute hides the memory traffic (or hides behind it)
-    io_block, io_token = p.stream_io / n_blocks, p.stream_io / tokens
+    # it, and so do a matmul's tile copies and bias add: only the rest of the compute hides
+    # the memory traffic (or hides behind it)
+    io_block, io_token = (p.stream_io + epilogue) / n_blocks, (p.stream_io + epilogue) / tokens
     block_cycles = pro_block + io_block + max(compute_block - io_block, mem_block) + costs.PIPELINE_DEPTH
     decode_cycles = pro_token + io_token + max(d_compute - io_token, d_mem) + costs.PIPELINE_DEPTH
     return ProcessEstimate(
         kernel=p.kernel, name=p.name, op=p.op, layer=p.layer, slr=p.slr, parallelism=par,
         trip_counts=trips, ii=ii, macs=macs, prefill_cycles=prefill, block_cycles=block_cycles,
         block_bound="memory" if mem_block > compute_block - io_block else "compute",
-        decode_cycles=decode_cycles, decode_bound="memory" if d_mem > d_compute - io_token else "compute",
+        decode_cycles=decode_cycles,
+        decode_bound=engine_bound or ("memory" if d_mem > d_compute - io_token else "compute"),
         decode_prologue=pro_token,
         prefill_bytes=int(wbytes * n_blocks + p.port_bytes + cache_bytes), decode_bytes=int(d_bytes),
         resources=res, barrier=p.barrier, packed=mm.packed if mm is not None else 1, calls=p.calls,

@@ -91,6 +91,14 @@ class ProcessWork:
     prologue_cache: int = 0
     prologue_io: int = 0  # and its copy-loop transfers there (a kv_append streaming its slice)
     calls: int = 1  # times one inference calls its kernel (an outlined layer: once per layer)
+    # a matmul built by the codegen: how its accumulator tiles are copied out ("array" or
+    # "port", codegen_hls.design.Process.writeback); "" for a design described by its sizes,
+    # whose schedule's own copy is not ours. Its other stages are ``nests`` at the lanes
+    # that keep pace with its array (codegen_hls.kernel stage_hardware).
+    writeback: str = ""
+    more: tuple[Matmul, ...] = ()  # an engine's other linears, on the same array, in order
+    more_writeback: tuple[str, ...] = ()  # and how each copies its tiles out (as ``writeback``)
+    engine_ops: tuple[str, ...] = ()  # and its element-wise operators (costs.ELEMENT_OPS keys)
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,8 @@ class DesignWork:
         for p in self.processes:
             if p.matmul is not None:
                 b = w if p.matmul.b_offchip else a
-                p = replace(p, matmul=replace(p.matmul, a_dtype=a, b_dtype=b), dtype=a)
+                p = replace(p, matmul=replace(p.matmul, a_dtype=a, b_dtype=b), dtype=a,
+                            more=tuple(replace(mm, a_dtype=a, b_dtype=w) for mm in p.more))
             if p.cache_traffic:  # K and V are the attention matmuls' operands: int8 when they are
                 p = replace(p, cache_dtype=a)
             if p.op == "attention":  # the fused attention's operands are activations
@@ -381,6 +390,7 @@ def design_work(design) -> DesignWork:
             body = bodies.get(proc.name, "")
             calls = re.findall(rf"\b({re.escape(kernel.name)}__\w+)\(([^;]*)\);", body)
             matmul = None
+            more, more_writeback = (), ()
             elements = proc.elements
             width = proc.width
             dtype = proc.dtype or "float32"
@@ -392,6 +402,8 @@ def design_work(design) -> DesignWork:
                 if packed > 1:  # the record counts packed weight columns; the model counts MACs
                     n, b_dtype = n * packed, "int4"
                 matmul = Matmul(batch, m, n, k, a_dtype, b_dtype, bool(proc.weight_port or proc.weight_stripes), packed)
+                more = tuple(Matmul(*shape[:4], a_dtype, b_dtype, True, packed) for shape in proc.engine)
+                more_writeback = tuple("port" if shape[4:5] == (1,) else "array" for shape in proc.engine)
                 calls = ()
             for func, args in calls:
                 params = sigs.get(func, [])
@@ -411,7 +423,8 @@ def design_work(design) -> DesignWork:
                     (n for n in proc.inputs if n in ports and math.prod(ports[n].shape) == matmul.k * matmul.n), None
                 )
             # a striped weight once: the model adds its stripes' ports from its channels
-            used_ports = tuple(n for n in (*proc.inputs, *proc.outputs) if n in ports and n not in proc.weight_stripes[1:])
+            used_ports = tuple(n for n in (*proc.inputs, *proc.outputs) if n in ports and n not in proc.weight_stripes[1:]
+                               and n not in proc.engine_weights)
             # the KV cache's traffic is the attention's and the appenders' (kvcache.py), wherever it lives
             if any(n in cache_out for n in proc.outputs):
                 appenders[proc.name] = ""
@@ -450,7 +463,9 @@ def design_work(design) -> DesignWork:
                     nests=tuple(proc.nests), separable=proc.separable, rows=proc.rows, held=proc.held,
                     scratch=tuple(proc.scratch), stream_io=proc.stream_io, barrier=proc.barrier,
                     macs=proc.macs, calls=kernel.calls, prologue_nests=proc.prologue_nests,
-                    prologue_bytes=prologue_bytes, prologue_io=proc.prologue_io,
+                    prologue_bytes=prologue_bytes, prologue_io=proc.prologue_io, writeback=proc.writeback, more=more,
+                    more_writeback=more_writeback,
+                    engine_ops=proc.engine_ops,
                 )
             )
         for s in kernel.streams:
