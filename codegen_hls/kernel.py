@@ -1406,6 +1406,8 @@ class _KernelWriter:
                 if "matmul" in extra:  # an engine's next linear, on the same array
                     extra["engine"] += ((batch, m * proc.blocks, n, k, int(array.out_port)),)
                     extra["engine_weights"] += stripes or (weight,)
+                    if array.rows * array.cols > math.prod(extra["array"]):  # the array: its widest use
+                        extra["array"] = (array.rows, array.cols)
                     continue
                 extra.update(matmul=(batch, m * proc.blocks, n, k), dtypes=dtypes, weight_port=weight,
                              weight_stripes=stripes, writeback="port" if array.out_port else "array",

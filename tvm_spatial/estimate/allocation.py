@@ -141,6 +141,12 @@ def _half_step(size: int) -> int:
     return 3 * power // 2 if size < 3 * power // 2 else 2 * power
 
 
+def widest(p):
+    """The matmul of a process that its array's columns are sized by: its own, or an
+    engine's widest linear (``codegen_hls.engine``: each linear fits the array to its width)."""
+    return max((p.matmul, *p.more), key=lambda mm: mm.n)
+
+
 def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
     """The channels the codegen realizes for a process's weight
     (``codegen_hls.weight_stripes``): for a matmul whose weight is off-chip, ``par.channels``
@@ -148,18 +154,18 @@ def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
     weight's: in packed columns, two weights per byte), else the largest
     power of two below that does; 1 for any other process (its ports are read through one
     channel each)."""
-    mm = p.matmul
-    if par.channels <= 1 or mm is None or not mm.b_offchip or mm.batch != 1:
+    if par.channels <= 1 or p.matmul is None or not p.matmul.b_offchip or p.matmul.batch != 1:
         return 1
     from codegen_hls.weight_stripes import stripes_fit
 
-    if block and p.separable and block < mm.m:  # its stages see one block of rows
-        mm = replace(mm, m=block)
-    # a packed weight's array and stripes are over its packed columns
-    array, width = _array_as_coded(mm, *realizable_array(mm, par.rows, par.cols))
     channels = par.channels
-    while channels > 1 and not stripes_fit(array, mm.m, width, channels):
-        channels //= 2
+    for mm in (p.matmul, *p.more):  # an engine's linears: channels every weight can be striped over
+        if block and p.separable and block < mm.m:  # its stages see one block of rows
+            mm = replace(mm, m=block)
+        # a packed weight's array and stripes are over its packed columns
+        array, width = _array_as_coded(mm, *realizable_array(mm, par.rows, par.cols))
+        while channels > 1 and not stripes_fit(array, mm.m, width, channels):
+            channels //= 2
     return channels
 
 
@@ -205,7 +211,7 @@ def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = N
     if memory and par.channels < max_channels:
         out.append(replace(par, channels=par.channels * 2))
     if p.matmul is not None:
-        mm = p.matmul
+        mm = widest(p)  # an engine's array is as wide as its widest linear uses
         if block and p.separable and block < mm.m:  # one block of rows at a time: the array's rows divide it
             mm = replace(mm, m=block)
         for axis, limit in (("cols", mm.n), ("rows", min(mm.m, p.tokens))):

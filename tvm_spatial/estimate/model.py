@@ -341,7 +341,7 @@ def epilogue_lanes(p: ProcessWork, rows: int, cols: int) -> int:
     mm = p.matmul
     if mm is None or not p.nests:
         return 0
-    wanted = keep_pace_lanes(rows, max(1, cols // mm.packed), mm.k)
+    wanted = keep_pace_lanes(rows, max(1, min(cols, mm.n) // mm.packed), mm.k)  # its first linear's array
     # an engine's stages each take the largest divisor of their own width (nests_cycles)
     return wanted if p.more else largest_divisor(p.width or mm.n, wanted)
 
@@ -428,7 +428,9 @@ def process_estimate(
     engine_bound = None  # an engine's decode bound, by the time of its bound linears
     mm = p.matmul
     if mm is not None:
-        rows, cols = max(1, min(par.rows, blk, mm.m)), max(1, min(par.cols, mm.n))
+        # an engine's array is as wide as its widest linear uses (each fits it to its width)
+        widest = max(m.n for m in (mm, *p.more))
+        rows, cols = max(1, min(par.rows, blk, mm.m)), max(1, min(par.cols, widest))
         mac = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)]
         units = rows * cols
         trips = (mm.batch, math.ceil(mm.m / rows), math.ceil(mm.n / cols), mm.k)
