@@ -82,8 +82,9 @@ class Process:
     tile: tuple[int, ...] = ()  # (rows, cols) of the loop tile the array works through
     packed: int = 1  # outputs per multiply: 2 for the packed W4A8 kernel ([K, N/2] bytes in, [M, N] out)
     # how each accumulator tile is copied out (codegen_hls.library.schedule_array): "array",
-    # a whole array a cycle into a partitioned result; "port", a 512-bit beat a cycle into
-    # the m_axi port it writes in place. Its other stages' nests and lanes are below.
+    # a row of the array's columns a cycle into a result partitioned like its accumulator;
+    # "port", a 512-bit beat a cycle into the m_axi port it writes in place. Its other
+    # stages' loop nests are ``nests`` (at the lanes that keep pace with its array).
     writeback: str = ""
     # An engine (codegen_hls.engine): its other linears on the same array, in order, as
     # ``matmul`` (same operand types) and whether each writes its result in place through a

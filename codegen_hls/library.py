@@ -245,9 +245,9 @@ class MacArray:
 
 
 # The other stages of a matmul process (bias add, quantization) run after its array, in
-# series: they get the lanes that make them at most 1/KEEP_PACE of its time. At 1/8 a bias
-# add cost GPT2-small's decode step 4 % (FFN1's 3,072 outputs at 3 lanes: 1,024 cycles);
-# at 1/32 it costs about 1 %, for a few lanes more (an fp32 adder each) per linear.
+# series: they get the lanes that make them at most 1/KEEP_PACE of its time. At 1/8,
+# GPT2-small's decode step took 749 k cycles by the model (FFN1's bias add: 3,072 outputs
+# at 3 lanes, 1,024 cycles a layer); at 1/32, 666 k, for a few more fp32 adders a linear.
 KEEP_PACE = 32
 # ... and never more than a stream packet a cycle: their result leaves the process at that
 # rate (a tiny model's ``k`` of 64 asked 192 lanes of a 4 x 96 array: 384 DSPs of adders).
@@ -369,9 +369,9 @@ def _schedule_writeback(sch: s_tir.Schedule, update: str, accumulator, tile: Mat
                         partials: int = 1):
     """Copy each accumulator tile out ``real.writeback_width`` elements a cycle (one
     pipelined loop over the tile's rows and column groups, a group unrolled) instead of one
-    a cycle: a serial copy takes a cycle per element, a third of the time of a one-token
-    matmul whose ``k`` is three times its array's width (GPT2-small's LM head in decode:
-    50,257 of 151 k cycles). Returns the result buffer (None: no write-back block found)."""
+    a cycle: a serial copy takes a cycle per element, which for one token is a large share
+    of the array's time (GPT2-small's LM head in decode: 50,257 of 151 k cycles). Returns
+    the result buffer (None: no write-back block found)."""
     for block in sblocks(sch.mod["main"]):
         if any(r.source.same_as(accumulator) for r in block.reads) and block.writes \
                 and not block.writes[0].source.same_as(accumulator):

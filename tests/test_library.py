@@ -14,13 +14,15 @@ import tvm_spatial
 from helpers import build_and_compare
 
 
-def _matmul_module(a_shape, b_shape):
+def _matmul_module(a_shape, b_shape, then=None):
+    """``a @ b``, and ``then`` of it if given (its result then feeds a stage, not a port)."""
     bb = relax.BlockBuilder()
     a = relax.Var("a", relax.TensorType(a_shape, "float32"))
     b = relax.Var("b", relax.TensorType(b_shape, "float32"))
     with bb.function("main", [a, b]):
         with bb.dataflow():
-            out = bb.emit_output(bb.emit(op.matmul(a, b)))
+            result = bb.emit(op.matmul(a, b))
+            out = bb.emit_output(bb.emit(then(result)) if then else result)
         bb.emit_func_output(out)
     return bb.get()
 
@@ -55,14 +57,7 @@ def test_only_the_last_column_tile_is_guarded():
 
 def _linear_relu_module(a_shape, b_shape):
     """A matmul whose result feeds another stage (a partitioned buffer), not a port."""
-    bb = relax.BlockBuilder()
-    a = relax.Var("a", relax.TensorType(a_shape, "float32"))
-    b = relax.Var("b", relax.TensorType(b_shape, "float32"))
-    with bb.function("main", [a, b]):
-        with bb.dataflow():
-            out = bb.emit_output(bb.emit(op.nn.relu(bb.emit(op.matmul(a, b)))))
-        bb.emit_func_output(out)
-    return bb.get()
+    return _matmul_module(a_shape, b_shape, then=op.nn.relu)
 
 
 @pytest.mark.parametrize("module", [_matmul_module, _linear_relu_module])
