@@ -792,9 +792,10 @@ class _KernelWriter:
                 self.matmuls[prim_name] = matmul_info(self.prim(prim_name))
             return self.matmuls[prim_name]
 
-        arrays = proc.op in MATMUL_OPS or proc.op == ENGINE_OP
-        on_array = proc.op in MATMUL_OPS or id(stage) in proc.linear_stages  # not a layer norm's sum of squares
-        info = info_of(stage.prim_name) if on_array else None
+        def on_array(st: Stage) -> bool:  # an engine's: its linears' (not a layer norm's sum of squares)
+            return proc.op in MATMUL_OPS or id(st) in proc.linear_stages
+
+        info = info_of(stage.prim_name) if on_array(stage) else None
         if info is not None:
             (_, m, n, _), dtypes = info
             latency = accumulate_latency(*dtypes)
@@ -811,8 +812,7 @@ class _KernelWriter:
                 real = replace(real, channels=weight_stripes(self.prim(stage.prim_name), replace(real, channels=channels)))
             return real
         matmuls = [(self.stage_hardware(proc, s), info_of(s.prim_name)[0][3]) for s in proc.stages
-                   if arrays and (proc.op in MATMUL_OPS or id(s) in proc.linear_stages)
-                   and info_of(s.prim_name) is not None]
+                   if on_array(s) and info_of(s.prim_name) is not None]
         entry = self.arrays.get(proc.name)
         wanted = int(entry) if isinstance(entry, int) else 1
         if matmuls:  # keep pace with the array (rows x cols results per k steps)
@@ -1291,6 +1291,16 @@ class _KernelWriter:
                        and (id(s), id(proc)) in self.stream_of), default=0)
         return reads + writes + zeroing // self.held_width(proc)
 
+    def stage_nests(self, proc: Proc, stages: list[Stage]) -> tuple:
+        """The loop nests of ``stages`` of ``proc`` (``codegen_hls.lanes.loop_nests``), each
+        stage's read once; a blocked process runs them once per block."""
+        from .lanes import loop_nests
+
+        for stage in stages:
+            if stage.prim_name not in self.nests:
+                self.nests[stage.prim_name] = loop_nests(self.prim(stage.prim_name))
+        return tuple((trips * proc.blocks, *rest) for stage in stages for trips, *rest in self.nests[stage.prim_name])
+
     def held_width(self, proc: Proc) -> int:
         """Elements per cycle of the loop that zeroes a causal attention's K and V after
         its last block: the width their streams fill them with (their buffers are
@@ -1354,16 +1364,9 @@ class _KernelWriter:
                            if id(s) not in proc.block_slot and (id(s), id(proc)) in self.stream_of)
                 extra.update(held=held, barrier=bool(held) and not proc.causal)
             if proc.stages and proc.op not in MATMUL_OPS and proc.op != ENGINE_OP:
-                from .lanes import loop_nests
-
                 lanes = self.stage_hardware(proc, proc.stages[-1]).lanes
-                for stage in proc.stages:
-                    if stage.prim_name not in self.nests:
-                        self.nests[stage.prim_name] = loop_nests(self.prim(stage.prim_name))
-                # a blocked process runs its nests once per block
-                nests = tuple((trips * proc.blocks, *rest) for stage in proc.stages
-                              for trips, *rest in self.nests[stage.prim_name])
-                extra.update(lanes=lanes, width=last.shape[-1] if last.shape else 1, nests=nests)
+                extra.update(lanes=lanes, width=last.shape[-1] if last.shape else 1,
+                             nests=self.stage_nests(proc, proc.stages))
                 if proc.prologue:
                     early = proc.stages[:proc.prologue]
                     read = [self.port_of[(id(s), id(proc))] for stage in early for s in stage.args
@@ -1371,14 +1374,8 @@ class _KernelWriter:
                     extra.update(prologue_nests=sum(len(self.nests[st.prim_name]) for st in early),
                                  prologue_ports=tuple(dict.fromkeys(read)))
             elif proc.stages:  # a matmul process: the nests of its other stages (bias, quantization)
-                from .lanes import loop_nests
-
                 others = [stage for stage in proc.stages if not isinstance(self.stage_hardware(proc, stage), MacArray)]
-                for stage in others:
-                    if stage.prim_name not in self.nests:
-                        self.nests[stage.prim_name] = loop_nests(self.prim(stage.prim_name))
-                nests = tuple((trips * proc.blocks, *rest) for stage in others
-                              for trips, *rest in self.nests[stage.prim_name])
+                nests = self.stage_nests(proc, others)
                 if nests:  # at the lanes that keep pace with its array: the model's epilogue_lanes
                     extra.update(width=last.shape[-1] if last.shape else 1, nests=nests)
             if proc.op == KV_APPEND_OP:  # its prologue: the slice, a packet a cycle from the port
