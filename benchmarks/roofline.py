@@ -14,6 +14,10 @@ token against a ``seq``-position cache: what ``tvm-spatial generate`` builds), i
 marked "decode design"; the prefill design's own decode column reads it as if it decoded
 one token (weights and K/V re-read by the prefill hardware), for comparison.
 
+A second table is a what-if of the model, not a build: the prefill split by tokens over the
+SLRs, each SLR one engine that every linear (the LM head too) takes in turn
+(``tvm_spatial.estimate.token_parallel``), the architecture the prefill target needs.
+
 The W8A8 and W4A8 rows are the fp32 build read in int8 (``DesignWork.with_precision``).
 ``--quantized`` adds the real quantized builds (``tvm_spatial.quantize`` with random-token
 calibration, then the build's partition and allocation): about five minutes per format,
@@ -127,6 +131,7 @@ def main() -> None:
         if precision == "fp32" and kind == "decode design":
             decode = est
     console.print(table)
+    _print_token_parallel(console, design, device)
     if last is not None:
         fill = last.prefill_fill_cycles / last.prefill_cycles
         console.print(
@@ -145,6 +150,32 @@ def main() -> None:
                 f"{p.decode_bound}-bound)" for p in slowest)
             + " of a token (their own cycles; a handoff overlaps its producer's); KV cache " + (decode.kv_cache[0].where if decode.kv_cache else "none") + "."
         )
+
+
+def _print_token_parallel(console, design, device) -> None:
+    """The model's what-if of the prefill split by tokens over the SLRs, each SLR one engine
+    that every linear (the LM head too) and the attention's matmuls take in turn
+    (``tvm_spatial.estimate.token_parallel``): not built by the codegen yet."""
+    from tvm_spatial.errors import ResourceBudgetError
+    from tvm_spatial.estimate import design_work
+    from tvm_spatial.estimate.token_parallel import token_parallel
+
+    table = Table(title="what-if, not built yet: prefill split by tokens over the SLRs, one engine each "
+                        "(tvm_spatial/estimate/token_parallel.py)")
+    for col in ("precision", "tokens per SLR", "arrays", "prefill", "prefill/DSP roof", "fullest SLR resource"):
+        table.add_column(col, justify="right")
+    for precision in ("fp32", "w8a8", "w4a8"):
+        work = design_work(design).with_precision(None if precision == "fp32" else precision)
+        try:
+            tp = token_parallel(work, device)
+        except (ResourceBudgetError, ValueError) as err:
+            table.add_row(precision, "", "", "", "", f"[red]{err}[/red]")
+            continue
+        frac, slr, res = tp.utilization(device)
+        table.add_row(precision, " / ".join(str(b - a) for a, b in tp.rows),
+                      " / ".join(str(e.parallelism).split(",")[0] for e in tp.engines),
+                      f"{tp.prefill_ms:.3f} ms", f"{tp.prefill_dsp_ratio:.1%}", f"SLR{slr} {res} {frac:.1%}")
+    console.print(table)
 
 
 def _quantized_design(path: Path, scheme: str, device: str, seq: int):

@@ -83,3 +83,21 @@ def test_an_engine_takes_its_linears_in_series_on_one_array(channels):
     assert est["k_engine"].decode_bound == ("memory" if channels == 1 else "compute")
     # the weights' bytes are both linears', read once a token
     assert est["k_engine"].decode_bytes == est["k_a"].decode_bytes + est["k_b"].decode_bytes
+
+
+def test_element_wise_multiplexers_do_not_grow_with_the_array():
+    """An engine's element-wise loops use the units their lanes need, so widening the array
+    adds the units' own cost and their linears' multiplexers, as it does for an engine
+    without element-wise stages: the loops' multiplexers stay where their lanes are."""
+    dev = get_device("u280")
+    a, b = _linear("k_a", 768, 768), _linear("k_b", 768, 3072)
+    plain = dataclasses.replace(a, name="k_engine", op="engine", more=(b.matmul,))
+    staged = dataclasses.replace(plain, nests=((1, 768, 0), (1, 3072, 0), (1, 768, 0)),
+                                 engine_ops=("residual_add", "layer_norm", "gelu"))
+
+    def lut(p, cols):
+        return process_estimate(p, Parallelism(rows=1, cols=cols, channels=8), dev, 300.0, None).resources.lut
+
+    # (both arrays wide enough that the loops' lanes are at their cap: library.keep_pace_lanes)
+    assert lut(staged, 384) > lut(plain, 384)  # the loops' multiplexers and operators
+    assert lut(staged, 768) - lut(staged, 384) == pytest.approx(lut(plain, 768) - lut(plain, 384))

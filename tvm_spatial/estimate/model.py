@@ -375,7 +375,9 @@ def _engine_times(matmuls, rows: int, cols: int, latency: int, bw: float) -> _En
         c = max(1, min(cols, mm.n))
         positions = math.ceil(mm.m / rows) * math.ceil(mm.n / c)
         k_loop = mm.batch * positions * mm.k * accumulate_stall(positions, latency, mm.k)
-        moved = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8
+        # a weight per batch (a token-parallel engine's layers, token_parallel.py); an
+        # activation operand (the attention's K or V) is on chip
+        moved = mm.batch * mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
         compute += k_loop
         weight_bytes += moved
         serial += max(k_loop, moved / bw)
@@ -386,17 +388,26 @@ def _engine_times(matmuls, rows: int, cols: int, latency: int, bw: float) -> _En
 def _engine_resources(p: ProcessWork, units: int, lanes: int, operand_bits: int, uram_threshold: int) -> Resources:
     """What an engine adds to its array: the operators of its element-wise stages at
     ``lanes`` other than multiplies and adds (those share the array's units: its ALLOCATION
-    caps them), the multiplexers in front of every unit (a LUT per operand bit for each
-    three sources beyond the first: a LUT6 is a 4:1 multiplexer; every linear and every
-    element-wise loop nest is a source), and its intermediate arrays."""
+    caps them; all of them when ``ProcessWork.shared_stages`` is off), the multiplexers in
+    front of its units (a LUT per operand bit for each three sources beyond the first: a
+    LUT6 is a 4:1 multiplexer; every linear is a source of every unit, and every shared
+    element-wise loop nest one of the units its lanes need), and its intermediate arrays."""
     dsp = lut = ff = 0.0
     for op in p.engine_ops:
         for kind, count in costs.ELEMENT_OPS.get(op, {"add": 1}).items():
             c = costs.op_cost(kind, p.dtype)
-            n = lanes * count if kind not in ("add", "mul") else max(0, lanes * count - units)
+            shared = kind in ("add", "mul") and p.shared_stages
+            n = max(0, lanes * count - units) if shared else lanes * count
             dsp, lut, ff = dsp + n * c.dsp, lut + n * c.lut, ff + n * c.ff
-    sources = 1 + len(p.more) + len(p.nests)
-    lut += units * operand_bits * math.ceil((sources - 1) / 3)
+    # the linears feed every unit; an element-wise nest only the units its lanes use (at most
+    # its operator's multiplies and adds per lane), which then select among all the sources
+    linears = 1 + len(p.more)
+    nests = len(p.nests) if p.shared_stages else 0
+    per_lane = max((sum(n for kind, n in costs.ELEMENT_OPS.get(op, {"add": 1}).items() if kind in ("add", "mul"))
+                    for op in p.engine_ops), default=0)
+    busy = min(units, lanes * per_lane) if nests else 0
+    lut += (units - busy) * operand_bits * math.ceil((linears - 1) / 3)
+    lut += busy * operand_bits * math.ceil((linears + nests - 1) / 3)
     bram = uram = 0.0
     for elements in p.scratch:
         b, u = _bank_memory(math.ceil(elements / max(1, lanes)), costs.dtype_bits(p.dtype), max(1, lanes), uram_threshold)
@@ -442,7 +453,7 @@ def process_estimate(
         # and after the array's work on a block, not beside it: codegen_hls.kernel)
         epilogue = matmul_epilogue(p, rows, cols, mac.latency)
         prefill = float(mm.batch * positions * mm.k) * stall + epilogue + p.stream_io
-        wbytes = mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
+        wbytes = mm.batch * mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 if mm.b_offchip else 0.0
         compute_block = prefill / n_blocks
         mem_block = (wbytes + (p.port_bytes + cache_bytes) / n_blocks) / bw
         # decode: one token; the array serves k in parallel along its rows, each row's

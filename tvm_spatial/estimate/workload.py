@@ -99,6 +99,9 @@ class ProcessWork:
     more: tuple[Matmul, ...] = ()  # an engine's other linears, on the same array, in order
     more_writeback: tuple[str, ...] = ()  # and how each copies its tiles out (as ``writeback``)
     engine_ops: tuple[str, ...] = ()  # and its element-wise operators (costs.ELEMENT_OPS keys)
+    # an engine's element-wise stages share its array's multipliers and adders (one ALLOCATION
+    # over the inlined stages: codegen_hls.engine); False: they keep units of their own
+    shared_stages: bool = True
 
 
 @dataclass(frozen=True)
