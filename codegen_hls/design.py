@@ -129,6 +129,9 @@ class Process:
     prologue_nests: int = 0
     prologue_ports: tuple[str, ...] = ()
     prologue_io: int = 0  # copy-loop transfers in its prologue (a kv_append's slice, streamed on)
+    # An engine of a token-split region: it reads and writes its streams between its stages
+    # (codegen_hls.kernel io_schedule), so it runs beside the engines it hands K and V to.
+    interleaved: bool = False
 
     @property
     def realized(self) -> tuple[int, ...]:
@@ -157,6 +160,10 @@ class Stream:
     # streams first (an unblocked consumer's copy loops, in order)
     early: bool = False
     after: int = 0
+    # between interleaved processes (a token-split region's engines, kernel io_schedule): the
+    # share of its producer's MACs done when it is written, and of its consumer's when read
+    written_at: float = 1.0
+    read_at: float = 0.0
 
 
 @dataclass(frozen=True)

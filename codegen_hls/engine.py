@@ -47,14 +47,16 @@ def engine_runs(procs, is_offchip_linear) -> list[tuple[int, int]]:
     return runs
 
 
-def merge(run, later, results, proc_type):
+def merge(run, later, results, proc_type, on_array=lambda p: p.op not in ENGINE_ELEMENTWISE):
     """One process doing the work of ``run`` (consecutive processes, in order): their
     stages in order; as inputs, what they read from outside the run; as outputs, what
     processes after it (``later``) or the region's results (``results``) read of theirs.
-    The slots the run produces now name the engine as their producer."""
+    The slots the run produces now name the engine as their producer. The stages of the
+    processes ``on_array`` accepts (its linears) go on the array; the others' operators
+    are its ``members``."""
     members = {id(p) for p in run}
-    engine = proc_type(op=ENGINE_OP, members=tuple(p.op for p in run if p.op in ENGINE_ELEMENTWISE),
-                       linear_stages=frozenset(id(st) for p in run if p.op not in ENGINE_ELEMENTWISE for st in p.stages))
+    engine = proc_type(op=ENGINE_OP, members=tuple(p.op for p in run if not on_array(p)),
+                       linear_stages=frozenset(id(st) for p in run if on_array(p) for st in p.stages))
     produced = {}
     for proc in run:
         for slot in proc.inputs:
@@ -75,3 +77,24 @@ def merge(run, later, results, proc_type):
                 for view in slot.views:
                     view.producer = engine
     return engine
+
+
+def chunk_runs(procs, chunks: int) -> list[list]:
+    """The processes of a token-split region (``relax_passes.token_split``) grouped by
+    chunk, each group in its order: a chunk's slice of the input (a ``strided_slice`` of a
+    region argument, the ``c``-th of them) starts it, and every other process belongs to
+    the latest chunk among its inputs' producers -- a later chunk's attention reads the
+    earlier chunks' K and V, and the results' concatenation the last chunk's rows. Empty
+    when the region does not start so (nothing to group)."""
+    seeds = [p for p in procs if p.op == "strided_slice" and p.inputs and all(s.producer is None for s in p.inputs)]
+    if len(seeds) != chunks:
+        return []
+    chunk = {id(p): c for c, p in enumerate(seeds)}
+    for proc in procs:
+        if id(proc) not in chunk:
+            found = [chunk.get(id(s.producer), -1) for s in proc.inputs if s.producer is not None]
+            chunk[id(proc)] = max(found, default=0)
+    groups: list[list] = [[] for _ in range(chunks)]
+    for proc in procs:
+        groups[max(0, chunk[id(proc)])].append(proc)
+    return groups

@@ -38,6 +38,7 @@ import tvm_ffi
 from tvm import relax, s_tir
 
 from relax_passes.layer_reuse import CALLS_ATTR
+from relax_passes.token_split import CHUNKS_ATTR
 from tvm_spatial.devices import get_device
 from tvm_spatial.errors import CodegenError, DynamicShapeError
 
@@ -47,7 +48,7 @@ from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, ReadEach, Write, size_fifos
 from .kv_update import KV_APPEND_OP, cache_slot
-from .engine import ENGINE_OP, engine_runs, merge
+from .engine import ENGINE_OP, chunk_runs, engine_runs, merge
 from .library import MacArray, keep_pace_lanes, matmul_info, prepare_for_hls
 from .weight_stripes import stripe_shape, weight_stripes
 from .printer import FunctionPrinter, Namer, array_declarator
@@ -151,6 +152,15 @@ class Proc:
     prologue: int = 0  # its first stages, which read no stream: printed before the stream reads
     members: tuple = ()  # an engine's element-wise operators, in order (codegen_hls.engine)
     linear_stages: frozenset = frozenset()  # and id() of its linears' stages: the ones on its array
+    macs: int = 0  # an engine's multiply-accumulates done by lanes (its attentions' QK^T and AV)
+
+
+def _attention_macs(proc: Proc) -> int:
+    """Multiply-accumulates of a fused attention's QK^T and AV over every head."""
+    if len(proc.args) < 3:
+        return 0
+    q, k = proc.args[0].shape, proc.args[1].shape
+    return 2 * q[-2] * k[-2] * q[-1]
 
 
 def _static_shape(ty, what: str) -> tuple[int, ...]:
@@ -349,8 +359,10 @@ class _KernelWriter:
     """Decides every tensor's storage (port, stream, buffer) and prints the kernel."""
 
     def __init__(self, name: str, legal: tvm.IRModule, interp: _Interpreter, params, results, device,
-                 arrays=None, slrs: int | None = None, placement=None, rows: int | None = None) -> None:
+                 arrays=None, slrs: int | None = None, placement=None, rows: int | None = None,
+                 chunks: int = 0) -> None:
         self.name = name
+        self.chunks = chunks  # a token-split region's chunks, each one engine (0: not split)
         if slrs is not None and not 1 <= slrs <= device.slrs:
             raise CodegenError(f"{name}: {slrs} SLRs requested; {device.name} has {device.slrs}")
         self.slr_count = slrs or device.slrs  # how many SLRs the processes are spread over
@@ -400,7 +412,9 @@ class _KernelWriter:
             self.procs.remove(proc)
 
     def plan(self) -> None:
-        if self.tokens() == 1:  # a decode step: a layer's linears share one array (codegen_hls.engine)
+        if self.chunks:  # token-parallel: each chunk's processes one engine (codegen_hls.engine)
+            self.merge_chunks()
+        elif self.tokens() == 1:  # a decode step: a layer's linears share one array (codegen_hls.engine)
             self.merge_engines()
         self.elide_reshapes()
         copy_results = [s for s in self.results if s.producer is None]
@@ -450,6 +464,9 @@ class _KernelWriter:
         programs = self.stream_programs()
         self.streams = [replace(st, early=st.producer in self.early_writers(), after=_reads_before(programs, st))
                         for st in self.streams]
+        at = self.io_positions()
+        self.streams = [replace(st, written_at=at[st.name][0], read_at=at[st.name][1]) if st.name in at else st
+                        for st in self.streams]
         depths = size_fifos(self.name, programs, {st.name: st.depth for st in self.streams})
         for name, depth in self.skip_depths(programs).items():
             depths[name] = max(depths[name], depth)
@@ -470,6 +487,28 @@ class _KernelWriter:
                 if proc.source is not None and proc.op != "linear" and all(isinstance(a, Slot) for a in proc.args):
                     self.fuse_whole(proc, 1)
             self.procs[start:end] = [merge(self.procs[start:end], self.procs[end:], self.results, Proc)]
+
+    def merge_chunks(self) -> None:
+        """Each chunk of a token-split region becomes one engine: every linear of every layer
+        and the LM head for its rows on one array (``codegen_hls.engine.chunk_runs``)."""
+        groups = chunk_runs(self.procs, self.chunks)
+        if not groups:
+            return
+        self.procs[:] = [p for group in groups for p in group]  # chunk after chunk (each reads only earlier ones)
+        start = 0
+        merged = []
+        for group in groups:
+            end = start + len(group)
+            for proc in group:  # each operator's element-wise stages fused first
+                if proc.source is not None and proc.op != "linear" and all(isinstance(a, Slot) for a in proc.args):
+                    self.fuse_whole(proc, 1)
+            if len(group) > 1:  # its linears on the array; its attentions' MACs by lanes
+                engine = merge(group, self.procs[end:], self.results, Proc, on_array=lambda p: p.op == "linear")
+                engine.macs = sum(_attention_macs(p) for p in group if p.op == "attention")
+                group = [engine]
+            merged.append(group[0])
+            start = end
+        self.procs[:] = merged
 
     def early_writers(self) -> set[str]:
         """Processes that write their output streams in their prologue, before reading any
@@ -661,6 +700,13 @@ class _KernelWriter:
             if proc.op == KV_APPEND_OP:  # the slice first (its prologue), then the new row
                 ops += [write(streams, slot.elements) for slot, streams in outs if streams]
                 ops += [read(stream, slot.elements) for slot, stream in ins]
+            elif self.interleaved(proc):
+                streams_of = {id(slot): streams for slot, streams in outs}
+                for kind, slot in self.io_schedule(proc):
+                    if kind == "read":
+                        ops.append(read(self.stream_of[(id(slot), id(proc))], slot.elements))
+                    elif kind == "write" and streams_of.get(id(slot)):
+                        ops.append(write(streams_of[id(slot)], slot.elements))
             elif not proc.rows:
                 together = self.read_together(proc)
                 ins = [(slot, self.stream_of[(id(slot), id(proc))]) for slot in self.read_order(proc)
@@ -1094,6 +1140,9 @@ class _KernelWriter:
             if proc.op == KV_APPEND_OP:
                 self.print_append(w, local, proc)
                 return args
+            if self.interleaved(proc):
+                self.print_interleaved(w, local, proc)
+                return args
             if proc.prologue:
                 w.line("// Prologue: stages that read no stream, run before the stream reads (hoist_prologue).")
             self.print_stages(w, local, proc, proc.stages[:proc.prologue])
@@ -1117,6 +1166,144 @@ class _KernelWriter:
             if cache_slot(proc) is not None:
                 kv_update.write_row(w, self.name, proc)
         return args
+
+    def interleaved(self, proc: Proc) -> bool:
+        """Whether ``proc`` reads and writes its streams between its stages
+        (:meth:`io_schedule`): a token-split region's engines, each of which must hand its
+        K and V rows of a layer to the later chunks while it goes on with that layer."""
+        return bool(self.chunks) and proc.op == ENGINE_OP
+
+    def io_schedule(self, proc: Proc) -> list[tuple[str, object]]:
+        """An interleaved process's steps in order: ``("read", slot)`` just before the first
+        stage that uses the slot, ``("stage", stage)``, and ``("write", slot)`` just after
+        the last stage that uses it -- so a chunk's engine streams a layer's K and V on as
+        soon as the layer's attention is done with them, and reads an earlier chunk's just
+        before its own attention needs them, and the engines of a region run side by side
+        (in hardware; the C simulation runs them one after another, its streams unbounded).
+        An input no stage uses is read first, an output no stage writes is written last."""
+        def root(slot):
+            while slot.view_of is not None:
+                slot = slot.view_of
+            return id(slot)
+
+        uses = [{root(a) for a in st.args} for st in proc.stages]
+        reads = [slot for slot in proc.inputs if (id(slot), id(proc)) in self.stream_of]
+        first = {id(slot): next((i for i, u in enumerate(uses) if root(slot) in u), -1) for slot in reads}
+        last = {id(slot): max((i for i, u in enumerate(uses) if root(slot) in u), default=len(uses))
+                for slot in proc.outputs}
+        steps: list[tuple[str, object]] = [("read", slot) for slot in reads if first[id(slot)] < 0]
+        for i, stage in enumerate(proc.stages):
+            steps += [("read", slot) for slot in reads if first[id(slot)] == i]
+            steps.append(("stage", stage))
+            steps += [("write", slot) for slot in proc.outputs if last[id(slot)] == i]
+        steps += [("write", slot) for slot in proc.outputs if last[id(slot)] == len(uses)]
+        return steps
+
+    def io_positions(self) -> dict[str, tuple[float, float]]:
+        """Stream name -> (share of its producer's MACs done when it writes it, share of its
+        consumer's done when it reads it), for streams between interleaved processes
+        (:meth:`io_schedule`): where the analytical model lets a later chunk's engine wait on
+        an earlier one's K and V. A stage's MACs are its matmul's (an attention's, its
+        QK^T's); the element-wise stages count none."""
+        def macs(stage):
+            info = matmul_info(self.prim(stage.prim_name))
+            return 0 if info is None else math.prod(info[0])
+
+        written, read = {}, {}
+        for proc in self.procs:
+            if not self.interleaved(proc):
+                continue
+            total = max(1, sum(macs(st) for st in proc.stages))
+            done = 0
+            for kind, item in self.io_schedule(proc):
+                if kind == "stage":
+                    done += macs(item)
+                elif kind == "read":
+                    read[self.stream_of[(id(item), id(proc))]] = done / total
+                else:
+                    for name in self.output_streams(item, proc):
+                        written[name] = done / total
+        return {name: (written.get(name, 1.0), read.get(name, 0.0)) for name in {*written, *read}}
+
+    def buffer_plan(self, proc: Proc) -> tuple[dict[int, int], list[tuple[str, tuple, int]]]:
+        """The arrays an interleaved process (a token-split region's engine) holds: (slot id
+        -> buffer index, each buffer's (dtype, shape, partition width)).
+
+        Why: an engine runs a whole model; an array per intermediate value held every
+        layer's (GPT2-small: some 2,700 URAM an engine). A value's array is free once the
+        last step of :meth:`io_schedule` using it is done, and the next value of the same
+        type, shape and partition -- most often the next layer's same value -- takes it. A
+        stage never writes into an array it reads (its outputs are placed before its inputs
+        are freed). Values written in place through a port hold none."""
+        def defined_by(kind, item):
+            if kind == "read":
+                return [item]
+            if kind == "stage":
+                return [slot for slot in item.args if slot.producer is proc]
+            return []
+
+        steps = self.io_schedule(proc)
+        last: dict[int, int] = {}
+        for t, (kind, item) in enumerate(steps):
+            for slot in (item.args if kind == "stage" else [item]):
+                last[id(slot)] = t
+        plan: dict[int, int] = {}
+        buffers: list[tuple[str, tuple, int]] = []
+        free: dict[tuple, list[int]] = {}
+        holders: dict[int, list[int]] = {}  # step -> buffers freed after it
+        for t, (kind, item) in enumerate(steps):
+            for slot in defined_by(kind, item):
+                if id(slot) in plan or (kind == "stage" and self.written_in_place(slot, proc)):
+                    continue
+                if kind == "read":
+                    width = self.width_of[self.stream_of[(id(slot), id(proc))]]
+                else:
+                    width = self.out_width(slot, proc) if any(slot is o for o in proc.outputs) else 1
+                key = (slot.dtype, tuple(slot.shape), width)
+                if free.get(key):
+                    plan[id(slot)] = free[key].pop()
+                else:
+                    plan[id(slot)] = len(buffers)
+                    buffers.append(key)
+                holders.setdefault(last.get(id(slot), t), []).append(plan[id(slot)])
+            for b in holders.pop(t, []):
+                free.setdefault(buffers[b], []).append(b)
+        return plan, buffers
+
+    def print_interleaved(self, w: CodeWriter, local: Namer, proc: Proc) -> None:
+        """``proc``'s stream reads, stages and writes in :meth:`io_schedule`'s order, its
+        values in the arrays of :meth:`buffer_plan`."""
+        w.line("// Streams read just before their first use and written just after their last (io_schedule);")
+        w.line("// an array holds one value after another (buffer_plan).")
+        plan, buffers = self.buffer_plan(proc)
+        names: dict[int, str] = {}
+
+        def place(slot, hint):
+            b = plan[id(slot)]
+            if b not in names:
+                dtype, shape, width = buffers[b]
+                names[b] = local.fresh(hint + re.sub(r"\W", "_", slot.hint))
+                self.declare(w, names[b], dtype, shape, width)
+            slot.cname = names[b]
+
+        for kind, item in self.io_schedule(proc):
+            if kind == "read":
+                place(item, "in_")
+                self.read_packets(w, [(self.stream_of[(id(item), id(proc))], _indexed(item.cname))], item.shape)
+            elif kind == "stage":
+                for slot in item.args:
+                    if slot.producer is proc and not slot.cname:
+                        if id(slot) in plan:
+                            place(slot, "")
+                        else:  # written in place through its one port
+                            slot.cname = self.out_ports[id(slot)][0]
+                    self.uses_ap |= needs_ap_types(slot.dtype)
+                self.call_stage(w, proc, item)
+            else:
+                targets = [p for p in self.out_ports.get(id(item), []) if p != item.cname]
+                streams = self.output_streams(item, proc)
+                if targets or streams:
+                    self.write_packets(w, item, item.shape, _indexed(item.cname), [_indexed(p) for p in targets], streams)
 
     def share_array(self, w: CodeWriter, proc: Proc) -> None:
         """An engine's cap on multipliers and adders: its array's, which every linear (and
@@ -1313,9 +1500,12 @@ class _KernelWriter:
         """Elements of each intermediate array of one call of ``proc``: the slots between its
         stages, the buffers its stage functions allocate (attention's scores), and the block
         buffers of the ports it reads in blocks."""
-        outputs = {id(s) for s in proc.outputs} | {id(s) for s in proc.block_slot.values()}
-        between = {id(s): s.elements for st in proc.stages for s in st.args[-1:]
-                   if s.producer is proc and id(s) not in outputs}
+        if self.interleaved(proc):  # its arrays hold one value after another (buffer_plan)
+            between = {b: math.prod(shape) for b, (_, shape, _) in enumerate(self.buffer_plan(proc)[1])}
+        else:
+            outputs = {id(s) for s in proc.outputs} | {id(s) for s in proc.block_slot.values()}
+            between = {id(s): s.elements for st in proc.stages for s in st.args[-1:]
+                       if s.producer is proc and id(s) not in outputs}
         inside = []
 
         def visit(node):
@@ -1357,8 +1547,9 @@ class _KernelWriter:
             if proc.op == "attention" and len(proc.args) >= 3:  # QK^T and AV over every head
                 from .attention_kernel import is_causal
 
-                q, k = proc.args[0].shape, proc.args[1].shape
-                extra.update(macs=2 * q[-2] * k[-2] * q[-1], causal=proc.source is not None and is_causal(proc.source))
+                extra.update(macs=_attention_macs(proc), causal=proc.source is not None and is_causal(proc.source))
+            if proc.op == ENGINE_OP:
+                extra.update(macs=proc.macs, interleaved=self.interleaved(proc))
             if proc.rows:
                 held = sum(s.elements for s in proc.inputs
                            if id(s) not in proc.block_slot and (id(s), id(proc)) in self.stream_of)
@@ -1519,8 +1710,9 @@ def _composites(func: relax.Function) -> list[relax.Function]:
 def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: int | None = None,
                     placement=None, rows: int | None = None) -> "_KernelWriter":
     name = kernel_name_for(func)
+    chunks = int(func.attrs.get(CHUNKS_ATTR, 0)) if func.attrs else 0
     plain = func
-    for attr in ("Codegen", "global_symbol", CALLS_ATTR):
+    for attr in ("Codegen", "global_symbol", CALLS_ATTR, CHUNKS_ATTR):
         plain = plain.without_attr(attr)
     legal = _legalized(plain)
     main = legal["main"]
@@ -1537,7 +1729,7 @@ def _planned_writer(func: relax.Function, device_key: str, arrays=None, slrs: in
         for proc, source in zip(interp.procs, sources):
             proc.source = source
     return _KernelWriter(name, legal, interp, params, results, get_device(device_key), arrays, slrs, placement,
-                         rows)
+                         rows, chunks)
 
 
 def calls_of(func: relax.Function) -> int:

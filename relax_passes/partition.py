@@ -22,6 +22,7 @@ from .layer_reuse import merge_regions, outline_layers
 from .patterns import CODEGEN, fuse_patterns
 from .roles import name_roles
 from .scalar_constants import bind_scalar_constants
+from .token_split import mark_chunked, split_tokens
 
 # Relax bookkeeping ops that are not computation and need no kernel.
 _NOT_COMPUTE = frozenset(
@@ -39,17 +40,21 @@ _NOT_COMPUTE = frozenset(
 )
 
 
-def partition_for_vitis_spatial(mod: tvm.IRModule, layers: str = "unroll") -> tvm.IRModule:
+def partition_for_vitis_spatial(mod: tvm.IRModule, layers: str = "unroll", chunks: int = 3) -> tvm.IRModule:
     """``layers``: "reuse" outlines a run of identical layers into one region called once
-    per layer (``layer_reuse``); "unroll" keeps every layer's operators in one region.
-    ``relax.build`` chooses between them with the model (``tvm_spatial.allocation``)."""
-    if layers not in ("reuse", "unroll"):
-        raise ValueError(f"layers {layers!r} is not 'reuse' or 'unroll'")
+    per layer (``layer_reuse``); "unroll" keeps every layer's operators in one region;
+    "token_parallel" unrolls them too, with the tokens split into ``chunks`` chunks, each
+    computing the whole model for its rows (``token_split``; the codegen makes each chunk
+    one engine). ``relax.build`` chooses between them (``tvm_spatial.allocation``)."""
+    if layers not in ("reuse", "unroll", "token_parallel"):
+        raise ValueError(f"layers {layers!r} is not 'reuse', 'unroll' or 'token_parallel'")
     mod = relax.transform.Normalize()(mod)
     mod = relax.transform.FoldConstant()(mod)  # exporters leave shape arithmetic on constants
     mod = kv_inplace(mod)  # a decode graph's cache: one row per layer written in place
     mod = fuse_attention(mod)  # head split, QK^T, softmax, AV, head merge: one operator
     mod = merge_new_rows(mod)  # ... which then merges the new K/V rows into the old slices
+    if layers == "token_parallel":
+        mod = split_tokens(mod, chunks)
     mod = FuseOpsByPattern(fuse_patterns(), bind_constants=False, annotate_codegen=False)(mod)
     if layers == "reuse":
         # before the scalars are bound: a per-layer one (a quantization scale) would make
@@ -57,7 +62,8 @@ def partition_for_vitis_spatial(mod: tvm.IRModule, layers: str = "unroll") -> tv
         mod = outline_layers(name_roles(mod))  # one layer's kernel, called once per layer
     mod = name_roles(bind_scalar_constants(mod))
     mod = merge_regions(mod)
-    return make_calls_inplace(_name_kernels(mod))
+    mod = make_calls_inplace(_name_kernels(mod))
+    return mark_chunked(mod, chunks) if layers == "token_parallel" else mod
 
 
 def _composites_in(func: relax.Function) -> list[str]:

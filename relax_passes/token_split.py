@@ -33,6 +33,7 @@ import tvm
 from tvm import relax
 
 from codegen_hls.attention_kernel import ATTENTION
+from tvm_spatial.errors import TokenSplitError
 
 _ELEMENTWISE = frozenset({
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power", "relax.maximum",
@@ -42,10 +43,6 @@ _ELEMENTWISE = frozenset({
     "relax.nn.relu", "relax.nn.silu", "relax.clip", "relax.floor", "relax.ceil", "relax.isnan",
     "relax.logical_and", "relax.logical_or", "relax.logical_not", "relax.floor_divide", "relax.floor_mod",
 })
-
-
-class TokenSplitError(ValueError):
-    """The graph cannot be split by tokens (the message names the operator and why)."""
 
 
 def _shape(expr) -> list[int]:
@@ -295,6 +292,21 @@ class _Split:
         if c:  # its queries are not the first rows of its keys: the codegen's causal
             attrs.pop("causal", None)  # streaming (query block b after key blocks 0..b) does not apply
         return relax.Call(value.op, args, tvm.ir.make_node("ir.DictAttrs", **attrs))
+
+
+CHUNKS_ATTR = "vitis_spatial.token_chunks"  # on a region: its processes are this many token chunks
+
+
+def mark_chunked(mod: tvm.IRModule, chunks: int) -> tvm.IRModule:
+    """Tell the codegen that every offloaded region computes ``chunks`` token chunks, each
+    to become one engine (``codegen_hls.engine.chunk_runs``)."""
+    from .patterns import CODEGEN
+
+    out = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs, global_infos=mod.global_infos)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Codegen") == CODEGEN:
+            out[gv] = func.with_attr(CHUNKS_ATTR, int(chunks))
+    return out
 
 
 def split_tokens(mod: tvm.IRModule, chunks) -> tvm.IRModule:

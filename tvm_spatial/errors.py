@@ -74,6 +74,12 @@ class ResourceBudgetError(SpatialError):
     tensor and the resource, with the amount needed and the amount the card has."""
 
 
+class TokenSplitError(SpatialError):
+    """A prefill cannot be split by tokens into token-parallel engines
+    (``relax_passes.token_split``): an operator that mixes tokens, a bidirectional
+    attention; the message names it and why."""
+
+
 class UsageError(SpatialError):
     """Bad command-line input: a model that is neither a file nor a bundled example, a
     malformed ``--shape``, an option that does not apply to the command."""

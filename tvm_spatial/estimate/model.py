@@ -601,6 +601,25 @@ def pipeline_cycles(taus: list[float], barriers: list[bool], n_blocks: int,
     return total, fill
 
 
+def interleaved_cycles(cycles: dict[str, float], streams) -> float:
+    """A region of processes that read and write their streams between their stages (a
+    token-split region's engines, ``codegen_hls.kernel`` io_schedule), ``cycles`` each
+    (name -> cycles, in the region's order, streams running forwards): they start together
+    and each finishes after its own cycles, unless a producer's stream holds it back -- a
+    consumer that reads at share ``r`` of its work what its producer writes at share ``w``
+    of its own finishes no sooner than ``finish(producer) - (1 - w) cycles(producer) + (1 -
+    r) cycles(consumer)``. (In lockstep, a chunk's K and V arrive as the next chunk's
+    attention needs them, and the slowest engine sets the time.)"""
+    finish: dict[str, float] = {}
+    for name, own in cycles.items():
+        done = own
+        for s in streams:
+            if s.consumer == name and s.producer in finish:
+                done = max(done, finish[s.producer] - (1 - s.written_at) * cycles[s.producer] + (1 - s.read_at) * own)
+        finish[name] = done
+    return max(finish.values(), default=0.0)
+
+
 def decode_path(cycles: dict[str, float], streams, handoff: dict | None = None,
                 prologue: dict | None = None, tokens: int = 1) -> float:
     """One decoded token through a region: its longest chain of processes, ``cycles`` per
@@ -751,8 +770,12 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
     for kernel in dict.fromkeys(w.kernel for w in work.processes):
         mine = [i for i, w in enumerate(work.processes) if w.kernel == kernel]
         calls = work.processes[mine[0]].calls
-        lat, fil = pipeline_cycles([procs[i].block_cycles for i in mine], [procs[i].barrier for i in mine],
-                                   n_blocks, [not work.processes[i].separable for i in mine])
+        if any(work.processes[i].interleaved for i in mine):  # token-parallel engines, side by side
+            lat = interleaved_cycles({procs[i].name: procs[i].block_cycles for i in mine}, work.streams)
+            fil = 0.0
+        else:
+            lat, fil = pipeline_cycles([procs[i].block_cycles for i in mine], [procs[i].barrier for i in mine],
+                                       n_blocks, [not work.processes[i].separable for i in mine])
         moved = sum(procs[i].prefill_bytes for i in mine)
         latency += calls * max(lat, moved / (peak_bytes * costs.HBM_EFFICIENCY))
         fill += calls * fil

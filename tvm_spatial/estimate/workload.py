@@ -102,6 +102,9 @@ class ProcessWork:
     # an engine's element-wise stages share its array's multipliers and adders (one ALLOCATION
     # over the inlined stages: codegen_hls.engine); False: they keep units of their own
     shared_stages: bool = True
+    # an engine of a token-split region: reads and writes its streams between its stages, so
+    # it runs beside the engines it exchanges K and V with (model.interleaved_cycles)
+    interleaved: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,10 @@ class StreamWork:
     width: int = 1  # elements per transfer
     early: bool = False  # written in the producer's prologue (codegen_hls.design.Stream)
     after: int = 0  # transfers the consumer reads from other streams before this one
+    # between interleaved processes: the share of the producer's work done when it writes
+    # it, and of the consumer's when it reads it (1.0, 0.0: after the one, before the other)
+    written_at: float = 1.0
+    read_at: float = 0.0
 
     @property
     def transfers(self) -> int:
@@ -468,14 +475,14 @@ def design_work(design) -> DesignWork:
                     macs=proc.macs, calls=kernel.calls, prologue_nests=proc.prologue_nests,
                     prologue_bytes=prologue_bytes, prologue_io=proc.prologue_io, writeback=proc.writeback, more=more,
                     more_writeback=more_writeback,
-                    engine_ops=proc.engine_ops,
+                    engine_ops=proc.engine_ops, interleaved=proc.interleaved,
                 )
             )
         for s in kernel.streams:
             # a transfer of ``width`` elements per FIFO word; depth in transfers
             streams.append(StreamWork(s.name, dtype_bits(s.dtype) * s.width, s.depth, s.elements,
                                       slr_of.get(s.producer, 0), s.producer, s.consumer, width=s.width,
-                                      early=s.early, after=s.after))
+                                      early=s.early, after=s.after, written_at=s.written_at, read_at=s.read_at))
     linears = [p.matmul.m for p in processes if p.matmul is not None and p.matmul.b_offchip]
     tokens = max(linears, default=1)
     procs = []

@@ -28,6 +28,9 @@ Why a context manager: TVM's build configuration for a Python plugin has no othe
   layer (``relax_passes.layer_reuse``); ``"unroll"``: every layer its own processes; the
   default ``"auto"`` partitions both ways and keeps the faster by the model
   (:func:`partition_for_build`);
+* ``with tvm_spatial.allocation(layers="token_parallel"):`` a causal prefill split by tokens
+  into one chunk per SLR (``slrs``, default all), each computing every layer and the LM head
+  for its rows as one engine (``relax_passes.token_split``, ``codegen_hls.engine``);
 * ``with tvm_spatial.allocation(placement={"k0_..._p20_linear": 1}):`` put these processes
   on these SLRs (the others where the work-balanced split puts them). Tuned records carry
   a placement too: tuning moves the SLR cuts of each kernel's chain of processes.
@@ -73,8 +76,10 @@ from ..estimate import DEFAULT_BUDGET
 
 MODES = ("model", "default")
 # "reuse": a run of identical layers is one layer's hardware called once per layer
-# (relax_passes.layer_reuse); "unroll": every layer its own; "auto": the faster by the model
-LAYER_CHOICES = ("auto", "reuse", "unroll")
+# (relax_passes.layer_reuse); "unroll": every layer its own; "auto": the faster by the model;
+# "token_parallel": unrolled, the tokens split into one chunk per SLR, each chunk an engine
+# (relax_passes.token_split, codegen_hls.engine): causal prefills only
+LAYER_CHOICES = ("auto", "reuse", "unroll", "token_parallel")
 # Fit first: the fewest SLRs whose allocated design is at most this much slower than the best.
 SLR_SLACK = 0.05
 
@@ -321,6 +326,10 @@ def partition_for_build(mod, device: str, policy: AllocationPolicy | None = None
     from relax_passes.layer_reuse import reuses_layers
 
     policy = policy or current_policy()
+    if policy.layers == "token_parallel":  # a chunk per SLR the design may use
+        from ..devices import get_device
+
+        return partition_for_vitis_spatial(mod, layers="token_parallel", chunks=policy.slrs or get_device(device).slrs)
     if policy.layers != "auto":
         return partition_for_vitis_spatial(mod, layers=policy.layers)
     reused = partition_for_vitis_spatial(mod, layers="reuse")

@@ -1,0 +1,157 @@
+"""A causal prefill built as token-parallel engines (``allocation(layers="token_parallel")``):
+one engine per SLR, each computing every layer and the LM head for its chunk of tokens,
+handing its K and V rows forwards layer by layer. Checked against onnxruntime's logits
+(the fixture's), under ASan/UBSan, and with -Werror."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from test_generated_cpp import SANITIZER_REPORTS, _compile, _explain, _run_sanitized, _strict_kernel_args
+from tvm import relax
+
+import tvm_spatial
+from codegen_hls import emulation
+from tvm_spatial.errors import TokenSplitError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OK_MARKER = "SANITIZED-TOKEN-PARALLEL-MATCHES-ONNXRUNTIME"
+
+
+@pytest.fixture(scope="module")
+def built():
+    mod = tvm_spatial.frontend.from_onnx(FIXTURES / "gpt2_tiny.onnx")
+    with tvm_spatial.allocation(layers="token_parallel"):
+        return relax.build(mod, target="vitis_spatial")
+
+
+def test_the_engines_compute_onnxruntimes_logits(built):
+    data = np.load(FIXTURES / "gpt2_tiny.npz")
+    vm = relax.VirtualMachine(built, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(data["in:input_ids"])).numpy()
+    np.testing.assert_allclose(got, data["out:logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_one_engine_per_slr_and_the_streams_run_forwards(built):
+    design = tvm_spatial.design_of(built)
+    assert len(design.kernels) == 1
+    kernel = design.kernels[0]
+    procs = kernel.processes
+    assert [p.op for p in procs] == ["engine"] * 3
+    assert sorted(p.slr for p in procs) == [0, 1, 2]
+    order = {p.name: i for i, p in enumerate(procs)}
+    assert kernel.streams and all(order[s.producer] < order[s.consumer] for s in kernel.streams)
+    # every linear of the 2-layer model (QKV, projection, FFN1, FFN2; then the LM head) in each
+    for proc in procs:
+        assert 1 + len(proc.engine) >= 2 * 4 + 1
+
+
+def test_a_later_engine_reads_each_layers_keys_just_before_that_layer_needs_them(built):
+    """Interleaved I/O (``_KernelWriter.io_schedule``): the second engine's first read of
+    the first engine's K comes after its own first linear, and its second layer's read
+    after its first layer's attention -- not all at the top of the process."""
+    kernel = tvm_spatial.design_of(built).kernels[0]
+    second = kernel.processes[1]
+    source = kernel.source
+    body = source[source.index(f"static void {second.name}("):]
+    body = body[:body.index("\n}\n")]
+    reads = [i for i in range(len(body)) if body.startswith(".read()", i)]
+    attention = [i for i in range(len(body)) if body.startswith("__attention", i)]
+    first_linear = body.index("__matmul")
+    assert len(attention) == 2 and reads
+    assert first_linear < reads[0] < attention[0]
+    assert any(attention[0] < r < attention[1] for r in reads)
+    # ... and writes its own K and V to the third engine right after that layer's attention
+    writes = [i for i in range(len(body)) if body.startswith(".write(", i)]
+    assert any(attention[0] < w < attention[1] for w in writes)
+
+
+def test_a_bidirectional_model_is_refused_with_the_reason():
+    mod = tvm_spatial.frontend.from_onnx(FIXTURES / "bert_tiny.onnx")
+    with tvm_spatial.allocation(layers="token_parallel"), pytest.raises(TokenSplitError, match="not causal"):
+        relax.build(mod, target="vitis_spatial")
+
+
+def test_the_kernel_compiles_with_werror(built, tmp_path):
+    design = tvm_spatial.design_of(built)
+    emulation.write_sources(design, tmp_path)
+    for kernel in design.kernels:
+        proc = _compile(_strict_kernel_args(tmp_path / kernel.filename), tmp_path)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+CHILD = f"""
+    from pathlib import Path
+    import numpy as np
+    import tvm
+    from tvm import relax
+    import tvm_spatial
+
+    fixtures = Path({str(FIXTURES)!r})
+    data = np.load(fixtures / "gpt2_tiny.npz")
+    mod = tvm_spatial.frontend.from_onnx(fixtures / "gpt2_tiny.onnx")
+    with tvm_spatial.allocation(layers="token_parallel"):
+        ex = relax.build(mod, target="vitis_spatial")
+    vm = relax.VirtualMachine(ex, tvm.cpu(), memory_cfg="naive")  # exact-size buffers for ASan
+    got = vm["main"](tvm.runtime.tensor(data["in:input_ids"])).numpy()
+    np.testing.assert_allclose(got, data["out:logits"], rtol=1e-4, atol=1e-4)
+    print("checked token_parallel", flush=True)
+    print("{OK_MARKER}", flush=True)
+"""
+
+
+def test_the_engines_run_clean_under_sanitizers(tmp_path):
+    proc = _run_sanitized(CHILD, tmp_path)
+    for report in SANITIZER_REPORTS:
+        assert report not in proc.stderr, _explain(proc)
+    assert proc.returncode == 0 and OK_MARKER in proc.stdout, _explain(proc)
+    objects = list((tmp_path / "cache").glob("*.o"))
+    assert objects and all(b"__asan_" in o.read_bytes() for o in objects), objects
+
+
+def test_the_model_runs_the_engines_side_by_side(built):
+    """The estimate of the built design: no faster than its slowest engine, well under the
+    engines one after another (they exchange K and V as they go: interleaved_cycles)."""
+    from tvm_spatial.devices import get_device
+    from tvm_spatial.estimate import design_work, estimate_work, realized_config
+
+    design = tvm_spatial.design_of(built)
+    work = design_work(design)
+    assert all(p.interleaved for p in work.processes)
+    assert any(0 < s.written_at < 1 and 0 < s.read_at < 1 for s in work.streams)
+    est = estimate_work(work, get_device("u280"), realized_config(design))
+    engines = [p.block_cycles for p in est.processes]
+    assert max(engines) <= est.prefill_cycles < 0.75 * sum(engines)
+    assert est.prefill_roofline.dsp_cycles > 0
+
+
+def test_a_consumer_waits_for_what_it_reads_and_no_longer():
+    from tvm_spatial.estimate.model import interleaved_cycles
+    from tvm_spatial.estimate.workload import StreamWork
+
+    def stream(w, r):
+        return StreamWork("s", 32, 2, 64, 0, "a", "b", written_at=w, read_at=r)
+
+    # b reads at 10 % of its 100 cycles what a writes at 90 % of its 100: b waits 80 cycles
+    assert interleaved_cycles({"a": 100.0, "b": 100.0}, [stream(0.9, 0.1)]) == pytest.approx(180.0)
+    # written early, read late: nothing to wait for; the slower sets the time
+    assert interleaved_cycles({"a": 100.0, "b": 60.0}, [stream(0.1, 0.9)]) == pytest.approx(100.0)
+    # a stream of whole processes (written last, read first): one after the other
+    assert interleaved_cycles({"a": 100.0, "b": 60.0}, [stream(1.0, 0.0)]) == pytest.approx(160.0)
+
+
+def test_an_engine_reuses_its_arrays_across_layers(built):
+    """buffer_plan: a value's array is taken by a later value of its type and shape once
+    free, so an engine of a 2-layer model declares far fewer arrays than it has stages
+    (before: one per value), and its logits still equal onnxruntime's (above)."""
+    kernel = tvm_spatial.design_of(built).kernels[0]
+    for proc in kernel.processes:
+        source = kernel.source
+        body = source[source.index(f"static void {proc.name}("):]
+        body = body[:body.index("\n}\n")]
+        arrays = body.count("\n  static ")
+        stages = body.count(f"  {kernel.name}__")
+        assert 0 < arrays < stages / 2, (proc.name, arrays, stages)
