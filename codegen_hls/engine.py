@@ -81,15 +81,20 @@ def merge(run, later, results, proc_type, on_array=lambda p: p.op not in ENGINE_
 
 def chunk_runs(procs, chunks: int) -> list[list]:
     """The processes of a token-split region (``relax_passes.token_split``) grouped by
-    chunk, each group in its order: a chunk's slice of the input (a ``strided_slice`` of a
-    region argument, the ``c``-th of them) starts it, and every other process belongs to
+    chunk, each group in its order: a chunk's slice of an input (the ``c``-th
+    ``strided_slice`` of a region argument sliced once per chunk) starts it, and every
+    other process belongs to
     the latest chunk among its inputs' producers -- a later chunk's attention reads the
     earlier chunks' K and V, and the results' concatenation the last chunk's rows. Empty
     when the region does not start so (nothing to group)."""
-    seeds = [p for p in procs if p.op == "strided_slice" and p.inputs and all(s.producer is None for s in p.inputs)]
-    if len(seeds) != chunks:
+    slices: dict[int, list] = {}  # region argument -> the slices of it, in order
+    for p in procs:
+        if p.op == "strided_slice" and len(p.inputs) == 1 and p.inputs[0].producer is None:
+            slices.setdefault(id(p.inputs[0]), []).append(p)
+    seeds = [group for group in slices.values() if len(group) == chunks]
+    if not seeds:
         return []
-    chunk = {id(p): c for c, p in enumerate(seeds)}
+    chunk = {id(p): c for group in seeds for c, p in enumerate(group)}
     for proc in procs:
         if id(proc) not in chunk:
             found = [chunk.get(id(s.producer), -1) for s in proc.inputs if s.producer is not None]

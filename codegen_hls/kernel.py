@@ -373,7 +373,7 @@ class _KernelWriter:
         # process name -> (rows, cols) of a matmul process's MAC array, or the lanes (an
         # int: elements per cycle) of any other process (``tvm_spatial.estimate.Allocation``)
         self.arrays = dict(arrays or {})
-        self.nests: dict[str, tuple] = {}  # stage PrimFunc name -> its loop nests (codegen_hls.lanes)
+        self.nests: dict[tuple, tuple] = {}  # (stage PrimFunc name, MAC lanes) -> its loop nests (codegen_hls.lanes)
         self.matmuls: dict = {}  # stage PrimFunc name -> matmul_info (None: not a matmul)
         self.legal = legal
         self.procs = interp.procs
@@ -831,7 +831,7 @@ class _KernelWriter:
         the process's lanes (default 1), fitted to a divisor of its output row; the other
         stages of a matmul process (bias add, quantization) get the lanes that keep pace
         with its array (``library.keep_pace_lanes``)."""
-        from .lanes import Lanes, largest_divisor
+        from .lanes import Lanes, is_mac, largest_divisor, sblocks
 
         def info_of(prim_name):
             if prim_name not in self.matmuls:
@@ -868,7 +868,12 @@ class _KernelWriter:
         last = (stage if proc.op == ENGINE_OP else proc.stages[-1]).args[-1] if proc.stages else None
         width = last.shape[-1] if last is not None and last.shape else 1
         lanes = largest_divisor(width, max(1, wanted))
-        if lanes == 1:
+        # a token-parallel engine's attention: its QK^T and AV as wide as the engine's array,
+        # on its shared multipliers and adders (the ALLOCATION pragmas of share_array)
+        mac = max((a.rows * a.cols for a, _ in matmuls), default=0) if self.interleaved(proc) else 0
+        if mac and not any(is_mac(b) for b in sblocks(self.prim(stage.prim_name))):
+            mac = 0
+        if lanes == 1 and not mac:
             return Lanes(1)
         ports = []  # m_axi ports among the stage's arguments (read in place, or written in place)
         for i, slot in enumerate(stage.args):
@@ -876,7 +881,7 @@ class _KernelWriter:
                         and not self.output_streams(slot, proc))
             if (id(slot), id(proc)) in self.port_of or in_place:
                 ports.append(i)
-        return Lanes(lanes, tuple(ports))
+        return Lanes(lanes, tuple(ports), mac)
 
     def stage_function(self, prim_name: str, array=None) -> str:
         """The C name of a stage function under its schedule (``stage_hardware``)."""
@@ -885,8 +890,9 @@ class _KernelWriter:
             if isinstance(array, MacArray):
                 suffix = (f"_a{array.rows}x{array.cols}" + (f"_c{array.channels}" if array.channels > 1 else "")
                           + ("_o" if array.out_port else ""))
-            elif array is not None and array.lanes > 1:  # Lanes: its width and unpartitioned ports
-                suffix = f"_l{array.lanes}" + "".join(f"_m{i}" for i in array.ports)
+            elif array is not None and (array.lanes > 1 or array.mac):  # Lanes: its width and unpartitioned ports
+                suffix = (f"_l{array.lanes}" + (f"_x{array.mac}" if array.mac else "")
+                          + "".join(f"_m{i}" for i in array.ports))
             else:
                 suffix = ""
             self.printed[key] = f"{self.name}__{prim_name}{suffix}"
@@ -1483,10 +1489,14 @@ class _KernelWriter:
         stage's read once; a blocked process runs them once per block."""
         from .lanes import loop_nests
 
+        keys = []
         for stage in stages:
-            if stage.prim_name not in self.nests:
-                self.nests[stage.prim_name] = loop_nests(self.prim(stage.prim_name))
-        return tuple((trips * proc.blocks, *rest) for stage in stages for trips, *rest in self.nests[stage.prim_name])
+            hardware = self.stage_hardware(proc, stage)
+            key = (stage.prim_name, getattr(hardware, "mac", 0))  # an engine's attention: its MAC lanes
+            if key not in self.nests:
+                self.nests[key] = loop_nests(self.prim(stage.prim_name), key[1])
+            keys.append(key)
+        return tuple((trips * proc.blocks, *rest) for key in keys for trips, *rest in self.nests[key])
 
     def held_width(self, proc: Proc) -> int:
         """Elements per cycle of the loop that zeroes a causal attention's K and V after
@@ -1562,7 +1572,7 @@ class _KernelWriter:
                     early = proc.stages[:proc.prologue]
                     read = [self.port_of[(id(s), id(proc))] for stage in early for s in stage.args
                             if (id(s), id(proc)) in self.port_of]
-                    extra.update(prologue_nests=sum(len(self.nests[st.prim_name]) for st in early),
+                    extra.update(prologue_nests=len(self.stage_nests(proc, early)),
                                  prologue_ports=tuple(dict.fromkeys(read)))
             elif proc.stages:  # a matmul process: the nests of its other stages (bias, quantization)
                 others = [stage for stage in proc.stages if not isinstance(self.stage_hardware(proc, stage), MacArray)]

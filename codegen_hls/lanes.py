@@ -70,10 +70,28 @@ class Lanes:
 
     lanes: int = 1
     ports: tuple[int, ...] = ()
+    # lanes of its multiply-accumulate nests (a product summed into its output, as an
+    # attention's QK^T and AV): an engine's attention takes them on the engine's shared
+    # multipliers and adders, as wide as its array (0: ``lanes``, as every other nest)
+    mac: int = 0
 
     def fit(self, extent: int) -> int:
         """The lanes realized along a loop of ``extent``: its largest divisor <= lanes."""
         return largest_divisor(extent, self.lanes)
+
+    def of(self, block) -> int:
+        """The lanes of ``block``'s nest: ``mac`` for a multiply-accumulate, else ``lanes``."""
+        return self.mac if self.mac and is_mac(block) else self.lanes
+
+
+def is_mac(block) -> bool:
+    """Whether ``block`` adds a product into its output (``C[..] = C[..] + a * b``)."""
+    body = block.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return False
+    a, b = body.value.a, body.value.b
+    return any(isinstance(x, tirx.Mul) for x in (a, b)) and any(
+        isinstance(x, tvm.ir.TensorLoad) and x.source.same_as(body.buffer) for x in (a, b))
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -149,11 +167,12 @@ def _nest(sch: s_tir.Schedule, name: str):
     return loops, "carried", recurrence_latency(_reducer_op(sch.get(block)), dtype)
 
 
-def loop_nests(func: tirx.PrimFunc) -> tuple[LoopNest, ...]:
+def loop_nests(func: tirx.PrimFunc, mac: int = 0) -> tuple[LoopNest, ...]:
     """Every sblock's nest of ``func`` as (trips, extent, fixed II, rows): what the lanes
     schedule makes of it, for the analytical model (``tvm_spatial.estimate``); ``rows`` is
     the extent of the loop around the innermost one when lanes beyond the innermost extent
-    may unroll it too (:func:`rows_unrolled`), else 1."""
+    may unroll it too (:func:`rows_unrolled`), else 1. With ``mac`` (``Lanes.mac``), a
+    multiply-accumulate nest carries it as a fifth element: its own lanes."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     nests = []
     for name in [b.name_hint for b in sblocks(func)]:
@@ -162,7 +181,8 @@ def loop_nests(func: tirx.PrimFunc) -> tuple[LoopNest, ...]:
             continue
         extents = [int(sch.get(loop).extent) for loop in loops]
         rows = extents[-2] if _row_loop(sch, name, loops, kind) else 1
-        nests.append((math.prod(extents[:-1]), extents[-1], latency, rows))
+        own = (mac,) if mac and is_mac(sch.get(sch.get_sblock(name))) else ()
+        nests.append((math.prod(extents[:-1]), extents[-1], latency, rows, *own))
     return tuple(nests)
 
 
@@ -192,8 +212,9 @@ def schedule_lanes(func: tirx.PrimFunc, lanes: Lanes) -> tirx.PrimFunc:
         if kind is None:
             continue
         extent = int(sch.get(loops[-1]).extent)
-        width = lanes.fit(extent)
-        rows = rows_unrolled(extent, int(sch.get(loops[-2]).extent), lanes.lanes) \
+        wanted = lanes.of(sch.get(sch.get_sblock(name)))
+        width = largest_divisor(extent, wanted)
+        rows = rows_unrolled(extent, int(sch.get(loops[-2]).extent), wanted) \
             if _row_loop(sch, name, loops, kind) else 1
         if kind == "carried":
             sch.annotate(loops[-1], ann.PIPELINE_II, latency)

@@ -155,3 +155,23 @@ def test_an_engine_reuses_its_arrays_across_layers(built):
         arrays = body.count("\n  static ")
         stages = body.count(f"  {kernel.name}__")
         assert 0 < arrays < stages / 2, (proc.name, arrays, stages)
+
+
+def test_an_engines_attention_multiplies_as_wide_as_its_array(built):
+    """Lanes.mac: the attention's QK^T and AV nests take as many lanes as the engine's
+    array has units (its shared multipliers and adders); its softmax keeps the few lanes
+    that keep pace. The model's nests carry that width, and count the QK^T nest (a head's
+    64-element dot product per key) at units / 64 keys a cycle."""
+    from codegen_hls.lanes import rows_unrolled
+
+    kernel = tvm_spatial.design_of(built).kernels[0]
+    for proc in kernel.processes:
+        units = proc.array[0] * proc.array[1]
+        assert "__attention_l" in kernel.source and f"_x{units}" in kernel.source
+        wide = [n for n in proc.nests if len(n) > 4 and n[4]]
+        assert wide and all(n[4] == units for n in wide)
+        qk = [n for n in wide if n[1] == 16]  # the tiny model's head width
+        assert qk, wide
+        trips, extent, _, rows, lanes = qk[0]
+        assert rows_unrolled(extent, rows, lanes) == max(d for d in range(1, rows + 1)
+                                                         if rows % d == 0 and d * extent <= units)

@@ -250,7 +250,7 @@ class Estimate:
 
 # ---- one process ---------------------------------------------------------------------
 def nests_cycles(nests, lanes: int) -> int:
-    """Cycles of loop nests ``(trips, extent, fixed II[, rows])`` at ``lanes``
+    """Cycles of loop nests ``(trips, extent, fixed II[, rows[, own lanes]])`` at ``lanes``
     (``codegen_hls.lanes``): ``l``, the largest divisor of the extent not above ``lanes``,
     elements per cycle -- and with lanes beyond a whole extent, ``r`` rows of the loop
     around it per cycle -- or the fixed II per element of a reduction its own loop carries."""
@@ -258,13 +258,14 @@ def nests_cycles(nests, lanes: int) -> int:
 
     total = 0
     for trips, extent, ii, *rest in nests:
-        rows = rows_unrolled(extent, rest[0], lanes) if rest else 1
+        own = rest[1] if len(rest) > 1 and rest[1] else lanes  # a MAC nest's own lanes (Lanes.mac)
+        rows = rows_unrolled(extent, rest[0], own) if rest else 1
         if ii:
             total += trips * extent * ii
         elif rows > 1:
             total += trips // rows
         else:
-            total += trips * (extent // largest_divisor(extent, lanes))
+            total += trips * (extent // largest_divisor(extent, own))
     return total
 
 
@@ -405,7 +406,8 @@ def _engine_resources(p: ProcessWork, units: int, lanes: int, operand_bits: int,
     nests = len(p.nests) if p.shared_stages else 0
     per_lane = max((sum(n for kind, n in costs.ELEMENT_OPS.get(op, {"add": 1}).items() if kind in ("add", "mul"))
                     for op in p.engine_ops), default=0)
-    busy = min(units, lanes * per_lane) if nests else 0
+    wide = any(len(n) > 4 and n[4] for n in p.nests)  # MAC nests as wide as the array (Lanes.mac)
+    busy = (units if wide else min(units, lanes * per_lane)) if nests else 0
     lut += (units - busy) * operand_bits * math.ceil((linears - 1) / 3)
     lut += busy * operand_bits * math.ceil((linears + nests - 1) / 3)
     bram = uram = 0.0
@@ -796,17 +798,17 @@ def estimate_work(work: DesignWork, device: Device, config: ModelConfig = ModelC
     dsp_work = 0.0
     dsp_work_decode = 0.0
     for p, w in zip(procs, work.processes):
-        if w.matmul is not None:
-            per = costs.MAC_COSTS[costs.mac_class(w.matmul.a_dtype, w.matmul.b_dtype)].dsp
-            dsp_work += w.matmul.macs * per * w.calls
-            dsp_work_decode += w.matmul.macs * per * w.calls / tokens
+        for mm in (w.matmul, *w.more) if w.matmul is not None else ():  # an engine's linears, all
+            per = costs.MAC_COSTS[costs.mac_class(mm.a_dtype, mm.b_dtype)].dsp
+            dsp_work += mm.macs * per * w.calls
+            dsp_work_decode += mm.macs * per * w.calls / tokens
         if w.macs:  # MACs of lanes (the fused attention)
             per = costs.MAC_COSTS[costs.mac_class(w.dtype, w.dtype)].dsp
             dsp_work += w.macs * per * w.calls
             dsp_work_decode += w.macs * per * w.calls / tokens
     weights = sum(  # each call of a reused layer reads its own layer's weights
-        w.matmul.k * w.matmul.n * costs.dtype_bits(w.matmul.b_dtype) / 8 * w.calls
-        for w in work.processes if w.matmul is not None and w.matmul.b_offchip
+        mm.batch * mm.k * mm.n * costs.dtype_bits(mm.b_dtype) / 8 * w.calls
+        for w in work.processes if w.matmul is not None for mm in (w.matmul, *w.more) if mm.b_offchip
     )
     others = sum(w.port_bytes * w.calls for w in work.processes)
     prefill_roof = Roofline(dsp_work / device.dsp, (weights + others) / peak_bytes)
