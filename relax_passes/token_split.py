@@ -202,7 +202,7 @@ class _Split:
                 bindings = list(self._bindings())
                 for binding in bindings:
                     if self.axis[binding.var] is None:
-                        shared[binding.var] = bb.emit(self._rebuild(binding.value, shared, {}, None),
+                        shared[binding.var] = bb.emit(self._rebuild(binding.value, shared, {}),
                                                       binding.var.name)
                 for c in range(len(self.bounds)):
                     for binding in bindings:
@@ -222,8 +222,8 @@ class _Split:
             return relax.op.concat(pieces, axis=self.axis[expr]) if len(pieces) > 1 else pieces[0]
         return shared.get(expr, expr)
 
-    def _rebuild(self, value, shared, chunk_args, c):
-        """``value`` with its variables replaced: token ones by their chunk ``c`` (in
+    def _rebuild(self, value, shared, chunk_args):
+        """``value`` with its variables replaced: token ones by their chunk's (in
         ``chunk_args``), the others by their rewritten selves."""
         def arg(a):
             if isinstance(a, relax.Var):
@@ -260,7 +260,7 @@ class _Split:
                     a = self._sliced_constant(a, axis - (rank - len(_shape(a))), start, end, binding.var.name)
                 args.append(chunk_args.get(a, shared.get(a, a)) if isinstance(a, relax.Var) else a)
             return relax.Call(value.op, args, value.attrs, value.ty_args)
-        return self._rebuild(value, shared, chunk_args, c)
+        return self._rebuild(value, shared, chunk_args)
 
     def _sliced_constant(self, const, axis: int, start: int, end: int, name: str):
         """A constant operand of an element-wise operator on chunk rows: its rows of the

@@ -22,6 +22,12 @@ The architecture this module estimates, before anyone builds it:
 * Each engine reads every weight (a third of the card's memory channels each), once per
   layer: with tens of token rows per array, far less than the card's bandwidth.
 
+The build (``tvm_spatial.allocation(layers="token_parallel")``: ``relax_passes.token_split``
+and the codegen's chunk engines) realizes the split, the engines, the forward K/V streams,
+the wide attention MACs and the reuse of arrays; not yet the loop over the layers nor the
+logits written in place (docs/model_validation.md), so a built design is priced by
+``model.estimate_work`` like any other, and this what-if says where it is going.
+
 What is assumed beyond the model's own rules (``model.process_estimate`` prices each
 engine, with the codegen's tile rules): the element-wise stages of a layer exist once
 (the engine loops over the layers), so an operator that is not a multiply or an add
