@@ -209,10 +209,18 @@ class _Split:
                         if self.axis[binding.var] is not None:
                             expr = self._chunk(binding, c, shared, parts)
                             parts.setdefault(binding.var, []).append(bb.emit(expr, f"{binding.var.name}_c{c}"))
-                result = self._result(self.func.body.body, shared, parts)
-                out = bb.emit_output(result)
-            bb.emit_func_output(out)
+                # each chunk's rows of a result leave the dataflow block as they are: the
+                # design writes them through ports of their own (nothing gathers them on chip)
+                result = self._result(self.func.body.body, shared, {v: [bb.emit_output(p) for p in ps]
+                                                                    for v, ps in parts.items()
+                                                                    if self._returned(v)})
+            # ... and the host puts them together (a copy of the outputs, as reading them is)
+            bb.emit_func_output(bb.emit(result) if not isinstance(result, relax.Var) else result)
         return bb.get()["main"]
+
+    def _returned(self, var) -> bool:
+        body = self.func.body.body
+        return any(var.same_as(f) for f in (body.fields if isinstance(body, relax.Tuple) else [body]))
 
     def _result(self, expr, shared, parts):
         if isinstance(expr, relax.Tuple):

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -328,6 +329,16 @@ def test_tensor_larger_than_the_cards_memory_names_tensor_and_resource():
     with pytest.raises(errors.ResourceBudgetError) as info:
         relax.build(_relu_module((2**31, 4)), target="vitis_spatial")
     assert "x" in str(info.value) and "HBM" in str(info.value)
+
+
+@covers(errors.TokenSplitError)
+def test_token_parallel_engines_for_a_bidirectional_model_say_why_not():
+    """``allocation(layers="token_parallel")`` on BERT: every chunk would need every other
+    chunk's K and V, so the build refuses, naming the attention and the reason."""
+    mod = tvm_spatial.frontend.from_onnx(Path(__file__).parent / "fixtures" / "bert_tiny.onnx")
+    with tvm_spatial.allocation(layers="token_parallel"), \
+            pytest.raises(tvm_spatial.TokenSplitError, match="attention is not causal"):
+        relax.build(mod, target="vitis_spatial")
 
 
 @covers(errors.UsageError)

@@ -38,7 +38,7 @@ from .runtime_mode import runtime_mode
 from .schedule import Schedule, customize
 from .prim_build import SpatialModule, build
 from .quantization import quantize
-from .errors import LintError, ResourceBudgetError, UsageError
+from .errors import LintError, ResourceBudgetError, TokenSplitError, UsageError
 from .estimate import Allocation, Estimate, allocate
 from .estimate import estimate  # the function; the package stays importable as tvm_spatial.estimate.*
 from .tuning import allocation
@@ -63,6 +63,7 @@ __all__ = [
     "ModelImportError",
     "OutputDirError",
     "SpatialError",
+    "TokenSplitError",
     "ToolchainError",
     "UnknownDeviceError",
     "UnsupportedOperatorError",
