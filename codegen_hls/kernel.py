@@ -451,6 +451,7 @@ class _KernelWriter:
                         self.streams.append(Stream(name, slot.dtype, slot.elements, SHALLOW_STREAM_DEPTH,
                                                    producer.name, consumer.name))
                         self.stream_of[(id(slot), id(consumer))] = name
+        self.coalesce_streams()
         check_stream_balance(self.name, self.streams, self.procs)
         self.block_processes()
         for proc in self.procs:
@@ -929,7 +930,13 @@ class _KernelWriter:
                     names.append(stream)
         return names
 
-    def process_signature(self, proc: Proc) -> tuple[str, list[str]]:
+    def input_count(self, proc: Proc) -> int:
+        """How many of ``proc``'s call arguments are its inputs (the first ones)."""
+        return len(self.process_signature(proc, inputs_only=True)[1])
+
+    def process_signature(self, proc: Proc, inputs_only: bool = False) -> tuple[str, list[str]]:
+        """(its C signature, its call's arguments): ports, stripes and streams, inputs first;
+        a stream that carries several of its values (``coalesce_streams``) is one argument."""
         params, args = [], []
         for slot in proc.inputs:
             key = (id(slot), id(proc))
@@ -942,15 +949,19 @@ class _KernelWriter:
                 const = "" if cache_slot(proc) is slot else "const "  # written in place: inout
                 params.append(f"{const}{c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
                 args.append(port)
-            elif key in self.stream_of:
+            elif key in self.stream_of and self.stream_of[key] not in args:
                 stream = self.stream_of[key]
                 params.append(f"hls::stream<{stream_element(slot.dtype, self.width_of[stream])}>& {stream}")
                 args.append(stream)
+        if inputs_only:
+            return "", args
         for slot in proc.outputs:
             for port in self.out_ports.get(id(slot), []):
                 params.append(f"{c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
                 args.append(port)
             for stream in self.output_streams(slot, proc):
+                if stream in args:
+                    continue
                 params.append(f"hls::stream<{stream_element(slot.dtype, self.width_of[stream])}>& {stream}")
                 args.append(stream)
         return f"static void {proc.name}({', '.join(params)})", args
@@ -1205,6 +1216,36 @@ class _KernelWriter:
         steps += [("write", slot) for slot in proc.outputs if last[id(slot)] == len(uses)]
         return steps
 
+    def coalesce_streams(self) -> None:
+        """Between two interleaved processes (a token-split region's engines), one FIFO
+        carrying every value the one hands the other -- each layer's K and V rows in turn --
+        instead of a FIFO per value: GPT2-small had 72 streams between its three engines,
+        each an AXI-stream link over the SLR boundaries. Only where the producer writes
+        them in the order the consumer reads them (``io_schedule``), and of one type."""
+        if not self.chunks:
+            return
+        by_name = {p.name: p for p in self.procs}
+        pairs: dict[tuple[str, str], list[Stream]] = {}
+        for st in self.streams:
+            pairs.setdefault((st.producer, st.consumer), []).append(st)
+        for (producer, consumer), streams in pairs.items():
+            prod, cons = by_name[producer], by_name[consumer]
+            if len(streams) < 2 or not (self.interleaved(prod) and self.interleaved(cons)):
+                continue
+            names = {st.name for st in streams}
+            written = [n for kind, slot in self.io_schedule(prod) if kind == "write"
+                       for n in self.output_streams(slot, prod) if n in names]
+            read = [self.stream_of[(id(slot), id(cons))] for kind, slot in self.io_schedule(cons) if kind == "read"
+                    and self.stream_of.get((id(slot), id(cons))) in names]
+            if written != read or len({st.dtype for st in streams}) != 1:
+                continue
+            first = streams[0]
+            for key, name in list(self.stream_of.items()):
+                if name in names:
+                    self.stream_of[key] = first.name
+            merged = replace(first, elements=sum(st.elements for st in streams))
+            self.streams = [merged if st is first else st for st in self.streams if st is first or st.name not in names]
+
     def io_positions(self) -> dict[str, tuple[float, float]]:
         """Stream name -> (share of its producer's MACs done when it writes it, share of its
         consumer's done when it reads it), for streams between interleaved processes
@@ -1215,7 +1256,8 @@ class _KernelWriter:
             info = matmul_info(self.prim(stage.prim_name))
             return 0 if info is None else math.prod(info[0])
 
-        written, read = {}, {}
+        written: dict[str, list[float]] = {}
+        read: dict[str, list[float]] = {}
         for proc in self.procs:
             if not self.interleaved(proc):
                 continue
@@ -1225,11 +1267,17 @@ class _KernelWriter:
                 if kind == "stage":
                     done += macs(item)
                 elif kind == "read":
-                    read[self.stream_of[(id(item), id(proc))]] = done / total
+                    read.setdefault(self.stream_of[(id(item), id(proc))], []).append(done / total)
                 else:
                     for name in self.output_streams(item, proc):
-                        written[name] = done / total
-        return {name: (written.get(name, 1.0), read.get(name, 0.0)) for name in {*written, *read}}
+                        written.setdefault(name, []).append(done / total)
+        # a stream carrying several values (coalesce_streams) hands each over in turn: the
+        # one its consumer waits on longest (written late, read early) is the one to count
+        out = {}
+        for name in {*written, *read}:
+            pairs = list(zip(written.get(name, [1.0]), read.get(name, [0.0])))
+            out[name] = max(pairs, key=lambda wr: wr[0] - wr[1])
+        return out
 
     def buffer_plan(self, proc: Proc) -> tuple[dict[int, int], list[tuple[str, tuple, int]]]:
         """The arrays an interleaved process (a token-split region's engine) holds: (slot id
@@ -1546,8 +1594,7 @@ class _KernelWriter:
         calls = calls or [self.process_signature(p)[1] for p in self.procs]
         processes = []
         for proc, work, slr, layer, args in zip(self.procs, works, slrs, layers, calls):
-            n_in = sum(len(self.stripes.get((id(s), id(proc)), [s])) for s in proc.inputs
-                       if (id(s), id(proc)) in self.port_of or (id(s), id(proc)) in self.stream_of)
+            n_in = self.input_count(proc)
             extra = {}
             last = proc.stages[-1].args[-1] if proc.stages else (proc.outputs[0] if proc.outputs else None)
             if last is not None:

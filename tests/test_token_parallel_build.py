@@ -43,6 +43,8 @@ def test_one_engine_per_slr_and_the_streams_run_forwards(built):
     assert sorted(p.slr for p in procs) == [0, 1, 2]
     order = {p.name: i for i, p in enumerate(procs)}
     assert kernel.streams and all(order[s.producer] < order[s.consumer] for s in kernel.streams)
+    # one FIFO per pair of engines carries every layer's K and V rows in turn (coalesce_streams)
+    assert sorted((order[s.producer], order[s.consumer]) for s in kernel.streams) == [(0, 1), (0, 2), (1, 2)]
     # every linear of the 2-layer model (QKV, projection, FFN1, FFN2; then the LM head) in each
     for proc in procs:
         assert 1 + len(proc.engine) >= 2 * 4 + 1
