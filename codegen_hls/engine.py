@@ -83,10 +83,9 @@ def chunk_runs(procs, chunks: int) -> list[list]:
     """The processes of a token-split region (``relax_passes.token_split``) grouped by
     chunk, each group in its order: a chunk's slice of an input (the ``c``-th
     ``strided_slice`` of a region argument sliced once per chunk) starts it, and every
-    other process belongs to
-    the latest chunk among its inputs' producers -- a later chunk's attention reads the
-    earlier chunks' K and V, and the results' concatenation the last chunk's rows. Empty
-    when the region does not start so (nothing to group)."""
+    other process belongs to the latest chunk among its inputs' producers (a later
+    chunk's attention reads the earlier chunks' K and V). Empty when the region does not
+    start so (nothing to group)."""
     slices: dict[int, list] = {}  # region argument -> the slices of it, in order
     for p in procs:
         if p.op == "strided_slice" and len(p.inputs) == 1 and p.inputs[0].producer is None:
