@@ -60,6 +60,9 @@ SYSFS_XOCL = "/sys/bus/pci/drivers/xocl"
 SYSTEM_XRT_INCLUDE = Path("/usr/include/xrt")
 XCLBIN_ENV = "TVM_SPATIAL_XCLBIN"
 DEVICE_INDEX_ENV = "TVM_SPATIAL_DEVICE_INDEX"
+# seconds one kernel call may take before its host process is stopped (unset: no limit --
+# a hardware emulation run can take hours): a design that hangs then says so
+TIMEOUT_ENV = "TVM_SPATIAL_XRT_TIMEOUT"
 
 
 def _xilinx_xrt() -> Path | None:
@@ -170,6 +173,7 @@ class XRTRunner:
     design: Design
     xclbin: Path
     device_index: int = 0
+    timeout_s: float | None = None  # a kernel call's limit (``TIMEOUT_ENV``); None: none
 
     def __post_init__(self) -> None:
         self.xclbin = Path(self.xclbin)
@@ -240,7 +244,13 @@ class XRTRunner:
                     )
                 (data / f"{buffer.kernel}.{port.name}.bin").write_bytes(array.tobytes())
             cmd = [str(exe), str(self.xclbin.resolve()), str(data), str(self.device_index)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                raise ToolchainError(
+                    f"XRT run of kernel '{kernel.name}' did not finish within {self.timeout_s:g} s "
+                    f"({TIMEOUT_ENV}); its host process was stopped"
+                ) from None
             if proc.returncode != 0:
                 raise ToolchainError(f"XRT run of kernel '{kernel.name}' failed: {proc.stderr.strip()}")
             return {
@@ -272,7 +282,14 @@ def runner_from_environment(design: Design) -> XRTRunner:
         raise ToolchainError(f"{DEVICE_INDEX_ENV}={index_text!r} is not a device index (0, 1, ...)") from None
     if index < 0:
         raise ToolchainError(f"{DEVICE_INDEX_ENV}={index} is not a device index (0, 1, ...)")
-    return XRTRunner(design, Path(xclbin), index)
+    timeout_text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        timeout = float(timeout_text) if timeout_text else None
+    except ValueError:
+        timeout = -1.0
+    if timeout is not None and not timeout > 0:
+        raise ToolchainError(f"{TIMEOUT_ENV}={timeout_text!r} is not a number of seconds above 0")
+    return XRTRunner(design, Path(xclbin), index, timeout)
 
 
 def run_kernel_on_xrt(kernel_name: str, manifest: str, *tensors) -> None:

@@ -48,6 +48,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _xrt_calls_time_out():
+    """A host process under the noop shim that hangs fails its test within minutes, with
+    the kernel named, instead of holding the suite (it hung once in a CI run)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TVM_SPATIAL_XRT_TIMEOUT", "300")
+        yield
+
+
 @pytest.fixture(scope="session")
 def noop_env(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("xilinx_xrt")
@@ -212,6 +221,29 @@ def test_runner_runs_a_kernel_under_noop(built, noop_env, monkeypatch, tmp_path)
     assert {name: a.shape for name, a in outputs.items()} == {
         p.name: p.shape for p in kernel.ports if p.direction == "out"
     }
+
+
+def test_a_kernel_call_that_hangs_is_stopped_and_named(built, noop_env, monkeypatch, tmp_path):
+    """TVM_SPATIAL_XRT_TIMEOUT: a host process that does not finish in time is stopped,
+    and the error names the kernel and the limit (a stand-in host that sleeps)."""
+    for key in ("XILINX_XRT", "XCL_EMULATION_MODE"):
+        monkeypatch.setenv(key, noop_env[key])
+    sleeper = tmp_path / "host.sh"
+    sleeper.write_text("#!/bin/sh\nsleep 60\n")
+    sleeper.chmod(0o755)
+    monkeypatch.setattr(xrt_runtime.XRTRunner, "host_executable", lambda self, kernel: sleeper)
+    monkeypatch.setenv(xrt_runtime.XCLBIN_ENV, str(built.project / METADATA_XCLBIN))
+    monkeypatch.setenv(xrt_runtime.TIMEOUT_ENV, "1.5")
+    runner = xrt_runtime.runner_from_environment(built.design)
+    assert runner.timeout_s == 1.5
+    kernel = built.design.kernels[0]
+    inputs = {p.name: np.zeros(p.shape, p.dtype) for p in kernel.ports if p.direction == "in"}
+    with pytest.raises(ToolchainError, match=rf"kernel '{kernel.name}' did not finish within 1.5 s"):
+        runner.run(kernel.name, inputs)
+    for bad in ("soon", "0", "-3"):
+        monkeypatch.setenv(xrt_runtime.TIMEOUT_ENV, bad)
+        with pytest.raises(ToolchainError, match="is not a number of seconds above 0"):
+            xrt_runtime.runner_from_environment(built.design)
 
 
 def test_runner_names_what_is_missing(built, noop_env, monkeypatch, tmp_path):
