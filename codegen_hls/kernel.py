@@ -484,10 +484,15 @@ class _KernelWriter:
             return False
 
         for start, end in reversed(engine_runs(self.procs, offchip_linear)):
-            for proc in self.procs[start:end]:  # each operator's element-wise stages fused first
-                if proc.source is not None and proc.op != "linear" and all(isinstance(a, Slot) for a in proc.args):
-                    self.fuse_whole(proc, 1)
+            self.fuse_members(self.procs[start:end])
             self.procs[start:end] = [merge(self.procs[start:end], self.procs[end:], self.results, Proc)]
+
+    def fuse_members(self, procs: list[Proc]) -> None:
+        """Before processes merge into an engine: each operator's element-wise stages fused
+        into one (``fuse_whole``), its linears left as they are."""
+        for proc in procs:
+            if proc.source is not None and proc.op != "linear" and all(isinstance(a, Slot) for a in proc.args):
+                self.fuse_whole(proc, 1)
 
     def merge_chunks(self) -> None:
         """Each chunk of a token-split region becomes one engine: every linear of every layer
@@ -500,9 +505,7 @@ class _KernelWriter:
         merged = []
         for group in groups:
             end = start + len(group)
-            for proc in group:  # each operator's element-wise stages fused first
-                if proc.source is not None and proc.op != "linear" and all(isinstance(a, Slot) for a in proc.args):
-                    self.fuse_whole(proc, 1)
+            self.fuse_members(group)
             if len(group) > 1:  # its linears on the array; its attentions' MACs by lanes
                 engine = merge(group, self.procs[end:], self.results, Proc, on_array=lambda p: p.op == "linear")
                 engine.macs = sum(_attention_macs(p) for p in group if p.op == "attention")

@@ -45,7 +45,8 @@ from dataclasses import dataclass, replace
 from ..devices import RESOURCES, Device
 from ..errors import ResourceBudgetError
 from . import costs
-from .model import Parallelism, ProcessEstimate, Resources, Roofline, estimate_work, process_estimate
+from .allocation import _fits
+from .model import Parallelism, ProcessEstimate, Roofline, estimate_work, process_estimate
 from .workload import DesignWork, Matmul, ProcessWork
 
 # output columns the engine's array may have: divisors of GPT2's and BERT's widths (768,
@@ -158,11 +159,6 @@ def engine_work(work: DesignWork, start: int, end: int, slr: int, slrs: int, hea
     )
 
 
-def _fits(use: Resources, device: Device, slr: int, budget: float) -> bool:
-    cap = device.slr(slr)
-    return all(use.get(r) <= budget * cap.get(r) + 1e-9 for r in RESOURCES)
-
-
 def fastest_engine(work: DesignWork, device: Device, start: int, end: int, slr: int, budget: float,
                    head_dim: int, clock: float) -> ProcessEstimate | None:
     """The fastest engine of tokens ``[start, end)`` that fits SLR ``slr``: every array of
@@ -170,6 +166,7 @@ def fastest_engine(work: DesignWork, device: Device, start: int, end: int, slr: 
     half the MAC units its DSP budget allows, its element-wise stages sharing the array's
     units or not. None when none fits."""
     channels = max(1, device.offchip.channels // device.slrs)
+    caps = {r: budget * device.slr(slr).get(r) for r in RESOURCES}  # the allocation's own test
     best = None
     for shared in (True, False):
         p = engine_work(work, start, end, slr, device.slrs, head_dim, shared)
@@ -180,7 +177,7 @@ def fastest_engine(work: DesignWork, device: Device, start: int, end: int, slr: 
                 if not most / 2 <= rows * cols <= most:
                     continue
                 est = process_estimate(p, Parallelism(rows=rows, cols=cols, channels=channels), device, clock, None)
-                if _fits(est.resources, device, slr, budget) and (best is None or est.block_cycles < best.block_cycles):
+                if _fits(est.resources, caps) and (best is None or est.block_cycles < best.block_cycles):
                     best = est
     return best
 
