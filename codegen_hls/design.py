@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 MANIFEST_VERSION = 1
 
@@ -35,15 +35,40 @@ class Port:
     # after tile (zeros past N in a last tile that N cuts short): shape [tiles, K, g].
     # Empty: the whole argument.
     stripe: tuple[int, ...] = ()
+    # A stacked port (a token-parallel engine's layer loop, codegen_hls.layer_loop): the
+    # arguments of every layer, in order, each one's data (or stripe) after the other along
+    # a leading axis, layer l's at [l]; ``arg`` is the first. Empty: one argument.
+    layers: tuple[int, ...] = ()
 
     @property
     def num_elements(self) -> int:
         return math.prod(self.shape)
 
     @property
+    def args(self) -> tuple[int, ...]:
+        """The caller's arguments that feed it."""
+        return self.layers or (self.arg,)
+
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        """The shape of one argument's data in it (all of it unless stacked)."""
+        return self.shape[1:] if self.layers else self.shape
+
+    @property
     def arg_shape(self) -> tuple[int, ...]:
-        """The shape of the argument that feeds it (a stripe's: ``[K, N]``)."""
-        return (self.shape[1], self.stripe[3]) if self.stripe else self.shape
+        """The shape of an argument that feeds it (a stripe's: ``[K, N]``)."""
+        shape = self.layer_shape
+        return (shape[1], self.stripe[3]) if self.stripe else shape
+
+    def from_arguments(self, arrays):
+        """What the host writes to this port from its arguments (numpy arrays, one per
+        entry of :attr:`args`): :meth:`from_argument` of each, stacked when it is stacked."""
+        if not self.layers:
+            return self.from_argument(arrays[0])
+        import numpy as np
+
+        one = replace(self, shape=self.layer_shape, layers=())
+        return np.stack([one.from_argument(a) for a in arrays])
 
     def from_argument(self, array):
         """What the host writes to this port from its argument (a numpy array): the array,
@@ -228,7 +253,7 @@ class Kernel:
     @property
     def num_args(self) -> int:
         """Arguments the caller passes (ports sharing an argument count once)."""
-        return 1 + max((p.arg for p in self.ports), default=-1)
+        return 1 + max((a for p in self.ports for a in p.args), default=-1)
 
     @property
     def filename(self) -> str:
@@ -283,7 +308,8 @@ class Design:
             Kernel(
                 name=k["name"],
                 source=k["source"],
-                ports=tuple(Port(**{**p, "shape": tuple(p["shape"]), "stripe": tuple(p.get("stripe", ()))})
+                ports=tuple(Port(**{**p, "shape": tuple(p["shape"]), "stripe": tuple(p.get("stripe", ())),
+                                     "layers": tuple(p.get("layers", ()))})
                             for p in k["ports"]),
                 ops=tuple(k["ops"]),
                 processes=tuple(

@@ -29,6 +29,7 @@ Environment:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -289,10 +290,11 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
                 "tensors cannot carry; keep ports in standard types and convert inside the kernel"
             )
     args = [port.arg if port.arg >= 0 else i for i, port in enumerate(kernel.ports)]
-    n = max(args) + 1 if args else 0
+    n = max((a for port, arg in zip(kernel.ports, args) for a in (port.layers or (arg,))), default=-1) + 1
     first = {}
     for port, arg in zip(kernel.ports, args):
-        first.setdefault(arg, port)
+        for a in port.layers or (arg,):  # a stacked port: each layer's argument
+            first.setdefault(a, port)
     if sorted(first) != list(range(n)):
         raise CodegenError(f"kernel {kernel.name}: port arguments {sorted(first)} are not 0..{n - 1}")
     w.line()
@@ -319,19 +321,26 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
             w.line("  return -1;")
         casts = []
         for i, (p, a) in enumerate(zip(kernel.ports, args)):
-            if not p.stripe:
+            if not p.stripe and not p.layers:
                 casts.append(f"static_cast<{_pointer_type(p)}>(data[{a}])")
                 continue
-            # the stripe the port reads: a copy of its columns of the argument, every call
-            index, count, group, _ = p.stripe
+            # a copy of what the port reads, every call: the stripe of its argument (its
+            # columns), or of every layer's argument one after another (a stacked port)
             ctype = c_type(p.dtype)
-            rows, cols = p.arg_shape
+            each = math.prod(p.layer_shape)
             # one buffer per port and thread, kept between calls (a fresh one faults its pages in)
-            w.line(f"static thread_local std::vector<{ctype}> stripe{i};")
-            w.line(f"stripe{i}.resize({p.num_elements});")
-            w.line(f"tvs_emulation::stripe(static_cast<const {ctype}*>(data[{a}]), stripe{i}.data(), {rows}, {cols}, "
-                   f"{count}, {group}, {index}, {p.shape[0]});")
-            casts.append(f"reinterpret_cast<{_pointer_type(p)}>(stripe{i}.data())")
+            w.line(f"static thread_local std::vector<{ctype}> stacked{i};")
+            w.line(f"stacked{i}.resize({p.num_elements});")
+            for layer, arg in enumerate(p.layers or (a,)):
+                src, dst = f"static_cast<const {ctype}*>(data[{arg}])", f"stacked{i}.data() + {layer * each}"
+                if p.stripe:
+                    index, count, group, _ = p.stripe
+                    rows, cols = p.arg_shape
+                    w.line(f"tvs_emulation::stripe({src}, {dst}, {rows}, {cols}, {count}, {group}, {index}, "
+                           f"{p.layer_shape[0]});")
+                else:
+                    w.line(f"std::memcpy({dst}, {src}, sizeof({ctype}) * {each});")
+            casts.append(f"reinterpret_cast<{_pointer_type(p)}>(stacked{i}.data())")
         casts = ", ".join(casts)
         if written:
             w.line(f"if (here == 1) {kernel.name}({casts});")

@@ -55,8 +55,10 @@ def merge(run, later, results, proc_type, on_array=lambda p: p.op not in ENGINE_
     processes ``on_array`` accepts (its linears) go on the array; the others' operators
     are its ``members``."""
     members = {id(p) for p in run}
-    engine = proc_type(op=ENGINE_OP, members=tuple(p.op for p in run if not on_array(p)),
-                       linear_stages=frozenset(id(st) for p in run if on_array(p) for st in p.stages))
+    off_array = [p for p in run if not on_array(p)]
+    engine = proc_type(op=ENGINE_OP, members=tuple(p.op for p in off_array),
+                       linear_stages=frozenset(id(st) for p in run if on_array(p) for st in p.stages),
+                       member_of={id(st): i for i, p in enumerate(off_array) for st in p.stages})
     produced = {}
     for proc in run:
         for slot in proc.inputs:

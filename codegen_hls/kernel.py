@@ -48,6 +48,7 @@ from . import kv_update
 from .design import AxisPort, Design, Kernel, Port, Process, Segment, Stream
 from .fifo_depths import Read, ReadEach, Write, size_fifos
 from .kv_update import KV_APPEND_OP, cache_slot
+from .layer_loop import LayerLoop, find_loop
 from .engine import ENGINE_OP, chunk_runs, engine_runs, merge
 from .library import MacArray, keep_pace_lanes, matmul_info, prepare_for_hls
 from .weight_stripes import stripe_shape, weight_stripes
@@ -62,6 +63,7 @@ SHALLOW_STREAM_DEPTH = 2
 # Elements per stream transfer at most: a packet of 16 keeps up with 16 lanes (512 bits of fp32).
 STREAM_PACKET = 16
 STRIPE_BUNDLE = "wstripe"  # the m_axi bundles weight stripes share (_KernelWriter.stripe_weights)
+LAYER_VAR = "layer"  # a layer loop's counter (_KernelWriter.print_interleaved)
 
 
 def port_width(shape) -> int:
@@ -152,6 +154,7 @@ class Proc:
     prologue: int = 0  # its first stages, which read no stream: printed before the stream reads
     members: tuple = ()  # an engine's element-wise operators, in order (codegen_hls.engine)
     linear_stages: frozenset = frozenset()  # and id() of its linears' stages: the ones on its array
+    member_of: dict = field(default_factory=dict)  # and id() of its members' stages -> index in members
     macs: int = 0  # an engine's multiply-accumulates done by lanes (its attentions' QK^T and AV)
 
 
@@ -387,6 +390,8 @@ class _KernelWriter:
         self.streams: list[Stream] = []
         self.stream_of: dict = {}  # (slot id, consumer proc id) -> stream name
         self.stripes: dict = {}  # (weight slot id, proc id) -> the Ports of its stripes (stripe_weights)
+        self.loops: dict[int, LayerLoop] = {}  # id(engine) -> its layer loop (loop_layers)
+        self.stacked: set = set()  # (slot id, proc id) of arguments read from a stacked port at [layer]
         self.uses_ap = False
         self.printed: dict[str, str] = {}
 
@@ -459,6 +464,7 @@ class _KernelWriter:
                 proc.stages = []
             self.hoist_prologue(proc)
         self.stripe_weights()
+        self.loop_layers()
         self.streams = [replace(st, width=self.packet_width(st)) for st in self.streams]
         self.width_of = {st.name: st.width for st in self.streams}
         self.stream_dtype = {st.name: st.dtype for st in self.streams}
@@ -594,7 +600,7 @@ class _KernelWriter:
         slr_of = {p.name: p.slr for p in records}
         banks = max(1, self.device.offchip.channels)
         ordered = [(slr_of[proc.name], stripes) for proc in self.procs
-                   for key, stripes in self.stripes.items() if key[1] == id(proc)]
+                   for stripes in {id(v): v for k, v in self.stripes.items() if k[1] == id(proc)}.values()]
         # each SLR continues where the SLRs before it stopped: while the region's stripes are
         # no more than the channels every bundle name is the region's own
         start: dict[int, int] = {}
@@ -945,12 +951,14 @@ class _KernelWriter:
             key = (id(slot), id(proc))
             if key in self.stripes:  # a weight read through several ports
                 for port in self.stripes[key]:
-                    params.append(f"const {c_type(slot.dtype)} {array_declarator(port.name, port.shape)}")
-                    args.append(port.name)
-            elif key in self.port_of:
+                    if port.name not in args:  # a stacked port serves several layers' (stack_ports)
+                        params.append(f"const {c_type(slot.dtype)} {array_declarator(port.name, port.shape)}")
+                        args.append(port.name)
+            elif key in self.port_of and self.port_of[key] not in args:
                 port = self.port_of[key]
                 const = "" if cache_slot(proc) is slot else "const "  # written in place: inout
-                params.append(f"{const}{c_type(slot.dtype)} {array_declarator(port, slot.shape)}")
+                shape = next(p.shape for p in self.ports if p.name == port) if key in self.stacked else slot.shape
+                params.append(f"{const}{c_type(slot.dtype)} {array_declarator(port, shape)}")
                 args.append(port)
             elif key in self.stream_of and self.stream_of[key] not in args:
                 stream = self.stream_of[key]
@@ -1053,8 +1061,12 @@ class _KernelWriter:
         _loop_nest(w, packets, body)
 
     def call_stage(self, w: CodeWriter, proc: Proc, stage: Stage) -> None:
-        names = ", ".join(", ".join(p.name for p in self.stripes[(id(slot), id(proc))])
-                          if (id(slot), id(proc)) in self.stripes else slot.cname for slot in stage.args)
+        def name(slot: Slot) -> str:
+            key = (id(slot), id(proc))
+            at = f"[{LAYER_VAR}]" if key in self.stacked else ""  # this layer's of a stacked port
+            return ", ".join(p.name + at for p in self.stripes[key]) if key in self.stripes else slot.cname + at
+
+        names = ", ".join(name(slot) for slot in stage.args)
         w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
 
     def out_width(self, slot: Slot, proc: Proc) -> int:
@@ -1219,6 +1231,75 @@ class _KernelWriter:
         steps += [("write", slot) for slot in proc.outputs if last[id(slot)] == len(uses)]
         return steps
 
+    # ---- layer loops (codegen_hls.layer_loop) --------------------------
+    def step_signature(self, proc: Proc, step) -> tuple:
+        """What one step of :meth:`io_schedule` does, without naming its values: its stage
+        function and hardware, or its stream; and of each value, its type and shape, whether
+        it is a region argument, and where it goes (ports, streams) besides."""
+        kind, item = step
+
+        def kind_of(slot: Slot) -> tuple:
+            if (id(slot), id(proc)) in self.port_of:
+                return ("argument", slot.dtype, slot.shape)
+            return ("value", slot.dtype, slot.shape, tuple(self.out_ports.get(id(slot), ())),
+                    tuple(self.output_streams(slot, proc)))
+
+        if kind == "stage":
+            return (kind, item.prim_name, self.stage_hardware(proc, item), tuple(kind_of(s) for s in item.args))
+        if kind == "read":
+            return (kind, self.stream_of[(id(item), id(proc))], item.dtype, item.shape)
+        return (kind, kind_of(item))
+
+    def loop_layers(self) -> None:
+        """Each interleaved engine's repeated layers printed once, in a loop
+        (``codegen_hls.layer_loop``); the arguments the loop reads a different one of per
+        layer stacked into one port each (:meth:`stack_ports`)."""
+        for proc in self.procs:
+            if not self.interleaved(proc):
+                continue
+            steps = self.io_schedule(proc)
+            defines, seen = [], set()
+            for kind, item in steps:
+                new = ({id(item)} if kind == "read" else
+                       {id(s) for s in item.args if s.producer is proc and id(s) not in seen} if kind == "stage"
+                       else set())
+                seen |= new
+                defines.append(new)
+            loop = find_loop([self.step_signature(proc, step) for step in steps],
+                             [list(item.args) if kind == "stage" else [item] for kind, item in steps],
+                             defines, lambda slot: (id(slot), id(proc)) in self.port_of)
+            if loop is None:
+                continue
+            self.loops[id(proc)] = loop
+            for group in loop.stacked:
+                self.stack_ports(proc, group)
+
+    def stack_ports(self, proc: Proc, group: tuple) -> None:
+        """One port in place of the ports ``proc`` reads ``group`` through (region arguments
+        of the same type and shape, one per layer of its loop), each layer's after the other
+        (``Port.layers``); a striped weight's, one such port per stripe."""
+        keys = [(id(slot), id(proc)) for slot in group]
+        layers = tuple(slot.arg for slot in group)
+
+        def stacked(port: Port) -> Port:
+            return replace(port, name=self.namer.fresh(f"{port.name}_layers"), shape=(len(group), *port.shape),
+                           layers=layers)
+
+        if keys[0] in self.stripes:
+            gone = {port.name for key in keys for port in self.stripes[key]}
+            new = [stacked(port) for port in self.stripes[keys[0]]]
+            for key in keys:
+                self.stripes[key] = new
+        else:
+            gone = {self.port_of[key] for key in keys}
+            new = [stacked(next(p for p in self.ports if p.name == self.port_of[keys[0]]))]
+            for key in keys:
+                self.port_of[key] = new[0].name
+        at = next(i for i, port in enumerate(self.ports) if port.name in gone)
+        self.ports = [port for port in self.ports if port.name not in gone]
+        self.ports[at:at] = new
+        self.stacked.update(keys)
+
     def coalesce_streams(self) -> None:
         """Between two interleaved processes (a token-split region's engines), one FIFO
         carrying every value the one hands the other -- each layer's K and V rows in turn --
@@ -1291,7 +1372,12 @@ class _KernelWriter:
         last step of :meth:`io_schedule` using it is done, and the next value of the same
         type, shape and partition -- most often the next layer's same value -- takes it. A
         stage never writes into an array it reads (its outputs are placed before its inputs
-        are freed). Values written in place through a port hold none."""
+        are freed). Values written in place through a port hold none.
+
+        With a layer loop (``codegen_hls.layer_loop``) the steps are planned as printed, one
+        repeat of the body (later repeats' values are the first's): a value read in every
+        repeat keeps its array to the body's end, and a carried value takes the array of the
+        value before the loop that it replaces, held to the body's end too."""
         def defined_by(kind, item):
             if kind == "read":
                 return [item]
@@ -1299,18 +1385,32 @@ class _KernelWriter:
                 return [slot for slot in item.args if slot.producer is proc]
             return []
 
-        steps = self.io_schedule(proc)
+        loop = self.loops.get(id(proc))
+        every = self.io_schedule(proc)
+        steps = loop.folded(every) if loop else every
+        canon = loop.first_of if loop else (lambda slot: slot)
         last: dict[int, int] = {}
         for t, (kind, item) in enumerate(steps):
             for slot in (item.args if kind == "stage" else [item]):
-                last[id(slot)] = t
+                last[id(canon(slot))] = t
+        takes: dict[int, int] = {}  # id(carried body value) -> id(the value before the loop)
+        if loop:
+            body_end = loop.start + loop.period - 1
+            for slot in loop.shared:
+                last[id(slot)] = max(last.get(id(slot), 0), body_end)
+            for init, body in loop.carried:
+                last[id(init)] = max(last[id(init)], last.get(id(body), 0), body_end)
+                takes[id(body)] = id(init)
         plan: dict[int, int] = {}
         buffers: list[tuple[str, tuple, int]] = []
         free: dict[tuple, list[int]] = {}
         holders: dict[int, list[int]] = {}  # step -> buffers freed after it
         for t, (kind, item) in enumerate(steps):
-            for slot in defined_by(kind, item):
+            for slot in map(canon, defined_by(kind, item)):
                 if id(slot) in plan or (kind == "stage" and self.written_in_place(slot, proc)):
+                    continue
+                if id(slot) in takes:
+                    plan[id(slot)] = plan[takes[id(slot)]]
                     continue
                 if kind == "read":
                     width = self.width_of[self.stream_of[(id(slot), id(proc))]]
@@ -1329,11 +1429,13 @@ class _KernelWriter:
 
     def print_interleaved(self, w: CodeWriter, local: Namer, proc: Proc) -> None:
         """``proc``'s stream reads, stages and writes in :meth:`io_schedule`'s order, its
-        values in the arrays of :meth:`buffer_plan`."""
+        values in the arrays of :meth:`buffer_plan`; its layer loop's body once, in a loop."""
         w.line("// Streams read just before their first use and written just after their last (io_schedule);")
         w.line("// an array holds one value after another (buffer_plan).")
         plan, buffers = self.buffer_plan(proc)
         names: dict[int, str] = {}
+        loop = self.loops.get(id(proc))
+        steps = self.io_schedule(proc)
 
         def place(slot, hint):
             b = plan[id(slot)]
@@ -1343,7 +1445,17 @@ class _KernelWriter:
                 self.declare(w, names[b], dtype, shape, width)
             slot.cname = names[b]
 
-        for kind, item in self.io_schedule(proc):
+        for t, (kind, item) in enumerate(steps):
+            if loop and t == loop.start:
+                w.line(f"// {loop.count} layers, one copy of their hardware (codegen_hls.layer_loop); "
+                       f"stacked ports read at [{LAYER_VAR}].")
+                w.open(f"for (int {LAYER_VAR} = 0; {LAYER_VAR} < {loop.count}; ++{LAYER_VAR}) {{")
+            if loop and loop.start + loop.period <= t < loop.end:
+                continue
+            if loop and t == loop.end:  # after the loop: the last layer's values, in the body's arrays
+                for _, later in steps[loop.start + loop.period:loop.end]:
+                    for slot in (later.args if isinstance(later, Stage) else [later]):
+                        slot.cname = loop.first_of(slot).cname or slot.cname
             if kind == "read":
                 place(item, "in_")
                 self.read_packets(w, [(self.stream_of[(id(item), id(proc))], _indexed(item.cname))], item.shape)
@@ -1361,6 +1473,8 @@ class _KernelWriter:
                 streams = self.output_streams(item, proc)
                 if targets or streams:
                     self.write_packets(w, item, item.shape, _indexed(item.cname), [_indexed(p) for p in targets], streams)
+            if loop and t == loop.start + loop.period - 1:
+                w.close()
 
     def share_array(self, w: CodeWriter, proc: Proc) -> None:
         """An engine's cap on multipliers and adders: its array's, which every linear (and
@@ -1411,7 +1525,7 @@ class _KernelWriter:
         one for a region without a MAC array or attention (BERT's mask, an embedding
         lookup). Its processes gain little from the other SLRs' DSPs, and each cut of
         its chain would be an AXI-stream link between two kernels for nothing."""
-        if any(p.op in MATMUL_OPS or p.op == "attention" for p in self.procs):
+        if any(p.op in MATMUL_OPS or p.op in ("attention", ENGINE_OP) for p in self.procs):
             return self.slr_count
         return 1
 
@@ -1535,9 +1649,10 @@ class _KernelWriter:
                        and (id(s), id(proc)) in self.stream_of), default=0)
         return reads + writes + zeroing // self.held_width(proc)
 
-    def stage_nests(self, proc: Proc, stages: list[Stage]) -> tuple:
+    def stage_nests(self, proc: Proc, stages: list[Stage], times=None) -> tuple:
         """The loop nests of ``stages`` of ``proc`` (``codegen_hls.lanes.loop_nests``), each
-        stage's read once; a blocked process runs them once per block."""
+        stage's read once; a blocked process runs them once per block, a layer loop's body
+        stage once per layer (``times``: id(stage) -> its calls, :meth:`stage_sites`)."""
         from .lanes import loop_nests
 
         keys = []
@@ -1546,8 +1661,22 @@ class _KernelWriter:
             key = (stage.prim_name, getattr(hardware, "mac", 0))  # an engine's attention: its MAC lanes
             if key not in self.nests:
                 self.nests[key] = loop_nests(self.prim(stage.prim_name), key[1])
-            keys.append(key)
-        return tuple((trips * proc.blocks, *rest) for key in keys for trips, *rest in self.nests[key])
+            keys.append((key, (times or {}).get(id(stage), 1)))
+        return tuple((trips * proc.blocks * n, *rest) for key, n in keys for trips, *rest in self.nests[key])
+
+    def stage_sites(self, proc: Proc) -> dict[int, int]:
+        """id(stage) -> how many times it runs, for the stages printed (its call sites):
+        every stage once, but a layer loop's (``codegen_hls.layer_loop``) body once per
+        layer and the later layers' not at all -- the model times every call and counts
+        each call site's hardware once."""
+        loop = self.loops.get(id(proc))
+        if loop is None:
+            return {id(stage): 1 for stage in proc.stages}
+        sites = {}
+        for t, (kind, item) in enumerate(self.io_schedule(proc)):
+            if kind == "stage" and not loop.start + loop.period <= t < loop.end:
+                sites[id(item)] = loop.count if loop.start <= t < loop.end else 1
+        return sites
 
     def held_width(self, proc: Proc) -> int:
         """Elements per cycle of the loop that zeroes a causal attention's K and V after
@@ -1573,8 +1702,10 @@ class _KernelWriter:
             if isinstance(node, s_tir.SBlock):
                 inside.extend(math.prod(int(d) for d in buf.shape) for buf in node.alloc_buffers)
 
+        sites = self.stage_sites(proc)  # a layer loop's body: one copy of its stages' buffers
         for stage in proc.stages:
-            tvm_ffi.structural_walk(self.prim(stage.prim_name).body, visit)
+            if id(stage) in sites:
+                tvm_ffi.structural_walk(self.prim(stage.prim_name).body, visit)
         # a port cut into blocks is copied, a block at a time, into a buffer of its own
         from_ports = [proc.block_slot[id(s)].elements for s in proc.inputs
                       if id(s) in proc.block_slot and (id(s), id(proc)) in self.port_of]
@@ -1608,8 +1739,12 @@ class _KernelWriter:
                 from .attention_kernel import is_causal
 
                 extra.update(macs=_attention_macs(proc), causal=proc.source is not None and is_causal(proc.source))
+            sites = self.stage_sites(proc)
             if proc.op == ENGINE_OP:
-                extra.update(macs=proc.macs, interleaved=self.interleaved(proc))
+                # the operators of its element-wise stages as printed: a layer loop's body once
+                ops = (proc.members if id(proc) not in self.loops else tuple(
+                    proc.members[i] for i in sorted({proc.member_of[k] for k in sites if k in proc.member_of})))
+                extra.update(macs=proc.macs, interleaved=self.interleaved(proc), engine_ops=ops)
             if proc.rows:
                 held = sum(s.elements for s in proc.inputs
                            if id(s) not in proc.block_slot and (id(s), id(proc)) in self.stream_of)
@@ -1625,8 +1760,9 @@ class _KernelWriter:
                     extra.update(prologue_nests=len(self.stage_nests(proc, early)),
                                  prologue_ports=tuple(dict.fromkeys(read)))
             elif proc.stages:  # a matmul process: the nests of its other stages (bias, quantization)
-                others = [stage for stage in proc.stages if not isinstance(self.stage_hardware(proc, stage), MacArray)]
-                nests = self.stage_nests(proc, others)
+                others = [stage for stage in proc.stages if id(stage) in sites
+                          and not isinstance(self.stage_hardware(proc, stage), MacArray)]
+                nests = self.stage_nests(proc, others, sites)
                 if nests:  # at the lanes that keep pace with its array: the model's epilogue_lanes
                     extra.update(width=last.shape[-1] if last.shape else 1, nests=nests)
             if proc.op == KV_APPEND_OP:  # its prologue: the slice, a packet a cycle from the port
@@ -1634,11 +1770,14 @@ class _KernelWriter:
                 out = proc.outputs[0]
                 extra.update(prologue_io=out.elements // self.out_width(out, proc),
                              prologue_ports=tuple(self.port_of[(id(r[k]), id(proc))] for k in ("cache", "layer")))
-            for stage in proc.stages:
+            linears = [stage for stage in proc.stages if id(stage) in sites
+                       and isinstance(self.stage_hardware(proc, stage), MacArray)]
+            if id(proc) in self.loops:  # the first sizes the array's buffers (model): not a loop's body's
+                linears.sort(key=lambda st: (sites[id(st)], not self.stage_hardware(proc, st).out_port))
+            for stage in linears:
                 array = self.stage_hardware(proc, stage)
-                if not isinstance(array, MacArray):
-                    continue
                 (batch, m, n, k), dtypes = matmul_info(self.prim(stage.prim_name))
+                batch *= sites[id(stage)]  # a layer loop's linear: once per layer, each its layer's weight
                 tile, _ = MacArray(array.rows, array.cols, array.latency).tile(m, n)
                 if proc.blocks > 1 and batch != 1:
                     raise CodegenError(f"{proc.name}: a blocked matmul over {batch} batches")
@@ -1660,7 +1799,7 @@ class _KernelWriter:
                 extra.update(matmul=(batch, m * proc.blocks, n, k), dtypes=dtypes, weight_port=weight,
                              weight_stripes=stripes, writeback="port" if array.out_port else "array",
                              array=(array.rows, array.cols), tile=(tile.rows, tile.cols), packed=packed,
-                             engine=(), engine_weights=(), engine_ops=proc.members)
+                             engine=(), engine_weights=())
             processes.append(Process(proc.name, proc.op, layer, slr, work, tuple(args[:n_in]), tuple(args[n_in:]), **extra))
         return tuple(processes)
 

@@ -68,7 +68,7 @@ def place(design: Design, device: Device) -> Placement:
         load = [0] * len(banks)
         used: dict[int, set[int]] = {}  # argument -> the banks its ports are on
         for i in sorted(range(len(groups)), key=lambda i: (-traffic[i], i)):
-            args = sorted({port.arg for _, port in groups[i] if port.arg >= 0})
+            args = sorted({a for _, port in groups[i] for a in port.args if a >= 0})
             taken = set().union(*(used.get(a, set()) for a in args))
             free = [b for b in range(len(banks)) if b not in taken] or range(len(banks))
             bank = min(free, key=lambda b: (load[b], b))

@@ -305,7 +305,10 @@ def run_kernel_on_xrt(kernel_name: str, manifest: str, *tensors) -> None:
     def tensor(port):
         return tensors[port.arg if port.arg >= 0 else index[port.name]]
 
-    inputs = {b.port.name: np.ascontiguousarray(b.port.from_argument(tensor(b.port).numpy())) for b in region if b.reads}
+    def data(port):  # a stacked port (Port.layers): every layer's argument
+        return [tensors[a].numpy() for a in port.layers] if port.layers else [tensor(port).numpy()]
+
+    inputs = {b.port.name: np.ascontiguousarray(b.port.from_arguments(data(b.port))) for b in region if b.reads}
     outputs = runner.run(kernel.name, inputs)
     for b in region:
         if b.writes:

@@ -46,29 +46,50 @@ def test_one_engine_per_slr_and_the_streams_run_forwards(built):
     assert kernel.streams and all(order[s.producer] < order[s.consumer] for s in kernel.streams)
     # one FIFO per pair of engines carries every layer's K and V rows in turn (coalesce_streams)
     assert sorted((order[s.producer], order[s.consumer]) for s in kernel.streams) == [(0, 1), (0, 2), (1, 2)]
-    # every linear of the 2-layer model (QKV, projection, FFN1, FFN2; then the LM head) in each
+    # every linear of the 2-layer model (QKV, projection, FFN1, FFN2; then the LM head) in
+    # each: a layer's four in its layer loop, called once per layer (their batch), and the head
     for proc in procs:
-        assert 1 + len(proc.engine) >= 2 * 4 + 1
+        linears = [proc.matmul, *proc.engine]
+        assert len(linears) == 4 + 1 and sum(mm[0] for mm in linears) == 2 * 4 + 1
 
 
 def test_a_later_engine_reads_each_layers_keys_just_before_that_layer_needs_them(built):
-    """Interleaved I/O (``_KernelWriter.io_schedule``): the second engine's first read of
-    the first engine's K comes after its own first linear, and its second layer's read
-    after its first layer's attention -- not all at the top of the process."""
+    """Interleaved I/O (``_KernelWriter.io_schedule``): in its layer loop, the second
+    engine reads the first engine's K after its own QKV linear and before its attention --
+    once per layer, not all layers' at the top of the process -- and writes its own K and
+    V on to the third engine in that layer too, once its last use of them is done."""
     kernel = tvm_spatial.design_of(built).kernels[0]
     second = kernel.processes[1]
     source = kernel.source
     body = source[source.index(f"static void {second.name}("):]
     body = body[:body.index("\n}\n")]
-    reads = [i for i in range(len(body)) if body.startswith(".read()", i)]
-    attention = [i for i in range(len(body)) if body.startswith("__attention", i)]
-    first_linear = body.index("__matmul")
-    assert len(attention) == 2 and reads
-    assert first_linear < reads[0] < attention[0]
-    assert any(attention[0] < r < attention[1] for r in reads)
-    # ... and writes its own K and V to the third engine right after that layer's attention
-    writes = [i for i in range(len(body)) if body.startswith(".write(", i)]
-    assert any(attention[0] < w < attention[1] for w in writes)
+    loop = body[body.index("for (int layer = 0; layer < 2; ++layer) {"):]
+    loop = loop[:loop.index("\n  }\n")]
+    reads = [i for i in range(len(loop)) if loop.startswith(".read()", i)]
+    writes = [i for i in range(len(loop)) if loop.startswith(".write(", i)]
+    attention = loop.index("__attention")
+    assert loop.count("__attention") == 1 and reads and writes
+    assert loop.index("__matmul") < reads[0] < attention and loop.index("__matmul") < writes[0]
+
+
+def test_each_engine_has_one_copy_of_a_layers_hardware(built):
+    """The layer loop (``codegen_hls.layer_loop``): each engine prints a layer's stages
+    once, in a loop over the 2 layers, reading each weight, bias, gain and mask through
+    one stacked port (``Port.layers``: every layer's argument in order) at ``[layer]``."""
+    kernel = tvm_spatial.design_of(built).kernels[0]
+    source = kernel.source
+    stacked = [p for p in kernel.ports if p.layers]
+    assert stacked and all(p.shape[0] == 2 and len(set(p.layers)) == 2 and p.arg == p.layers[0] for p in stacked)
+    for proc in kernel.processes:
+        body = source[source.index(f"static void {proc.name}("):]
+        body = body[:body.index("\n}\n")]
+        assert body.count("for (int layer = 0; layer < 2; ++layer)") == 1
+        assert body.count("__attention") == 1 and body.count("__matmul") == 4 + 1  # a layer's four, the head
+        mine = [p for p in stacked if p.name in body]
+        assert len(mine) >= 4 and all(f"{p.name}[layer]" in body for p in mine)
+    # every argument reaches the kernel once per engine that reads it: no layer's lost
+    design = tvm_spatial.design_of(built)
+    assert {a for p in kernel.ports for a in p.args} == set(range(design.kernels[0].num_args))
 
 
 def test_the_kernel_compiles_with_werror(built, tmp_path):
@@ -182,3 +203,28 @@ def test_each_engine_writes_its_own_rows_of_the_logits():
     data = np.load(FIXTURES / "gpt2_tiny.npz")
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(data["in:input_ids"])).numpy()
     np.testing.assert_allclose(got, data["out:logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_stacked_port_holds_each_layers_argument_at_its_index(built):
+    """What the XRT host writes to a stacked port (``Port.from_arguments``): layer l's
+    argument -- or its stripe -- at [l]; and the design manifest keeps the stacking."""
+    from dataclasses import replace
+
+    from codegen_hls.design import Design
+
+    design = tvm_spatial.design_of(built)
+    kernel = design.kernels[0]
+    ports = [p for p in kernel.ports if p.layers]
+    striped = next(p for p in ports if p.stripe)
+    plain = next(p for p in ports if not p.stripe)
+    rng = np.random.default_rng(0)
+    for port in (plain, striped):
+        args = [rng.standard_normal(port.arg_shape).astype("float32") for _ in port.layers]
+        got = port.from_arguments(args)
+        assert got.shape == port.shape
+        one = replace(port, shape=port.shape[1:], layers=())
+        for layer, arg in enumerate(args):
+            np.testing.assert_array_equal(got[layer], one.from_argument(arg))
+    filled = [np.full(plain.arg_shape, float(i), "float32") for i in range(len(plain.layers))]
+    np.testing.assert_array_equal(plain.from_arguments(filled), np.stack(filled))
+    assert Design.from_json(design.to_json()).kernels[0].ports == kernel.ports

@@ -400,16 +400,18 @@ def _engine_resources(p: ProcessWork, units: int, lanes: int, operand_bits: int,
             shared = kind in ("add", "mul") and p.shared_stages
             n = max(0, lanes * count - units) if shared else lanes * count
             dsp, lut, ff = dsp + n * c.dsp, lut + n * c.lut, ff + n * c.ff
-    # the linears feed every unit; an element-wise nest only the units its lanes use (at most
-    # its operator's multiplies and adds per lane), which then select among all the sources
+    # the linears feed every unit, and so do the MAC nests as wide as the array (Lanes.mac: an
+    # attention's QK^T and AV); any other element-wise nest only the units its lanes use (at
+    # most its operator's multiplies and adds per lane), which then select among all the sources
     linears = 1 + len(p.more)
-    nests = len(p.nests) if p.shared_stages else 0
+    shared = p.nests if p.shared_stages else ()
+    wide = sum(1 for n in shared if len(n) > 4 and n[4])
+    narrow = len(shared) - wide
     per_lane = max((sum(n for kind, n in costs.ELEMENT_OPS.get(op, {"add": 1}).items() if kind in ("add", "mul"))
                     for op in p.engine_ops), default=0)
-    wide = any(len(n) > 4 and n[4] for n in p.nests)  # MAC nests as wide as the array (Lanes.mac)
-    busy = (units if wide else min(units, lanes * per_lane)) if nests else 0
-    lut += (units - busy) * operand_bits * math.ceil((linears - 1) / 3)
-    lut += busy * operand_bits * math.ceil((linears + nests - 1) / 3)
+    busy = min(units, lanes * per_lane) if narrow else 0
+    lut += (units - busy) * operand_bits * math.ceil((linears + wide - 1) / 3)
+    lut += busy * operand_bits * math.ceil((linears + wide + narrow - 1) / 3)
     bram = uram = 0.0
     for elements in p.scratch:
         b, u = _bank_memory(math.ceil(elements / max(1, lanes)), costs.dtype_bits(p.dtype), max(1, lanes), uram_threshold)
