@@ -216,10 +216,22 @@ def _attention_te(q: te.Tensor, k: te.Tensor, v: te.Tensor, *rest, attrs=None):
     )
 
 
+# each of these is computed element by element from the one before it, after which nothing
+# reads that one: one array holds them all, in turn (``hls.storage``; the max and the sum
+# read their row whole before the next stage overwrites it)
+IN_PLACE = (("attention_logits", "attention_scores"), ("attention_exp", "attention_logits"),
+            ("attention_probs", "attention_exp"))
+
+
 def _legalize(bb: relax.BlockBuilder, call: relax.Call):
+    import tvm_spatial.annotations as ann
+
     expr = bb.call_te(_attention_te, *call.args, attrs=call.attrs, primfunc_name_hint="attention")
     gv = expr.args[0]
-    bb.update_func(gv, _keys_outside(bb.get()[gv]))
+    func = _keys_outside(bb.get()[gv])
+    for buffer, source in IN_PLACE:  # GPT2-small's second engine: 4 x 96 BRAM18 of scores -> 96
+        func = ann.with_storage(func, buffer, source)
+    bb.update_func(gv, func)
     return expr
 
 

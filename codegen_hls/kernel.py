@@ -52,7 +52,7 @@ from .layer_loop import LayerLoop, find_loop
 from .engine import ENGINE_OP, chunk_runs, engine_runs, merge
 from .library import MacArray, keep_pace_lanes, matmul_info, prepare_for_hls
 from .weight_stripes import stripe_shape, weight_stripes
-from .printer import FunctionPrinter, Namer, array_declarator
+from .printer import FunctionPrinter, Namer, array_declarator, shared_storage
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 # Operators that keep the row-major element order: free on a stream.
@@ -392,6 +392,7 @@ class _KernelWriter:
         self.stripes: dict = {}  # (weight slot id, proc id) -> the Ports of its stripes (stripe_weights)
         self.loops: dict[int, LayerLoop] = {}  # id(engine) -> its layer loop (loop_layers)
         self.stacked: set = set()  # (slot id, proc id) of arguments read from a stacked port at [layer]
+        self.alias: dict = {}  # id(slot) -> the slot whose array it views (view_reshapes)
         self.uses_ap = False
         self.printed: dict[str, str] = {}
 
@@ -464,6 +465,7 @@ class _KernelWriter:
                 proc.stages = []
             self.hoist_prologue(proc)
         self.stripe_weights()
+        self.view_reshapes()
         self.loop_layers()
         self.streams = [replace(st, width=self.packet_width(st)) for st in self.streams]
         self.width_of = {st.name: st.width for st in self.streams}
@@ -1064,7 +1066,9 @@ class _KernelWriter:
         def name(slot: Slot) -> str:
             key = (id(slot), id(proc))
             at = f"[{LAYER_VAR}]" if key in self.stacked else ""  # this layer's of a stacked port
-            return ", ".join(p.name + at for p in self.stripes[key]) if key in self.stripes else slot.cname + at
+            if key in self.stripes:
+                return ", ".join(p.name + at for p in self.stripes[key])
+            return self.arg_name(slot) + at
 
         names = ", ".join(name(slot) for slot in stage.args)
         w.line(f"{self.stage_function(stage.prim_name, self.stage_hardware(proc, stage))}({names});")
@@ -1214,6 +1218,7 @@ class _KernelWriter:
         (in hardware; the C simulation runs them one after another, its streams unbounded).
         An input no stage uses is read first, an output no stage writes is written last."""
         def root(slot):
+            slot = self.root_of(slot)
             while slot.view_of is not None:
                 slot = slot.view_of
             return id(slot)
@@ -1230,6 +1235,61 @@ class _KernelWriter:
             steps += [("write", slot) for slot in proc.outputs if last[id(slot)] == i]
         steps += [("write", slot) for slot in proc.outputs if last[id(slot)] == len(uses)]
         return steps
+
+    # ---- reshapes as views, in engines ----------------------------------
+    def view_reshapes(self) -> None:
+        """In an interleaved engine, a reshape that only drops or adds leading 1s (``[1, T,
+        H]`` <-> ``[T, H]``, around every linear) is no copy: its consumers read its input's
+        array as ``x[0]`` or ``&x`` (:meth:`arg_name`). GPT2-small's engines copied every
+        layer's activations seven times so (about 8 % of their cycles), each copy an array
+        and a loop nest of its own. Only of an array the engine's own stages write and keep
+        to themselves (not streamed on, not written to a port); at most one leading 1 on the
+        view's side."""
+        for proc in self.procs:
+            if not self.interleaved(proc):
+                continue
+            kept = []
+            for stage in proc.stages:
+                member = proc.member_of.get(id(stage))
+                source, view = stage.args if len(stage.args) == 2 else (None, None)
+                if (member is not None and proc.members[member] in _STREAM_VIEWS and source is not None
+                        and self.views_of(source.shape, view.shape) and source.producer is proc
+                        and (id(source), id(proc)) not in self.stream_of
+                        and not any(source is o or view is o for o in proc.outputs)):
+                    self.alias[id(view)] = source
+                    continue
+                kept.append(stage)
+            proc.stages = kept
+
+    @staticmethod
+    def views_of(source: tuple, view: tuple) -> bool:
+        """Whether ``view`` is ``source`` with leading 1s dropped or added (at most one on
+        ``view``'s side): C can name it from ``source``'s array without a copy."""
+        def core(shape):
+            shape = tuple(shape)
+            while shape and shape[0] == 1:
+                shape = shape[1:]
+            return shape
+
+        ones = len(view) - len(core(view))
+        return core(source) == core(view) and ones <= 1 and len(core(view)) > 0
+
+    def root_of(self, slot: Slot) -> Slot:
+        """The slot whose array ``slot`` views (:meth:`view_reshapes`), else itself."""
+        while id(slot) in self.alias:
+            slot = self.alias[id(slot)]
+        return slot
+
+    def arg_name(self, slot: Slot) -> str:
+        """How a stage names ``slot``: its array, or a view's expression of its root's array
+        (``x[0]``: one leading 1 fewer; ``&x[0]``...: one more)."""
+        root = self.root_of(slot)
+        if root is slot:
+            return slot.cname
+        ones = next((i for i, d in enumerate(root.shape) if d != 1), len(root.shape))
+        expr = root.cname + "[0]" * ones
+        extra = next((i for i, d in enumerate(slot.shape) if d != 1), len(slot.shape))
+        return f"&{expr}" if extra else expr
 
     # ---- layer loops (codegen_hls.layer_loop) --------------------------
     def step_signature(self, proc: Proc, step) -> tuple:
@@ -1258,16 +1318,16 @@ class _KernelWriter:
             if not self.interleaved(proc):
                 continue
             steps = self.io_schedule(proc)
+            uses = [[self.root_of(s) for s in item.args] if kind == "stage" else [item] for kind, item in steps]
             defines, seen = [], set()
-            for kind, item in steps:
+            for (kind, item), slots in zip(steps, uses):
                 new = ({id(item)} if kind == "read" else
-                       {id(s) for s in item.args if s.producer is proc and id(s) not in seen} if kind == "stage"
+                       {id(s) for s in slots if s.producer is proc and id(s) not in seen} if kind == "stage"
                        else set())
                 seen |= new
                 defines.append(new)
-            loop = find_loop([self.step_signature(proc, step) for step in steps],
-                             [list(item.args) if kind == "stage" else [item] for kind, item in steps],
-                             defines, lambda slot: (id(slot), id(proc)) in self.port_of)
+            loop = find_loop([self.step_signature(proc, step) for step in steps], uses, defines,
+                             lambda slot: (id(slot), id(proc)) in self.port_of)
             if loop is None:
                 continue
             self.loops[id(proc)] = loop
@@ -1388,7 +1448,10 @@ class _KernelWriter:
         loop = self.loops.get(id(proc))
         every = self.io_schedule(proc)
         steps = loop.folded(every) if loop else every
-        canon = loop.first_of if loop else (lambda slot: slot)
+        def canon(slot):  # the array it is in: a view's root's, a later layer's the first's
+            slot = self.root_of(slot)
+            return loop.first_of(slot) if loop else slot
+
         last: dict[int, int] = {}
         for t, (kind, item) in enumerate(steps):
             for slot in (item.args if kind == "stage" else [item]):
@@ -1461,7 +1524,7 @@ class _KernelWriter:
                 self.read_packets(w, [(self.stream_of[(id(item), id(proc))], _indexed(item.cname))], item.shape)
             elif kind == "stage":
                 for slot in item.args:
-                    if slot.producer is proc and not slot.cname:
+                    if slot.producer is proc and not slot.cname and id(slot) not in self.alias:
                         if id(slot) in plan:
                             place(slot, "")
                         else:  # written in place through its one port
@@ -1697,14 +1760,17 @@ class _KernelWriter:
             between = {id(s): s.elements for st in proc.stages for s in st.args[-1:]
                        if s.producer is proc and id(s) not in outputs}
         inside = []
+        shared: dict = {}
 
         def visit(node):
-            if isinstance(node, s_tir.SBlock):
-                inside.extend(math.prod(int(d) for d in buf.shape) for buf in node.alloc_buffers)
+            if isinstance(node, s_tir.SBlock):  # a buffer in place over another holds none of its own
+                inside.extend(math.prod(int(d) for d in buf.shape) for buf in node.alloc_buffers
+                              if buf.name not in shared)
 
         sites = self.stage_sites(proc)  # a layer loop's body: one copy of its stages' buffers
         for stage in proc.stages:
             if id(stage) in sites:
+                shared = shared_storage(self.prim(stage.prim_name))
                 tvm_ffi.structural_walk(self.prim(stage.prim_name).body, visit)
         # a port cut into blocks is copied, a block at a time, into a buffer of its own
         from_ports = [proc.block_slot[id(s)].elements for s in proc.inputs

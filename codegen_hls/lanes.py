@@ -94,6 +94,24 @@ def is_mac(block) -> bool:
         isinstance(x, tvm.ir.TensorLoad) and x.source.same_as(body.buffer) for x in (a, b))
 
 
+def arith_ops(block) -> int:
+    """Adds, subtracts and multiplies ``block`` computes per element on data (floats, or
+    integers narrower than 32 bits; the 32- and 64-bit ones are index arithmetic): the
+    operators an engine's element-wise nest takes from its shared units (0: a copy)."""
+    count = 0
+
+    def visit(node):
+        nonlocal count
+        if isinstance(node, (tirx.Add, tirx.Sub, tirx.Mul)):
+            dtype = str(node.ty.dtype)
+            if dtype.startswith(("float", "bfloat")) or (dtype.startswith(("int", "uint"))
+                                                        and tvm.DataType(dtype).bits < 32):
+                count += 1
+
+    tvm_ffi.structural_walk(block.body, visit)
+    return count
+
+
 def largest_divisor(n: int, at_most: int) -> int:
     for d in range(max(1, min(n, at_most)), 0, -1):
         if n % d == 0:
@@ -168,11 +186,12 @@ def _nest(sch: s_tir.Schedule, name: str):
 
 
 def loop_nests(func: tirx.PrimFunc, mac: int = 0) -> tuple[LoopNest, ...]:
-    """Every sblock's nest of ``func`` as (trips, extent, fixed II, rows): what the lanes
-    schedule makes of it, for the analytical model (``tvm_spatial.estimate``); ``rows`` is
-    the extent of the loop around the innermost one when lanes beyond the innermost extent
-    may unroll it too (:func:`rows_unrolled`), else 1. With ``mac`` (``Lanes.mac``), a
-    multiply-accumulate nest carries it as a fifth element: its own lanes."""
+    """Every sblock's nest of ``func`` as (trips, extent, fixed II, rows, own lanes, ops):
+    what the lanes schedule makes of it, for the analytical model (``tvm_spatial.estimate``);
+    ``rows`` is the extent of the loop around the innermost one when lanes beyond the
+    innermost extent may unroll it too (:func:`rows_unrolled`), else 1; ``own lanes``, with
+    ``mac`` (``Lanes.mac``), a multiply-accumulate nest's (0: the stage's); ``ops``, its
+    adds and multiplies per element (:func:`arith_ops`)."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     nests = []
     for name in [b.name_hint for b in sblocks(func)]:
@@ -181,8 +200,9 @@ def loop_nests(func: tirx.PrimFunc, mac: int = 0) -> tuple[LoopNest, ...]:
             continue
         extents = [int(sch.get(loop).extent) for loop in loops]
         rows = extents[-2] if _row_loop(sch, name, loops, kind) else 1
-        own = (mac,) if mac and is_mac(sch.get(sch.get_sblock(name))) else ()
-        nests.append((math.prod(extents[:-1]), extents[-1], latency, rows, *own))
+        block = sch.get(sch.get_sblock(name))
+        own = mac if mac and is_mac(block) else 0
+        nests.append((math.prod(extents[:-1]), extents[-1], latency, rows, own, arith_ops(block)))
     return tuple(nests)
 
 

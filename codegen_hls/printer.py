@@ -102,6 +102,51 @@ def array_declarator(name: str, shape: tuple[int, ...]) -> str:
     return name + "".join(f"[{d}]" for d in (shape or (1,)))
 
 
+def shared_storage(func: tirx.PrimFunc) -> dict[str, str]:
+    """Local buffer -> the local buffer whose array it takes (``hls.storage``, chains
+    followed to their first buffer), where that holds: both allocated in the function,
+    of one shape and type, and their partitions never two different ones of one dimension
+    (the shared array takes them all). What the printer declares once and the model counts
+    once (``codegen_hls.kernel`` scratch)."""
+    wanted = ann.storage(func)
+    if not wanted:
+        return {}
+    local = {}
+
+    def visit(node):
+        if isinstance(node, s_tir.SBlock):
+            local.update({b.name: b for b in node.alloc_buffers})
+
+    tvm_ffi.structural_walk(func.body, visit)
+    parts = ann.partitions(func)
+
+    def root(name: str) -> str:
+        seen = {name}
+        while name in wanted and wanted[name] not in seen:
+            name = wanted[name]
+            seen.add(name)
+        return name
+
+    shared = {}
+    for name in wanted:
+        first = root(name)
+        a, b = local.get(name), local.get(first)
+        if a is None or b is None or first == name:
+            continue
+        if buffer_shape(a) != buffer_shape(b) or buffer_dtype(a) != buffer_dtype(b):
+            continue
+        shared[name] = first
+    for first in set(shared.values()):  # one array: its buffers' partitions must agree per dimension
+        group = [first, *(n for n, r in shared.items() if r == first)]
+        by_dim: dict[int, set] = {}
+        for name in group:
+            for part in parts.get(name, ()):
+                by_dim.setdefault(part.dim, set()).add(part)
+        if any(len(kinds) > 1 for kinds in by_dim.values()) or (0 in by_dim and len(by_dim) > 1):
+            shared = {n: r for n, r in shared.items() if r != first}
+    return shared
+
+
 def stored_buffers(func: tirx.PrimFunc) -> set:
     """Buffer variables a function writes: the rest are printed ``const``."""
     written = set()
@@ -136,6 +181,10 @@ class Namer:
         name = self.fresh(hint or var.name)
         self._names[var] = name
         return name
+
+    def share(self, var, name: str) -> None:
+        """``var`` is printed as ``name``, already taken (the same array)."""
+        self._names[var] = name
 
     def __getitem__(self, var) -> str:
         try:
@@ -189,6 +238,11 @@ class FunctionPrinter:
         self.out = CodeWriter()
         self.callees = dict(callees or {})
         self.partitions = ann.partitions(func)
+        self.shared = shared_storage(func)  # buffer -> the buffer whose array it takes
+        for name, first in self.shared.items():  # the shared array takes every partition of its buffers
+            merged = {p.dim: p for p in (*self.partitions.get(first, ()), *self.partitions.get(name, ()))}
+            self.partitions[first] = tuple(merged.values())
+        self.arrays: dict[str, str] = {}  # local buffer name -> its array's C name
         self.streams = ann.streams(func)
         self.reuse = ann.reuse_buffers(func)
         self.fixed = ann.fixed_types(func)
@@ -266,7 +320,13 @@ class FunctionPrinter:
         if buffer_var.name in self.streams:
             self.declare_stream(buffer_var)
             return
+        first = self.shared.get(buffer_var.name)
+        if first in self.arrays:  # computed in place over another buffer: its array
+            self.names.share(buffer_var, self.arrays[first])
+            self.out.line(f"// {buffer_var.name}: in place over {first} (hls.storage)")
+            return
         cname = self.names.bind(buffer_var)
+        self.arrays[buffer_var.name] = cname
         decl = array_declarator(cname, buffer_shape(buffer_var))
         reuse = self.reuse.get(buffer_var.name)
         if reuse is not None:

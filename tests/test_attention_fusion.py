@@ -271,3 +271,41 @@ def test_bidirectional_attention_holds_k_and_v_before_its_first_block():
     assert body.index("for (int blk") < body.index("// 2 blocks of 8 tokens")  # K and V first
     assert "zero K and V" not in body
     assert next(p for p in design_work(design).processes if p.name == att.name).barrier
+
+
+def test_the_softmax_of_the_printed_attention_runs_in_place_in_one_array():
+    """``hls.storage`` (``attention_kernel.IN_PLACE``): the scores, logits, exponentials and
+    probabilities -- each computed element by element from the one before -- share one
+    array in the printed stage, which the model counts once; the emulation of that C++
+    still matches numpy."""
+    from codegen_hls.printer import shared_storage
+
+    tokens, hidden, heads = 6, 8, 2
+    q, k, v = (relax.Var(n, relax.TensorType([1, tokens, hidden], "float32")) for n in "qkv")
+    m = relax.Var("m", relax.TensorType([1, 1, tokens, tokens], "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [q, k, v, m]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(attention(q, k, v, m, heads=heads, scales={"s": (2.0, True)})))
+        bb.emit_func_output(out)
+    a = [RNG.standard_normal((1, tokens, hidden)).astype("float32") for _ in range(3)]
+    mask = np.triu(np.full((tokens, tokens), -1e4, "float32"), 1)[None, None]
+    ex = relax.build(bb.get(), target="vitis_spatial")
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](*[tvm.runtime.tensor(x) for x in (*a, mask)]).numpy()
+    want = _numpy_attention(a[0][0], a[1][0], a[2][0], mask[0], heads, s_div=2.0)
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+    source = tvm_spatial.design_of(ex).kernels[0].source
+    assert "static float attention_scores[" in source
+    assert not any(f"static float attention_{n}[" in source for n in ("logits", "exp", "probs"))
+
+    legal = relax.transform.LegalizeOps()(bb.get())
+    prim = next(f for _, f in legal.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert shared_storage(prim) == {n: "attention_scores" for n in ("attention_logits", "attention_exp",
+                                                                     "attention_probs")}
+    # a buffer of another shape (the row maxima) cannot take the scores' array
+    import tvm_spatial.annotations as ann
+    assert "attention_max" not in shared_storage(ann.with_storage(prim, "attention_max", "attention_scores"))
+    # two different partitions of one dimension cannot both hold on one array: no sharing
+    split = ann.with_partition(ann.with_partition(prim, "attention_scores", ann.Partition(3, 2, "cyclic")),
+                               "attention_exp", ann.Partition(3, 4, "cyclic"))
+    assert shared_storage(split) == {}

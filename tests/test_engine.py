@@ -101,3 +101,23 @@ def test_element_wise_multiplexers_do_not_grow_with_the_array():
     # (both arrays wide enough that the loops' lanes are at their cap: library.keep_pace_lanes)
     assert lut(staged, 384) > lut(plain, 384)  # the loops' multiplexers and operators
     assert lut(staged, 768) - lut(staged, 384) == pytest.approx(lut(plain, 768) - lut(plain, 384))
+
+
+def test_a_copy_nest_drives_no_unit_and_a_nest_drives_its_lanes_times_its_operators():
+    """A loop nest's sixth field (codegen_hls.lanes.arith_ops): the adds and multiplies per
+    element it takes from the engine's shared units. A copy (0) adds no multiplexer input;
+    a nest with two operators per element drives twice its lanes' units."""
+    dev = get_device("u280")
+    a, b = _linear("k_a", 768, 768), _linear("k_b", 768, 768)
+    plain = dataclasses.replace(a, name="k_engine", op="engine", more=(b.matmul,), engine_ops=("add",))
+
+    def lut(nests):
+        p = dataclasses.replace(plain, nests=nests)
+        return process_estimate(p, Parallelism(rows=4, cols=96, channels=8), dev, 300.0, None).resources.lut
+
+    bare = lut(((1, 768, 0, 1, 0, 0),))  # a copy's nest: its loop, no operator
+    assert lut(()) == bare
+    one, two = lut(((1, 768, 0, 1, 0, 1),) * 3), lut(((1, 768, 0, 1, 0, 2),) * 3)
+    # three nests on the units they drive: each unit one LUT-level (3 sources) more per
+    # operand bit; twice the operators, twice the units driven
+    assert one > bare and two - bare == pytest.approx(2 * (one - bare))

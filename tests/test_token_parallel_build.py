@@ -184,7 +184,7 @@ def test_an_engines_attention_multiplies_as_wide_as_its_array(built):
         assert wide and all(n[4] == units for n in wide)
         qk = [n for n in wide if n[1] == 16]  # the tiny model's head width
         assert qk, wide
-        trips, extent, _, rows, lanes = qk[0]
+        trips, extent, _, rows, lanes = qk[0][:5]
         assert rows_unrolled(extent, rows, lanes) == max(d for d in range(1, rows + 1)
                                                          if rows % d == 0 and d * extent <= units)
 
@@ -228,3 +228,45 @@ def test_a_stacked_port_holds_each_layers_argument_at_its_index(built):
     filled = [np.full(plain.arg_shape, float(i), "float32") for i in range(len(plain.layers))]
     np.testing.assert_array_equal(plain.from_arguments(filled), np.stack(filled))
     assert Design.from_json(design.to_json()).kernels[0].ports == kernel.ports
+
+
+def test_a_reshape_of_leading_ones_is_a_view_not_a_copy(built):
+    """view_reshapes: around every linear the engine reads the reshaped activations as
+    ``x[0]`` / ``&x`` of the array they are in -- no copy loop, no array of their own (the
+    logits still equal onnxruntime's, above) -- so no reshape stage is left in a loop body."""
+    kernel = tvm_spatial.design_of(built).kernels[0]
+    source = kernel.source
+    for proc in kernel.processes:
+        body = source[source.index(f"static void {proc.name}("):]
+        body = body[:body.index("\n}\n")]
+        loop = body[body.index("for (int layer"):]
+        assert "__reshape" not in loop and "[0], param_" in loop
+
+
+def test_each_engine_gets_the_fastest_array_that_fits_its_slr(built):
+    """The allocation searches a token-parallel engine's every rows x cols (and channels)
+    rather than growing it step by step (``allocation._whole_array_search``): over the
+    arrays the codegen realizes, none that fits the engine's SLR budget is faster than the
+    one it was given."""
+    from tvm_spatial.devices import RESOURCES, get_device
+    from tvm_spatial.estimate import design_work, realized_config
+    from tvm_spatial.estimate.allocation import (ARRAY_COLUMNS, DEFAULT_BUDGET, realizable_array,
+                                                 realizable_channels, widest)
+    from tvm_spatial.estimate.model import Parallelism, process_estimate
+
+    design = tvm_spatial.design_of(built)
+    work, config = design_work(design), realized_config(design)
+    dev = get_device("u280")
+    for p in work.processes:
+        given = process_estimate(p, config.of(p.name, True), dev, dev.clock_mhz, None)
+        cap = {r: DEFAULT_BUDGET * dev.slr(p.slr).get(r) for r in RESOURCES}
+        mm = widest(p)
+        for rows in range(1, mm.m + 1):
+            for cols in (c for c in ARRAY_COLUMNS if c <= mm.n):
+                for channels in (1, 2, 4, 8):
+                    r, c = realizable_array(mm, rows, cols)
+                    par = Parallelism(rows=r, cols=c, channels=channels)
+                    par = Parallelism(rows=r, cols=c, channels=realizable_channels(p, par))
+                    est = process_estimate(p, par, dev, dev.clock_mhz, None)
+                    if all(est.resources.get(k) <= cap[k] for k in RESOURCES):
+                        assert est.block_cycles >= given.block_cycles * (1 - 1e-9), (p.name, par)

@@ -75,6 +75,20 @@ def test_chunk_bounds_cover_the_tokens():
         chunk_bounds(16, 17)
 
 
+def test_chunk_ends_divide_into_the_softmax_lanes():
+    """GPT2-small's 128 tokens in three: an even split (43 / 43 / 42) ends its first two
+    chunks at 43 and 86 keys, which the codegen's lanes rule (the largest divisor of a
+    row's length up to 16) runs at 1 and 2 elements a cycle; the chosen split stays within
+    a token of even and ends where rows take 8 lanes or more."""
+    from codegen_hls.lanes import largest_divisor
+
+    bounds = chunk_bounds(128, 3)
+    sizes = [end - start for start, end in bounds]
+    assert sum(sizes) == 128 and max(sizes) <= 44
+    assert all(largest_divisor(end, 16) >= 8 for _, end in bounds)
+    assert [largest_divisor(e, 16) for e in (43, 86)] == [1, 2]  # the even split's ends
+
+
 def test_a_bidirectional_attention_is_not_split():
     with pytest.raises(TokenSplitError, match="not causal"):
         split_tokens(_fused("bert_tiny.onnx"), 2)

@@ -45,6 +45,11 @@ Where an annotation lives:
       rounding/overflow modes (the real ``ap_fixed.h`` does it, in HLS and emulation
       alike) and every load converts back, exactly (``width`` fits the carrier's mantissa).
       Arithmetic between loads and stores stays in the carrier type.
+  ``hls.storage``: {buffer name: buffer name}
+      the buffer takes the array of the other one (same shape and type), which nothing
+      reads once it is first written: a stage computed in place over its input element
+      by element (the fused attention's scores, logits, exponentials and probabilities).
+      The printer declares one array for both (``codegen_hls.printer.shared_storage``).
   ``hls.quantize``: {buffer name: {"dtype", "scale"}}
       the buffer holds integer codes ``q = clamp(round(x / scale))`` of dtype (int8, int4,
       ...) and reads give ``q * scale`` back. The TIR itself does the arithmetic (the buffer
@@ -73,7 +78,9 @@ LOOP_KEYS = (PIPELINE_II, UNROLL, UNFOLD, DATAFLOW)
 FIXED = "hls.fixed"
 QUANTIZE = "hls.quantize"
 
-FUNCTION_KEYS = (PARTITION, STREAM, REUSE, DATAFLOW, FIXED, QUANTIZE)
+STORAGE = "hls.storage"
+
+FUNCTION_KEYS = (PARTITION, STREAM, REUSE, DATAFLOW, FIXED, QUANTIZE, STORAGE)
 
 PARTITION_KINDS = ("complete", "block", "cyclic")
 # Vitis HLS quantization (rounding) and overflow modes of ap_fixed; the first is the default
@@ -214,6 +221,11 @@ def reuse_buffers(func) -> dict[str, Reuse]:
     return {str(n): Reuse(str(r["source"]), str(r["axis"]), str(r["kind"])) for n, r in value.items()}
 
 
+def storage(func) -> dict[str, str]:
+    value = _attr(func, STORAGE) or {}
+    return {str(name): str(source) for name, source in value.items()}
+
+
 def fixed_types(func) -> dict[str, Fixed]:
     value = _attr(func, FIXED) or {}
     return {
@@ -258,6 +270,12 @@ def with_reuse(func, buffer: str, reuse: Reuse):
     table[buffer] = reuse
     encoded = {n: {"source": r.source, "axis": r.axis, "kind": r.kind} for n, r in sorted(table.items())}
     return func.with_attr(REUSE, encoded)
+
+
+def with_storage(func, buffer: str, source: str):
+    table = storage(func)
+    table[buffer] = source
+    return func.with_attr(STORAGE, dict(sorted(table.items())))
 
 
 def with_fixed(func, buffer: str, fixed: Fixed):

@@ -42,6 +42,10 @@ from .workload import DesignWork
 
 DEFAULT_BUDGET = 0.85
 MAX_CHANNELS = 32
+# output columns an engine's array may have (searched whole for token-parallel engines and
+# the what-if): divisors of GPT2's and BERT's widths (768, 3072, 2304, 1024, 4096), the
+# sizes the codegen's tiles fit without a ragged edge
+ARRAY_COLUMNS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384)
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,35 @@ def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = N
     return out
 
 
+def _whole_array_search(p, par: Parallelism, use_after, cap: dict, device: Device, clock: float, block,
+                        max_channels: int, realize=None, realize_channels=None):
+    """(parallelism, estimate, SLR use) of the fastest array that fits for an engine of a
+    token-split region (``ProcessWork.interleaved``), every rows x cols tried, each with
+    its weights over 1, 2, 4... channels up to ``max_channels``: the greedy
+    growth's doubling stalled GPT2-small's engines at ``1 x 192`` (18.9 % of the DSP
+    roofline) where ``3 x 96`` fits and runs twice as fast. One engine an SLR, each only
+    as fast as its own array: nothing to share out between processes. None if none fits."""
+    mm = widest(p)
+    best, tried = None, set()
+    for rows in range(1, min(mm.m, p.tokens) + 1):
+        for cols in (c for c in ARRAY_COLUMNS if c <= mm.n):
+            shape = realize(mm, rows, cols) if realize is not None else (rows, cols)
+            if shape in tried:
+                continue
+            tried.add(shape)
+            channels = 1
+            while channels <= max_channels:
+                cand = replace(par, rows=shape[0], cols=shape[1], channels=channels)
+                if realize_channels is not None:
+                    cand = replace(cand, channels=realize_channels(p, cand, block))
+                est = process_estimate(p, cand, device, clock, block)
+                use = use_after(cand, est)
+                if _fits(use, cap) and (best is None or est.block_cycles < best[1].block_cycles):
+                    best = (cand, est, use)
+                channels *= 2
+    return best
+
+
 class _Chain:
     """The prefill objective the allocation lowers, kept up to date step by step: per
     segment of the chain (cut at barriers and around each process that holds whole
@@ -319,6 +352,13 @@ def _allocate_block(work: DesignWork, device: Device, block: int | None, budget:
     # no more stripes than banks: a weight's stripes are read at once, each from its own
     channels = min(max_channels or MAX_CHANNELS, device.offchip.channels)
     n_blocks = math.ceil(max(1, work.tokens) / max(1, min(block or work.tokens, max(1, work.tokens))))
+    for p in work.processes:
+        if p.interleaved and p.matmul is not None:
+            slr = min(p.slr, device.slrs - 1)
+            found = _whole_array_search(p, pars[p.name], lambda cand, est, p=p, slr=slr: stepped_use(p, slr, cand, est),
+                                        caps[slr], device, clock, block, channels, realize, realize_channels)
+            if found is not None:
+                take(p, slr, *found)
     chain = _Chain(work, ests, n_blocks)
 
     def grown(name):

@@ -401,17 +401,29 @@ def _engine_resources(p: ProcessWork, units: int, lanes: int, operand_bits: int,
             n = max(0, lanes * count - units) if shared else lanes * count
             dsp, lut, ff = dsp + n * c.dsp, lut + n * c.lut, ff + n * c.ff
     # the linears feed every unit, and so do the MAC nests as wide as the array (Lanes.mac: an
-    # attention's QK^T and AV); any other element-wise nest only the units its lanes use (at
-    # most its operator's multiplies and adds per lane), which then select among all the sources
+    # attention's QK^T and AV); any other element-wise nest only the units its lanes use: its
+    # elements per cycle times its adds and multiplies per element (the nest's sixth field,
+    # codegen_hls.lanes.arith_ops: none for a copy; without it, its operator's most), and
+    # each unit then selects among every source it has
+    from codegen_hls.lanes import largest_divisor, rows_unrolled
+
     linears = 1 + len(p.more)
     shared = p.nests if p.shared_stages else ()
     wide = sum(1 for n in shared if len(n) > 4 and n[4])
-    narrow = len(shared) - wide
     per_lane = max((sum(n for kind, n in costs.ELEMENT_OPS.get(op, {"add": 1}).items() if kind in ("add", "mul"))
                     for op in p.engine_ops), default=0)
-    busy = min(units, lanes * per_lane) if narrow else 0
-    lut += (units - busy) * operand_bits * math.ceil((linears + wide - 1) / 3)
-    lut += busy * operand_bits * math.ceil((linears + wide + narrow - 1) / 3)
+    busy = []  # units each narrow nest drives
+    for trips, extent, ii, *rest in shared:
+        if len(rest) > 1 and rest[1]:
+            continue
+        ops = rest[2] if len(rest) > 2 else per_lane
+        width = 1 if ii else largest_divisor(extent, lanes) * rows_unrolled(extent, rest[0] if rest else 1, lanes)
+        if ops:
+            busy.append(min(units, width * ops))
+    busy.sort(reverse=True)
+    for i, driven in enumerate([units, *busy]):  # units driven by the i narrow nests before, and more
+        after = busy[i] if i < len(busy) else 0
+        lut += (driven - after) * operand_bits * math.ceil((linears + wide + i - 1) / 3)
     bram = uram = 0.0
     for elements in p.scratch:
         b, u = _bank_memory(math.ceil(elements / max(1, lanes)), costs.dtype_bits(p.dtype), max(1, lanes), uram_threshold)

@@ -45,13 +45,10 @@ from dataclasses import dataclass, replace
 from ..devices import RESOURCES, Device
 from ..errors import ResourceBudgetError
 from . import costs
-from .allocation import _fits
+from .allocation import ARRAY_COLUMNS, _fits
 from .model import Parallelism, ProcessEstimate, Roofline, estimate_work, process_estimate
 from .workload import DesignWork, Matmul, ProcessWork
 
-# output columns the engine's array may have: divisors of GPT2's and BERT's widths (768,
-# 3072, 2304, 1024, 4096), the sizes the codegen's tiles fit without a ragged edge
-ARRAY_COLUMNS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384)
 TRANSFER = 16  # elements per stream transfer (one 512-bit word of fp32)
 
 
