@@ -863,7 +863,8 @@ class _KernelWriter:
             default = (max(1, MacArray.rows // latency), MacArray.cols)
             rows, cols, *rest = tuple(entry) if isinstance(entry, (tuple, list)) else default
             out_port = self.written_in_place(stage.args[-1], proc)  # then not partitioned (see MacArray)
-            real = MacArray(rows, cols, latency, out_port=out_port).tile(m, n)[1]
+            # a token-parallel engine's rows need not divide its chunk's tokens (MacArray.ragged_rows)
+            real = MacArray(rows, cols, latency, out_port=out_port, ragged_rows=self.interleaved(proc)).tile(m, n)[1]
             channels = int(rest[0]) if rest else 1
             if channels > 1 and len(stage.args) > 1 and (id(stage.args[1]), id(proc)) in self.port_of:
                 # its weight through several ports, where the layout allows (weight_stripes)

@@ -40,15 +40,16 @@ class MatmulTiling:
     rows: int = 8
     cols: int = 32
 
-    def fit(self, m: int, n: int) -> "MatmulTiling":
+    def fit(self, m: int, n: int, ragged_rows: bool = False) -> "MatmulTiling":
         """The largest tile not above this one whose sides divide the output, except that a
         wide output whose width has no divisor that is a multiple of 8 (a vocabulary of
         50257) keeps the full column tile and shortens the last one: odd widths would
-        not vectorize."""
+        not vectorize. ``ragged_rows``: the rows too are kept (up to ``m``) and the last row
+        tile is shortened (``MacArray.ragged_rows``)."""
         cols = largest_divisor(n, self.cols)
         if cols % 8 and n >= 4 * self.cols:  # not a whole number of vectors: keep the tile
             cols = self.cols
-        return MatmulTiling(largest_divisor(m, self.rows), cols)
+        return MatmulTiling(min(m, self.rows) if ragged_rows else largest_divisor(m, self.rows), cols)
 
 
 # The emulation's tile: 8 rows x 64 columns, 32 accumulator vectors of 16 floats (GCC 12
@@ -82,11 +83,13 @@ def _matmul_block(func: tirx.PrimFunc):
     return found[0] if len(found) == 1 else None
 
 
-def schedule_matmul(func: tirx.PrimFunc, tiling: MatmulTiling = DEFAULT_MATMUL_TILING, partials: int = 1) -> tirx.PrimFunc:
+def schedule_matmul(func: tirx.PrimFunc, tiling: MatmulTiling = DEFAULT_MATMUL_TILING, partials: int = 1,
+                    ragged_rows: bool = False) -> tirx.PrimFunc:
     """Tile a matmul-like PrimFunc (see module docstring); anything else is returned as is.
     ``partials`` > 1 (it must divide ``k``): each output keeps that many partial sums,
     over the ``k`` steps of each residue (``rfactor``), added up as the tile is copied out
-    (:func:`partial_sums` says when the MAC array needs them)."""
+    (:func:`partial_sums` says when the MAC array needs them). ``ragged_rows``: the tile's
+    rows need not divide the output's; the last row tile is peeled, as a last column tile is."""
     name = _matmul_block(func)
     if name is None:
         return func
@@ -99,7 +102,7 @@ def schedule_matmul(func: tirx.PrimFunc, tiling: MatmulTiling = DEFAULT_MATMUL_T
     extents = [int(sch.get(loop).extent) for loop in (i, j)]
     if not all(isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (i, j, k)):
         return func
-    tile = tiling.fit(*extents)
+    tile = tiling.fit(*extents, ragged_rows)
     if tile.cols % 8 and extents[1] > tiling.cols:  # the last tile is peeled: partial is cheap
         tile = MatmulTiling(tile.rows, tiling.cols)
     if partials > 1:
@@ -121,6 +124,8 @@ def schedule_matmul(func: tirx.PrimFunc, tiling: MatmulTiling = DEFAULT_MATMUL_T
     sch.decompose_reduction(block, k)
     if extents[1] % tile.cols and extents[1] > tile.cols:
         sch.annotate(jo, _PEEL_LAST, 1)
+    if extents[0] % tile.rows and extents[0] > tile.rows:
+        sch.annotate(io, _PEEL_LAST, 1)
     return sch.mod["main"]
 
 
@@ -211,6 +216,9 @@ class MacArray:
     # its result is written in place through an m_axi port (which cannot be partitioned):
     # the accumulator tile goes out ``writeback_width`` elements a cycle, not a whole array's
     out_port: bool = False
+    # its rows need not divide the output's: the last row tile is shortened (a token-parallel
+    # engine's chunk of 44 tokens could otherwise take 4 or 11 rows, not 9)
+    ragged_rows: bool = False
 
     def writeback_width(self, tile_cols: int) -> int:
         """Elements of an accumulator tile :func:`schedule_array` copies out per cycle, a row
@@ -228,20 +236,21 @@ class MacArray:
         tile then grows from it by whole arrays -- columns first up to the library's
         default tile, then rows -- until it is at least the default tile's size and holds
         ``latency`` arrays, as far as the output allows. The realized array divides the tile."""
-        real = MatmulTiling(self.rows, self.cols).fit(m, n)
+        real = MatmulTiling(self.rows, self.cols).fit(m, n, self.ragged_rows)
         want = max(DEFAULT_MATMUL_TILING.rows * DEFAULT_MATMUL_TILING.cols, self.latency * real.rows * real.cols)
         t_rows, t_cols = real.rows, real.cols
         while t_rows * t_cols < want:
-            wider, taller = _next_multiple(n, t_cols, 1), _next_multiple(m, t_rows, 1)
+            wider = _next_multiple(n, t_cols, 1)
+            taller = None if self.ragged_rows else _next_multiple(m, t_rows, 1)
             if wider and (t_cols < DEFAULT_MATMUL_TILING.cols or not taller):
                 t_cols = wider
             elif taller:
                 t_rows = taller
             else:
                 break
-        tile = MatmulTiling(t_rows, t_cols).fit(m, n)
+        tile = MatmulTiling(t_rows, t_cols).fit(m, n, self.ragged_rows)
         return tile, MacArray(math.gcd(real.rows, tile.rows), math.gcd(real.cols, tile.cols), self.latency,
-                              out_port=self.out_port)
+                              out_port=self.out_port, ragged_rows=self.ragged_rows)
 
 
 # The other stages of a matmul process (bias add, quantization) run after its array, in
@@ -313,7 +322,7 @@ def schedule_array(func: tirx.PrimFunc, array: MacArray) -> tuple[tirx.PrimFunc,
     tile, real = array.tile(m, n)
     positions = (tile.rows // real.rows) * (tile.cols // real.cols)
     partials = partial_sums(positions, array.latency, k)
-    scheduled = schedule_matmul(func, tile, partials)
+    scheduled = schedule_matmul(func, tile, partials, array.ragged_rows)
     if scheduled is func:
         return func, None, None
     sch = s_tir.Schedule(tvm.IRModule({"main": scheduled}))

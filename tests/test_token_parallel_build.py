@@ -270,3 +270,23 @@ def test_each_engine_gets_the_fastest_array_that_fits_its_slr(built):
                     est = process_estimate(p, par, dev, dev.clock_mhz, None)
                     if all(est.resources.get(k) <= cap[k] for k in RESOURCES):
                         assert est.block_cycles >= given.block_cycles * (1 - 1e-9), (p.name, par)
+
+
+def test_an_engines_rows_need_not_divide_its_tokens(built, tmp_path):
+    """MacArray.ragged_rows: a token-parallel engine's array of 4 rows over chunks of 6 and
+    5 tokens (neither a multiple of 4: the last row tile is short) -- the HLS text says 4
+    rows, and the logits still equal onnxruntime's; the kernel compiles with -Werror."""
+    names = [p.name for p in tvm_spatial.design_of(built).kernels[0].processes]
+    mod = tvm_spatial.frontend.from_onnx(FIXTURES / "gpt2_tiny.onnx")
+    with tvm_spatial.allocation(layers="token_parallel", arrays={n: (4, 32) for n in names}):
+        ex = relax.build(mod, target="vitis_spatial")
+    design = tvm_spatial.design_of(ex)
+    kernel = design.kernels[0]
+    assert [p.array[:2] for p in kernel.processes] == [(4, 32)] * 3
+    assert "_a4x32" in kernel.source
+    data = np.load(FIXTURES / "gpt2_tiny.npz")
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(data["in:input_ids"])).numpy()
+    np.testing.assert_allclose(got, data["out:logits"], rtol=1e-4, atol=1e-4)
+    emulation.write_sources(design, tmp_path)
+    proc = _compile(_strict_kernel_args(tmp_path / kernel.filename), tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

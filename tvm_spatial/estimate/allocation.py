@@ -110,19 +110,20 @@ def _fits(use: Resources, cap: dict) -> bool:
             and use.lut <= cap["lut"] and use.ff <= cap["ff"])
 
 
-def _array_as_coded(mm, rows: int, cols: int):
+def _array_as_coded(mm, rows: int, cols: int, ragged_rows: bool = False):
     """(the ``codegen_hls.library.MacArray`` of ``rows x cols`` outputs as the codegen builds
     it, the output width it tiles): over packed columns for a packed W4A8 weight, two
     outputs each, with int8's accumulate latency (see Matmul.packed)."""
     from codegen_hls.library import MacArray
 
     latency = costs.MAC_COSTS["int8" if mm.packed > 1 else costs.mac_class(mm.a_dtype, mm.b_dtype)].latency
-    return MacArray(rows, max(1, cols // mm.packed), latency), mm.n // mm.packed
+    return MacArray(rows, max(1, cols // mm.packed), latency, ragged_rows=ragged_rows), mm.n // mm.packed
 
 
-def realizable_array(mm, rows: int, cols: int) -> tuple[int, int]:
-    """The MAC array the codegen realizes for a requested one (``codegen_hls.library.MacArray``)."""
-    array, width = _array_as_coded(mm, rows, cols)
+def realizable_array(mm, rows: int, cols: int, ragged_rows: bool = False) -> tuple[int, int]:
+    """The MAC array the codegen realizes for a requested one (``codegen_hls.library.MacArray``;
+    ``ragged_rows``: a token-parallel engine's, whose rows need not divide its tokens)."""
+    array, width = _array_as_coded(mm, rows, cols, ragged_rows)
     real = array.tile(mm.m, width)[1]
     return real.rows, real.cols * mm.packed
 
@@ -167,7 +168,8 @@ def realizable_channels(p, par: Parallelism, block: int | None = None) -> int:
         if block and p.separable and block < mm.m:  # its stages see one block of rows
             mm = replace(mm, m=block)
         # a packed weight's array and stripes are over its packed columns
-        array, width = _array_as_coded(mm, *realizable_array(mm, par.rows, par.cols))
+        ragged = p.interleaved  # a token-parallel engine's (MacArray.ragged_rows)
+        array, width = _array_as_coded(mm, *realizable_array(mm, par.rows, par.cols, ragged), ragged)
         while channels > 1 and not stripes_fit(array, mm.m, width, channels):
             channels //= 2
     return channels
@@ -216,6 +218,8 @@ def _grow(p, par: Parallelism, est, max_channels: int, max_lanes: int | None = N
         out.append(replace(par, channels=par.channels * 2))
     if p.matmul is not None:
         mm = widest(p)  # an engine's array is as wide as its widest linear uses
+        if p.interleaved and realize is not None:  # a token-parallel engine's rows may be ragged
+            realize = lambda mm, rows, cols, realize=realize: realize(mm, rows, cols, True)  # noqa: E731
         if block and p.separable and block < mm.m:  # one block of rows at a time: the array's rows divide it
             mm = replace(mm, m=block)
         for axis, limit in (("cols", mm.n), ("rows", min(mm.m, p.tokens))):
@@ -245,7 +249,7 @@ def _whole_array_search(p, par: Parallelism, use_after, cap: dict, device: Devic
     best, tried = None, set()
     for rows in range(1, min(mm.m, p.tokens) + 1):
         for cols in (c for c in ARRAY_COLUMNS if c <= mm.n):
-            shape = realize(mm, rows, cols) if realize is not None else (rows, cols)
+            shape = realize(mm, rows, cols, True) if realize is not None else (rows, cols)
             if shape in tried:
                 continue
             tried.add(shape)

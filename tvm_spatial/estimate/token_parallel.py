@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from ..devices import RESOURCES, Device
 from ..errors import ResourceBudgetError
 from . import costs
-from .allocation import ARRAY_COLUMNS, _fits
+from .allocation import ARRAY_COLUMNS, _fits, realizable_array, widest
 from .model import Parallelism, ProcessEstimate, Roofline, estimate_work, process_estimate
 from .workload import DesignWork, Matmul, ProcessWork
 
@@ -169,11 +169,16 @@ def fastest_engine(work: DesignWork, device: Device, start: int, end: int, slr: 
         p = engine_work(work, start, end, slr, device.slrs, head_dim, shared)
         per_mac = costs.MAC_COSTS[costs.mac_class(p.matmul.a_dtype, p.matmul.b_dtype)].dsp
         most = budget * device.slr(slr).dsp / per_mac
+        tried = set()
         for rows in range(1, end - start + 1):
             for cols in ARRAY_COLUMNS:
-                if not most / 2 <= rows * cols <= most:
+                # as the codegen realizes it (an engine's rows may leave a last row tile short)
+                shape = realizable_array(widest(p), rows, cols, ragged_rows=True)
+                if shape in tried or not most / 2 <= shape[0] * shape[1] <= most:
                     continue
-                est = process_estimate(p, Parallelism(rows=rows, cols=cols, channels=channels), device, clock, None)
+                tried.add(shape)
+                est = process_estimate(p, Parallelism(rows=shape[0], cols=shape[1], channels=channels), device,
+                                       clock, None)
                 if _fits(est.resources, caps) and (best is None or est.block_cycles < best.block_cycles):
                     best = est
     return best
