@@ -389,6 +389,15 @@ def readme(design: Design, device: Device, placement: Placement) -> str:
             + "; ".join(f"`{p.name}`: C={p.stripe[1]}, g={p.stripe[2]}, N={p.stripe[3]}" for p in striped[:4])
             + ("; ..." if len(striped) > 4 else "") + ")."
         )
+    stacked = [p for k in design.kernels for p in k.ports if p.layers]
+    if stacked:
+        w.line()
+        w.line(
+            "A stacked port (`<argument>_layers`, a token-parallel engine's layer loop) takes, in "
+            "its file, the arguments of every layer one after another along its first axis, each "
+            "as its own port would (its stripe, for a striped weight): "
+            "`codegen_hls.design.Port.from_arguments` writes it."
+        )
     w.line()
     w.line("## Kernels")
     for kernel in design.kernels:
