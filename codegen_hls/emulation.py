@@ -290,10 +290,11 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
                 "tensors cannot carry; keep ports in standard types and convert inside the kernel"
             )
     args = [port.arg if port.arg >= 0 else i for i, port in enumerate(kernel.ports)]
-    n = max((a for port, arg in zip(kernel.ports, args) for a in (port.layers or (arg,))), default=-1) + 1
+    feeds = [port.layers or (arg,) for port, arg in zip(kernel.ports, args)]  # a stacked port: every layer's
+    n = max((a for fed in feeds for a in fed), default=-1) + 1
     first = {}
-    for port, arg in zip(kernel.ports, args):
-        for a in port.layers or (arg,):  # a stacked port: each layer's argument
+    for port, fed in zip(kernel.ports, feeds):
+        for a in fed:
             first.setdefault(a, port)
     if sorted(first) != list(range(n)):
         raise CodegenError(f"kernel {kernel.name}: port arguments {sorted(first)} are not 0..{n - 1}")
@@ -320,7 +321,7 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
             w.line(f'if (here == 0 && tvs_emulation::run_on_xrt("{kernel.name}", tvs_manifest, args, num_args, result) != 0)')
             w.line("  return -1;")
         casts = []
-        for i, (p, a) in enumerate(zip(kernel.ports, args)):
+        for i, (p, a, fed) in enumerate(zip(kernel.ports, args, feeds)):
             if not p.stripe and not p.layers:
                 casts.append(f"static_cast<{_pointer_type(p)}>(data[{a}])")
                 continue
@@ -331,7 +332,7 @@ def _write_entry_point(w: CodeWriter, kernel: Kernel) -> None:
             # one buffer per port and thread, kept between calls (a fresh one faults its pages in)
             w.line(f"static thread_local std::vector<{ctype}> stacked{i};")
             w.line(f"stacked{i}.resize({p.num_elements});")
-            for layer, arg in enumerate(p.layers or (a,)):
+            for layer, arg in enumerate(fed):
                 src, dst = f"static_cast<const {ctype}*>(data[{arg}])", f"stacked{i}.data() + {layer * each}"
                 if p.stripe:
                     index, count, group, _ = p.stripe

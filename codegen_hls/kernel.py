@@ -1459,11 +1459,11 @@ class _KernelWriter:
                 last[id(canon(slot))] = t
         takes: dict[int, int] = {}  # id(carried body value) -> id(the value before the loop)
         if loop:
-            body_end = loop.start + loop.period - 1
+            body_last = loop.body_end - 1  # the body's last step, as planned (folded)
             for slot in loop.shared:
-                last[id(slot)] = max(last.get(id(slot), 0), body_end)
+                last[id(slot)] = max(last.get(id(slot), 0), body_last)
             for init, body in loop.carried:
-                last[id(init)] = max(last[id(init)], last.get(id(body), 0), body_end)
+                last[id(init)] = max(last[id(init)], last.get(id(body), 0), body_last)
                 takes[id(body)] = id(init)
         plan: dict[int, int] = {}
         buffers: list[tuple[str, tuple, int]] = []
@@ -1514,11 +1514,11 @@ class _KernelWriter:
                 w.line(f"// {loop.count} layers, one copy of their hardware (codegen_hls.layer_loop); "
                        f"stacked ports read at [{LAYER_VAR}].")
                 w.open(f"for (int {LAYER_VAR} = 0; {LAYER_VAR} < {loop.count}; ++{LAYER_VAR}) {{")
-            if loop and loop.start + loop.period <= t < loop.end:
+            if loop and loop.repeated(t):
                 continue
             if loop and t == loop.end:  # after the loop: the last layer's values, in the body's arrays
-                for _, later in steps[loop.start + loop.period:loop.end]:
-                    for slot in (later.args if isinstance(later, Stage) else [later]):
+                for later_kind, later in steps[loop.body_end:loop.end]:
+                    for slot in (later.args if later_kind == "stage" else [later]):
                         slot.cname = loop.first_of(slot).cname or slot.cname
             if kind == "read":
                 place(item, "in_")
@@ -1537,7 +1537,7 @@ class _KernelWriter:
                 streams = self.output_streams(item, proc)
                 if targets or streams:
                     self.write_packets(w, item, item.shape, _indexed(item.cname), [_indexed(p) for p in targets], streams)
-            if loop and t == loop.start + loop.period - 1:
+            if loop and t == loop.body_end - 1:
                 w.close()
 
     def share_array(self, w: CodeWriter, proc: Proc) -> None:
@@ -1738,7 +1738,7 @@ class _KernelWriter:
             return {id(stage): 1 for stage in proc.stages}
         sites = {}
         for t, (kind, item) in enumerate(self.io_schedule(proc)):
-            if kind == "stage" and not loop.start + loop.period <= t < loop.end:
+            if kind == "stage" and not loop.repeated(t):
                 sites[id(item)] = loop.count if loop.start <= t < loop.end else 1
         return sites
 

@@ -52,9 +52,18 @@ class LayerLoop:
         """The first step after the loop."""
         return self.start + self.period * self.count
 
+    @property
+    def body_end(self) -> int:
+        """The first step after the first repeat (the body as printed)."""
+        return self.start + self.period
+
+    def repeated(self, t: int) -> bool:
+        """Whether step ``t`` is in a later repeat: not printed, the body's loop runs it."""
+        return self.body_end <= t < self.end
+
     def folded(self, steps: list) -> list:
         """The steps as printed: before the loop, one repeat (the first), after it."""
-        return [*steps[:self.start + self.period], *steps[self.end:]]
+        return [*steps[:self.body_end], *steps[self.end:]]
 
     def first_of(self, slot):
         """The first repeat's value at the place of ``slot`` (itself if the loop defines none)."""
@@ -153,7 +162,7 @@ def _validate(loop: LayerLoop, uses, defines, is_argument, defined_at, used_at) 
                 return None
             if any(t >= end for t in used_at[id(init)]):
                 return None  # read after the loop: its array holds the last repeat's value then
-            body = slots[1] if count > 1 else None
+            body = slots[1]  # the first repeat's value (count >= MIN_COUNT)
             if carried.setdefault(id(init), (init, body))[1] is not body:
                 return None
     # only the last repeat's values are read after the loop, and no value outlives the next repeat
